@@ -1,0 +1,311 @@
+"""The ``topoland`` command: arguments and output only; the work is done by ``topoland.run``.
+
+Every error a user can cause ends in one ``error: ...`` line naming the culprit and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import TopolandError
+
+EPILOG = """\
+typical session:
+  topoland run experiments/quickstart.toml          # train, sample, topology, ..., PDF report
+  topoland list runs/quickstart                     # the minima and their metrics
+  topoland compare runs/quickstart --by train.weight_decay --metric topology.total_persistence_h0
+  topoland report runs/quickstart                   # rewrite the PDF
+
+every subcommand has --help; config keys: topoland config --keys
+"""
+
+
+class _Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _sub(subs, name, help, description, epilog=None):
+    return subs.add_parser(name, help=help, description=textwrap.dedent(description),
+                           epilog=textwrap.dedent(epilog) if epilog else None, formatter_class=_Fmt)
+
+
+def _stage_list(text):
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="topoland", formatter_class=_Fmt, epilog=EPILOG,
+        description="Geometry and topology of neural-network loss landscapes.\n\n"
+                    "Train minima over a grid of settings, sample around each by jump and retrain,\n"
+                    "measure the topology of the sampled region (PHATE, k-NN graphs, persistence),\n"
+                    "surfaces, curvature and minimum-energy paths, and relate them to generalization.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"topoland {__version__}")
+    subs = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = _sub(subs, "run", "run every stage of an experiment config (resumable)", """\
+        Run every stage the config asks for, grid cell by grid cell: train the minima,
+        jump-and-retrain, topology, surfaces and curvature, paths, then the analysis and the
+        PDF report. Finished stages are skipped, so a killed run resumes where it stopped.""",
+        """\
+        examples:
+          topoland run experiments/quickstart.toml
+          topoland run experiments/quickstart.toml --out runs/qs2 --only train,sample
+          topoland run experiments/quickstart.toml --force topology     # recompute one stage
+          topoland run experiments/horoi2022_wrn_cifar10.toml --executor ray --address auto
+        stages: train, sample, topology, surface, curvature, paths, analysis, report""")
+    s.add_argument("config", help="experiment config (TOML)")
+    s.add_argument("--out", help="run directory (default: runs/<run.name>)")
+    s.add_argument("--only", type=_stage_list, help="comma-separated stages to run")
+    s.add_argument("--force", type=_stage_list, default=[], help="comma-separated stages to recompute")
+    s.add_argument("--executor", choices=["local", "ray"], help="override run.executor")
+    s.add_argument("--address", help="Ray cluster address (e.g. 'auto'); default: a local Ray instance")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = _sub(subs, "train", "train the grid of minima of a config", """\
+        Train every minimum of the config's grid and store it (checkpoint, metrics, history).
+        Rerunning on the same run directory skips finished cells.""",
+        """\
+        examples:
+          topoland train experiments/quickstart.toml
+          topoland train my.toml --out runs/mine""")
+    s.add_argument("config", help="experiment config (TOML)")
+    s.add_argument("--out", help="run directory (default: runs/<run.name>)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = _sub(subs, "list", "table of the stored minima and their metrics", """\
+        Print one row per grid cell: its settings, metrics and the status of each stage.""",
+        "example:\n  topoland list runs/quickstart --csv minima.csv")
+    s.add_argument("run_dir", help="run directory")
+    s.add_argument("--csv", help="also write the table to this CSV file")
+
+    s = _sub(subs, "info", "versions, device and datasets found", """\
+        Print the versions of topoland and its libraries, the compute device, and which
+        datasets are available (embedded ones always; torchvision ones under --root).""")
+    s.add_argument("--root", default="data", help="folder searched for torchvision datasets")
+
+    s = _sub(subs, "config", "check a config, or list every config key", """\
+        With a CONFIG: validate it and print its grid. With --keys: every key, default and meaning.""",
+        "examples:\n  topoland config --keys\n  topoland config experiments/quickstart.toml")
+    s.add_argument("config", nargs="?", help="experiment config (TOML)")
+    s.add_argument("--keys", action="store_true", help="list every config key")
+
+    s = _sub(subs, "verify", "check a run directory's index against its files", """\
+        Check that every finished stage's files exist with the checksums the index recorded,
+        and that no folder lacks an index entry. Exit 1 if anything is inconsistent.""")
+    s.add_argument("run_dir", help="run directory")
+
+    for name, what in (("sample", "jump-and-retrain around every trained minimum"),
+                       ("topology", "PHATE, k-NN graphs and persistence of every sampled minimum"),
+                       ("curvature", "Hessian eigenvalues, trace, sharpness and basin volume of every minimum")):
+        s = _sub(subs, name, what, f"""\
+            Run the '{name}' stage for every cell of RUN_DIR that lacks it ({what}).
+            Options not given come from the run's config.""",
+            f"example:\n  topoland {name} runs/quickstart")
+        s.add_argument("run_dir", help="run directory")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override a [{name}] config key for this invocation, e.g. --set epochs=5")
+        s.add_argument("--force", action="store_true", help="recompute where already done")
+        s.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "sample":
+            for opt, typ, hlp in (("--directions", int, "random directions"),
+                                  ("--steps", str, "comma-separated step sizes"),
+                                  ("--epochs", int, "retraining epochs"),
+                                  ("--lr", float, "retraining learning rate"),
+                                  ("--storage", str, "full, half or sketch")):
+                s.add_argument(opt, type=typ, help=hlp)
+
+    s = _sub(subs, "report", "write the PDF report of a run", """\
+        Write reports/<run>.pdf (multi-page: config, minima, per-minimum topology and surfaces,
+        across-minima statistics, paths, notes) with the tables as CSV beside it.""",
+        "example:\n  topoland report runs/quickstart --dir reports")
+    s.add_argument("run_dir", help="run directory")
+    s.add_argument("--dir", default="reports", help="folder of the PDF")
+
+    s = _sub(subs, "compare", "statistical comparison of minima by a setting", """\
+        Compare a metric or feature between the groups of minima that differ in one setting:
+        Mann-Whitney U, permutation test, Cliff's delta and a bootstrap CI for two groups;
+        Kruskal-Wallis and Holm-corrected pairwise tests for more.""",
+        """\
+        examples:
+          topoland compare runs/quickstart --by train.weight_decay --metric test_acc
+          topoland compare runs/quickstart --by train.augment --metric topology.total_persistence_h0""")
+    s.add_argument("run_dir", help="run directory")
+    s.add_argument("--by", required=True, help="setting column, e.g. train.weight_decay")
+    s.add_argument("--metric", required=True, help="metric or feature column")
+    s.add_argument("--permutations", type=int, default=2000, help="permutations")
+    s.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
+
+    _add_extra_commands(subs)
+    return p
+
+
+def _add_extra_commands(subs):
+    """Commands that work on checkpoints rather than run directories (surface, neb, connect)."""
+    from . import cli_tools
+    cli_tools.add_commands(subs, _sub)
+
+
+# ---------------------------------------------------------------------------------- handlers
+def _cmd_run(a):
+    from .run import run
+    rep = run(a.config, out=a.out, only=a.only, force=a.force, executor=a.executor, address=a.address,
+              progress=not a.quiet)
+    return _finish(rep)
+
+
+def _cmd_train(a):
+    from .run import run
+    return _finish(run(a.config, out=a.out, only=["train"], progress=not a.quiet))
+
+
+def _finish(rep) -> int:
+    print(f"run directory: {rep.run_dir}")
+    tables = rep.run_dir / "run" / "analysis"
+    if tables.is_dir():
+        print(f"tables:        {tables}")
+    if rep.report_path:
+        print(f"report:        {rep.report_path}")
+    if rep.failures:
+        print(f"\n{len(rep.failures)} failed stage(s); rerun the same command to retry them:", file=sys.stderr)
+        for cid, stage, msg in rep.failures:
+            print(f"  cell {cid} · {stage}: {msg.splitlines()[0] if msg else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_list(a):
+    from .run import minima_table
+    df = minima_table(a.run_dir)
+    import pandas as pd
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", 500):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if a.csv:
+        df.to_csv(a.csv, index=False)
+        print(f"written: {a.csv}")
+    return 0
+
+
+def _cmd_info(a):
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .data import DATASETS, dataset_status
+    print(f"topoland   {__version__}")
+    print(f"python     {platform.python_version()}")
+    for mod in ("torch", "torchvision", "numpy", "scipy", "sklearn", "pandas", "phate", "gudhi", "networkx",
+                "matplotlib", "seaborn", "safetensors", "h5py", "mnist1d", "ray"):
+        try:
+            m = __import__(mod)
+            print(f"{mod:<10} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            print(f"{mod:<10} not installed")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        print(f"device     cuda ({names})")
+    else:
+        print(f"device     cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads); no CUDA device")
+    print("datasets:")
+    for name in DATASETS:
+        print(f"  {name:<14} {dataset_status(name, a.root)}")
+    return 0
+
+
+def _cmd_config(a):
+    from .config import describe_schema, expand_grid, load_config
+    if a.keys or not a.config:
+        print(describe_schema())
+        return 0
+    cfg = load_config(a.config)
+    cells = expand_grid(cfg)
+    print(f"{a.config}: valid; {len(cells)} cells; stages: {', '.join(cfg['run']['stages'])}")
+    for c in cells:
+        print(f"  {c.cell_id}  {c.label}")
+    return 0
+
+
+def _cmd_verify(a):
+    from .store import RunStore
+    problems = RunStore.open(a.run_dir).verify()
+    if problems:
+        print(f"{len(problems)} problem(s) in {a.run_dir}:")
+        for pr in problems:
+            print(f"  {pr}")
+        return 1
+    print(f"{a.run_dir}: consistent (index and files agree, checksums match)")
+    return 0
+
+
+def _parse_sets(sets, extra=None):
+    import tomllib
+    out = {}
+    for item in sets:
+        if "=" not in item:
+            raise TopolandError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = tomllib.loads(f"v = {v}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[k.strip()] = v
+    for k, v in (extra or {}).items():
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def _cmd_stage(a):
+    from .run import run_stage_in_dir
+    extra = {}
+    if a.command == "sample":
+        extra = {"directions": a.directions, "epochs": a.epochs, "lr": a.lr, "storage": a.storage,
+                 "steps": [float(x) for x in a.steps.split(",")] if a.steps else None}
+    rep = run_stage_in_dir(a.run_dir, a.command, overrides=_parse_sets(a.set, extra), force=a.force,
+                           progress=not a.quiet)
+    return _finish(rep)
+
+
+def _cmd_report(a):
+    from .run import write_report
+    path = write_report(a.run_dir, a.dir)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_compare(a):
+    from .run import compare_in_dir
+    res = compare_in_dir(a.run_dir, by=a.by, metric=a.metric, n_permutations=a.permutations, seed=a.seed)
+    print(res)
+    return 0
+
+
+HANDLERS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "info": _cmd_info, "config": _cmd_config,
+            "verify": _cmd_verify, "sample": _cmd_stage, "topology": _cmd_stage, "curvature": _cmd_stage,
+            "report": _cmd_report, "compare": _cmd_compare}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not a.command:
+        parser.print_help()
+        return 0
+    from . import cli_tools
+    handler = HANDLERS.get(a.command) or cli_tools.HANDLERS[a.command]
+    try:
+        return handler(a)
+    except TopolandError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Experiment configs: TOML schema, validation and grid expansion.
+
+A config names a dataset, a model, a training recipe, the later stages' options, and a grid:
+lists of values for any ``section.key``; the grid is their product. Extra cells (for
+instance "bad minima" pretrained on random labels) are listed under ``[[cells]]``.
+
+Validation happens before any work starts and names the culprit key::
+
+    >>> cfg = load_config("experiments/quickstart.toml")      # doctest: +SKIP
+    >>> cells = expand_grid(cfg)                              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+STAGES = ("train", "sample", "topology", "surface", "curvature", "paths", "analysis", "report")
+DATASET_NAMES = ("mnist1d", "digits", "synthetic", "cifar10", "mnist", "fashion_mnist")
+MODEL_NAMES = ("mlp", "cnn", "wrn", "resnet")
+
+
+@dataclass(frozen=True)
+class _Key:
+    types: tuple
+    default: Any
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+    help: str = ""
+
+
+def _nonneg(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _pos(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _frac(v):
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _unit(v):
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
+def _one_of(*opts):
+    def check(v):
+        return None if v in opts else f"must be one of {', '.join(map(repr, opts))}"
+    return check
+
+
+def _each(check):
+    def inner(vs):
+        for v in vs:
+            msg = check(v)
+            if msg:
+                return f"entry {v!r} {msg}"
+        return None
+    return inner
+
+
+_NUM = (int, float)
+_LIST = (list,)
+
+# One schema per section. Keys under [model] are free-form model arguments (checked by the
+# model builder); every other section is closed.
+SCHEMA: dict[str, dict[str, _Key]] = {
+    "run": {
+        "name": _Key((str,), "run", None, "run name; the run directory and report are named after it"),
+        "seed": _Key((int,), 0, _nonneg, "master seed of every stage"),
+        "device": _Key((str,), "auto", _one_of("auto", "cpu", "cuda"), "auto picks CUDA when present"),
+        "stages": _Key(_LIST, list(STAGES), _each(_one_of(*STAGES)), "stages to run, in pipeline order"),
+        "executor": _Key((str,), "local", _one_of("local", "ray"), "where grid cells run"),
+        "workers": _Key((int,), 1, _pos, "local worker processes (one GPU each when several exist)"),
+        "num_cpus": _Key(_NUM, 1, _pos, "CPUs per cell (Ray)"),
+        "num_gpus": _Key(_NUM, 0, _nonneg, "GPUs per cell (Ray)"),
+    },
+    "data": {
+        "name": _Key((str,), "mnist1d", _one_of(*DATASET_NAMES), "dataset"),
+        "root": _Key((str,), "", None, "local folder of torchvision datasets"),
+        "download": _Key((bool,), False, None, "let torchvision download where a network exists"),
+        "val_fraction": _Key(_NUM, 0.1, _frac, "share of the training set held out for validation"),
+        "val_seed": _Key((int,), 0, _nonneg, "seed of the validation split"),
+        "label_noise": _Key(_NUM, 0.0, _unit, "share of training labels replaced by random ones"),
+        "n_train": _Key((int,), 0, _nonneg, "subsample the training set (0 = all)"),
+        "n_test": _Key((int,), 0, _nonneg, "subsample the test set (0 = all)"),
+    },
+    "model": {
+        "name": _Key((str,), "mlp", _one_of(*MODEL_NAMES), "architecture"),
+    },
+    "train": {
+        "optimizer": _Key((str,), "sgd", _one_of("sgd", "adam"), "optimizer"),
+        "lr": _Key(_NUM, 0.1, _pos, "learning rate"),
+        "momentum": _Key(_NUM, 0.9, _unit, "SGD momentum"),
+        "weight_decay": _Key(_NUM, 0.0, _nonneg, "L2 weight decay"),
+        "batch_size": _Key((int,), 128, _pos, "minibatch size"),
+        "epochs": _Key((int,), 20, _pos, "training epochs"),
+        "milestones": _Key(_LIST, [0.5, 0.75, 0.925], _each(_frac), "lr steps as fractions of epochs"),
+        "gamma": _Key(_NUM, 0.1, _pos, "lr factor at each milestone"),
+        "augment": _Key((bool,), False, None, "crop+flip (images) / circular shift (signals)"),
+        "pretrain_random_epochs": _Key((int,), 0, _nonneg, "bad minima: epochs on random labels first"),
+        "checkpoints_per_epoch": _Key((int,), 0, _nonneg, "snapshots per epoch for PCA trajectories"),
+    },
+    "sample": {
+        "directions": _Key((int,), 4, _pos, "random filter-normalized directions"),
+        "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _each(_pos), "jump sizes along each direction"),
+        "epochs": _Key((int,), 40, _pos, "retraining epochs per jump"),
+        "lr": _Key(_NUM, 0.001, _pos, "retraining learning rate"),
+        "momentum": _Key(_NUM, 0.9, _unit, "retraining momentum"),
+        "weight_decay": _Key(_NUM, 1e-4, _nonneg, "retraining weight decay"),
+        "batch_size": _Key((int,), 128, _pos, "retraining batch size"),
+        "augment": _Key((str, bool), "inherit", None, "augmentation while retraining ('inherit' = as trained)"),
+        "records_per_epoch": _Key((int,), 1, _pos, "recorded points per epoch"),
+        "storage": _Key((str,), "full", _one_of("full", "half", "sketch"), "what is kept of the snapshots"),
+        "sketch_dim": _Key((int,), 256, _pos, "random projection size of the sketch"),
+        "batched": _Key((bool,), True, None, "train all jumps at once (False: the sequential reference)"),
+    },
+    "topology": {
+        "k": _Key((int,), 20, _pos, "neighbours of the k-NN graph"),
+        "value": _Key((str,), "val_loss", _one_of("val_loss", "train_loss", "test_loss"), "vertex value"),
+        "complex": _Key((str,), "flag", _one_of("graph", "flag", "extended"), "complex built on the graph"),
+        "p": _Key(_NUM, 2, _pos, "exponent of total persistence"),
+        "essential": _Key((str,), "drop", _one_of("drop", "cap"), "essential classes: dropped or capped"),
+        "graph_on": _Key((str,), "potential", _one_of("potential", "embedding", "cosine"), "graph metric"),
+        "knn": _Key((int,), 5, _pos, "PHATE kNN"),
+        "decay": _Key(_NUM, 40, _pos, "PHATE alpha decay"),
+        "t": _Key((int, str), 20, None, "PHATE diffusion time (fixed so runs compare)"),
+        "n_landmark": _Key((int,), 0, _nonneg, "PHATE landmarks (0 = none)"),
+    },
+    "surface": {
+        "kind": _Key((str,), "plane", _one_of("plane", "line", "none"), "surface around each minimum"),
+        "grid": _Key((int,), 21, _pos, "points per axis"),
+        "range": _Key(_LIST, [-1.0, 1.0], None, "coordinate range of each axis"),
+        "n_samples": _Key((int,), 0, _nonneg, "evaluate on a fixed training subset (0 = all)"),
+        "interpolate": _Key((bool,), True, None, "also interpolate from the first minimum to each"),
+    },
+    "curvature": {
+        "enabled": _Key((bool,), True, None, "compute Hessian curvature"),
+        "top_k": _Key((int,), 1, _pos, "top Hessian eigenvalues"),
+        "n_probes": _Key((int,), 20, _pos, "Hutchinson probes for the trace"),
+        "n_samples": _Key((int,), 2048, _pos, "training samples in the Hessian"),
+        "sharpness_radius": _Key(_NUM, 0.5, _pos, "filter-normalized radius of sharpness"),
+        "n_directions": _Key((int,), 8, _pos, "random directions for sharpness and volume"),
+        "volume_threshold": _Key(_NUM, 0.1, _pos, "loss rise that ends the basin (nats)"),
+        "density": _Key((bool,), False, None, "eigenvalue density by SLQ"),
+    },
+    "paths": {
+        "method": _Key((str,), "neb", _one_of("neb", "autoneb", "bezier", "polychain"), "path algorithm"),
+        "pairs": _Key((str,), "first", _one_of("first", "all", "mst", "none"), "which minima to connect"),
+        "n_images": _Key((int,), 9, _pos, "images (NEB) or evaluation points per segment"),
+        "steps": _Key((int,), 100, _pos, "optimization steps"),
+        "lr": _Key(_NUM, 0.05, _pos, "learning rate"),
+        "climbing": _Key((bool,), False, None, "climbing image"),
+        "n_samples": _Key((int,), 0, _nonneg, "training subset for the path loss (0 = all)"),
+        "batch_size": _Key((int,), 0, _nonneg, "minibatch per step (0 = full batch)"),
+    },
+    "analysis": {
+        "targets": _Key(_LIST, ["gen_label"], None, "targets: gen_label and/or setting keys"),
+        "n_splits": _Key((int,), 5, _pos, "folds"),
+        "n_repeats": _Key((int,), 3, _pos, "repeats of the stratified k-fold"),
+        "n_permutations": _Key((int,), 50, _nonneg, "permutations of the classifier test"),
+        "n_boot": _Key((int,), 1000, _pos, "bootstrap resamples"),
+    },
+    "report": {
+        "enabled": _Key((bool,), True, None, "write the PDF report"),
+        "dir": _Key((str,), "reports", None, "folder of the PDF, relative to the working directory"),
+    },
+}
+
+SECTIONS = tuple(SCHEMA) + ("grid", "cells")
+
+
+@dataclass
+class Cell:
+    """One grid cell: the fully resolved settings of one minimum and everything around it."""
+    cell_id: str
+    position: int
+    config: dict            # resolved config of this cell (grid values applied)
+    overrides: dict = field(default_factory=dict)  # the grid/cell values that made it
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.cell_id
+        return " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in self.overrides.items())
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _type_name(types):
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+def _check_value(where: str, spec: _Key, value):
+    # bool is an int subclass: keep true/false out of numeric keys and vice versa
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if int in spec.types and float in spec.types and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{where}': {value!r} is not a finite number")
+    if not ok:
+        raise ConfigError(f"config key '{where}' must be a {_type_name(spec.types)}, got {type(value).__name__} {value!r}")
+    if spec.check is not None:
+        msg = spec.check(value)
+        if msg:
+            raise ConfigError(f"config key '{where}' = {value!r}: {msg}")
+
+
+def _model_kwargs_check(model: dict, where="model"):
+    name = model.get("name", "mlp")
+    for k, v in model.items():
+        if k == "name":
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(f"config key '{where}.{k}' = {v!r}: must be >= 0")
+    if name == "wrn":
+        depth = model.get("depth", 16)
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ConfigError(f"config key '{where}.depth' = {depth!r}: a WideResNet needs depth with (depth - 4) % 6 == 0, e.g. 10, 16, 22, 28")
+    if name == "resnet":
+        depth = model.get("depth", 20)
+        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ConfigError(f"config key '{where}.depth' = {depth!r}: a CIFAR ResNet needs depth with (depth - 2) % 6 == 0, e.g. 20, 56, 110")
+
+
+def defaults() -> dict:
+    """The default config, every section filled."""
+    return {s: {k: copy.deepcopy(spec.default) for k, spec in keys.items()} for s, keys in SCHEMA.items()}
+
+
+def _validate_section(section: str, values: dict, where_prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '[{section}]' must be a table")
+    schema = SCHEMA[section]
+    for k, v in values.items():
+        where = f"{where_prefix}{section}.{k}"
+        if section == "model" and k != "name":
+            continue
+        if k not in schema:
+            raise ConfigError(f"unknown config key '{where}' (known keys of [{section}]: {', '.join(schema)})")
+        _check_value(where, schema[k], v)
+
+
+def _set_dotted(cfg: dict, key: str, value, where: str):
+    if key.count(".") != 1:
+        raise ConfigError(f"config key '{where}': grid keys are 'section.key', got '{key}'")
+    section, name = key.split(".")
+    if section not in SCHEMA:
+        raise ConfigError(f"config key '{where}': unknown section '{section}'")
+    if section != "model" and name not in SCHEMA[section]:
+        raise ConfigError(f"unknown config key '{where}' ('{key}' is not a key of [{section}])")
+    if section != "model":
+        _check_value(where, SCHEMA[section][name], value)
+    cfg[section][name] = value
+
+
+def validate(raw: dict) -> dict:
+    """Validate a raw config dict and return it resolved over the defaults.
+
+    Raises :class:`ConfigError` naming the first offending key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a TOML table")
+    for section in raw:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '[{section}]' (known: {', '.join(SECTIONS)})")
+    cfg = defaults()
+    for section in SCHEMA:
+        if section in raw:
+            _validate_section(section, raw[section])
+            if section == "model":
+                cfg["model"] = {"name": raw["model"].get("name", "mlp"), **raw["model"]}
+            else:
+                cfg[section].update(raw[section])
+    _model_kwargs_check(cfg["model"])
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ConfigError("config section '[grid]' must be a table of 'section.key' = [values]")
+    for key, values in grid.items():
+        where = f"grid.{key}"
+        if not isinstance(values, list):
+            raise ConfigError(f"config key '{where}' must be a list of values")
+        if not values:
+            raise ConfigError(f"config key '{where}' is an empty list: the grid would have no cells")
+        probe = copy.deepcopy(cfg)
+        for i, v in enumerate(values):
+            _set_dotted(probe, key, v, f"{where}[{i}]")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ConfigError(f"config key '{where}' lists a value twice: the grid would have duplicate cells")
+    cells = raw.get("cells", [])
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise ConfigError("config '[[cells]]' must be an array of tables of 'section.key' = value")
+    for i, extra in enumerate(cells):
+        probe = copy.deepcopy(cfg)
+        for key, v in extra.items():
+            _set_dotted(probe, key, v, f"cells[{i}].{key}")
+    cfg["grid"] = grid
+    cfg["cells"] = cells
+    return cfg
+
+
+def load_config(path) -> dict:
+    """Read and validate a TOML config file. Syntax errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
+    return validate(raw)
+
+
+def cell_id(settings: dict) -> str:
+    """Stable 10-character id of a cell's resolved settings (independent of key order)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def _cell_settings(cfg: dict) -> dict:
+    # The settings that define a minimum and its analysis; the run/report sections do not.
+    return {s: cfg[s] for s in SCHEMA if s not in ("run", "report", "analysis")} | {"seed": cfg["run"]["seed"]}
+
+
+def expand_grid(cfg: dict) -> list[Cell]:
+    """The grid's product plus the extra ``[[cells]]``, in a fixed order.
+
+    Raises :class:`ConfigError` for duplicate cells (two entries with identical settings).
+    """
+    grid = cfg.get("grid", {})
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
+    overrides = [dict(zip(keys, combo)) for combo in combos]
+    overrides += [dict(c) for c in cfg.get("cells", [])]
+    out, seen = [], {}
+    for pos, ov in enumerate(overrides):
+        c = copy.deepcopy({k: v for k, v in cfg.items() if k not in ("grid", "cells")})
+        for key, v in ov.items():
+            section, name = key.split(".")
+            c[section][name] = v
+        _model_kwargs_check(c["model"], where="model")
+        cid = cell_id(_cell_settings(c))
+        if cid in seen:
+            raise ConfigError(f"duplicate cells: cell {pos} ({ov}) has the same settings as cell {seen[cid]}")
+        seen[cid] = pos
+        out.append(Cell(cid, pos, c, ov))
+    return out
+
+
+def to_toml(cfg: dict) -> str:
+    """Serialize a resolved config to TOML (tables of scalars and lists only)."""
+    lines = []
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf") if not math.isnan(v) else "nan"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + "}"
+        raise TypeError(type(v))
+
+    for section, values in cfg.items():
+        if section == "cells":
+            for c in values:
+                lines.append("[[cells]]")
+                lines += [f"{json.dumps(k)} = {val(v)}" for k, v in c.items()]
+                lines.append("")
+            continue
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            key = json.dumps(k) if "." in k else k
+            lines.append(f"{key} = {val(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe_schema() -> str:
+    """Every config key with its default and meaning, for ``topoland config --keys``."""
+    out = []
+    for section, keys in SCHEMA.items():
+        out.append(f"[{section}]")
+        for k, spec in keys.items():
+            out.append(f"  {k:<24} = {spec.default!r:<28} # {spec.help}")
+        if section == "model":
+            out.append("  <argument>               = ...                          # any build_model argument")
+    out.append("[grid]\n  \"section.key\"            = [v1, v2, ...]                # the grid is the product")
+    out.append("[[cells]]\n  \"section.key\"            = value                        # an extra cell")
+    return "\n".join(out)

@@ -1,0 +1,159 @@
+"""Executors of grid cells: in this process, in local worker processes, or as Ray tasks.
+
+The unit of work is a grid cell: one minimum and every per-cell stage around it.
+
+- ``local`` with one worker runs the cells one after another in this process.
+- ``local`` with ``workers = N`` runs N worker processes (spawned), each pinned to one GPU
+  when several exist; they write to the run directory directly (same machine, same disk).
+- ``ray`` runs each cell as a Ray task with the config's ``num_cpus``/``num_gpus``. Results
+  are **returned to the driver and written there**: a task receives the cell's config and its
+  already finished stage folders as bytes, runs the missing stages in a private temporary run
+  directory, and returns the new stage folders as bytes. So workers need no shared
+  filesystem, the driver is the only writer of the index, and the stored results are the
+  same files a local run writes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .config import Cell
+from .errors import TopolandError
+from .store import RunStore
+
+
+def execute_cells(store: RunStore, cell_ids, stages, *, executor="local", address=None, config=None,
+                  progress=True) -> list[tuple]:
+    """Run ``stages`` for every cell; return failures as ``(cell_id, stage, message)``."""
+    todo = [c for c in cell_ids if any(not store.is_done(c, s) for s in stages)]
+    if not todo or not stages:
+        return []
+    if executor == "ray":
+        return _execute_ray(store, todo, stages, address=address, config=config or {}, progress=progress)
+    workers = int((config or {}).get("run", {}).get("workers", 1))
+    if executor != "local":
+        raise TopolandError(f"unknown executor {executor!r} (use 'local' or 'ray')")
+    if workers > 1:
+        return _execute_processes(store, todo, stages, workers, progress)
+    return _execute_inline(store, todo, stages, progress)
+
+
+def _bar(total, progress, desc):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="cell", disable=not progress, dynamic_ncols=True)
+
+
+def _execute_inline(store, todo, stages, progress):
+    from .run import run_cell_stages
+    failures = []
+    with _bar(len(todo), progress, "cells") as bar:
+        def on_stage(cid, stage):
+            bar.set_postfix_str(f"cell {cid} · {stage}")
+        for cid in todo:
+            failures += run_cell_stages(store, cid, stages, on_stage=on_stage)
+            bar.update(1)
+    return failures
+
+
+def _worker(args):
+    run_dir, cid, stages, gpu = args
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from .run import run_cell_stages
+    return run_cell_stages(RunStore.open(run_dir), cid, stages)
+
+
+def _execute_processes(store, todo, stages, workers, progress):
+    import multiprocessing as mp
+
+    import torch
+    n_gpu = torch.cuda.device_count()
+    jobs = [(str(store.path), cid, list(stages), (i % n_gpu) if n_gpu > 1 else None)
+            for i, cid in enumerate(todo)]
+    failures = []
+    with mp.get_context("spawn").Pool(workers) as pool, _bar(len(todo), progress, "cells") as bar:
+        for f in pool.imap_unordered(_worker, jobs):
+            failures += f
+            bar.update(1)
+    return failures
+
+
+# ---------------------------------------------------------------------------------- Ray
+def _pack(store: RunStore, cell_id: str, stages) -> dict:
+    packed = {}
+    for stage in stages:
+        if store.is_done(cell_id, stage):
+            d = store.stage_dir(cell_id, stage)
+            packed[stage] = {"files": {p.relative_to(d).as_posix(): p.read_bytes()
+                                       for p in sorted(d.rglob("*")) if p.is_file()},
+                             "summary": store.summary(cell_id, stage)}
+    return packed
+
+
+def _unpack_into(store: RunStore, cell_id: str, stage: str, item: dict):
+    with store.stage(cell_id, stage) as box:
+        for rel, data in item["files"].items():
+            p = box["dir"] / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        box["summary"] = item["summary"]
+
+
+def run_packed_cell(cell_config: dict, cell_id: str, packed: dict, stages) -> tuple[dict, list, dict]:
+    """Run a cell's missing stages in a private temporary run directory (a Ray task's body).
+
+    Returns ``(new stage folders as bytes, failures, tracebacks by stage)``.
+    """
+    from .run import run_cell_stages
+    with tempfile.TemporaryDirectory(prefix="topoland-cell-") as tmp:
+        st = RunStore.create(Path(tmp) / "run", "", [Cell(cell_id, 0, cell_config)])
+        for stage, item in packed.items():
+            _unpack_into(st, cell_id, stage, item)
+        failures = run_cell_stages(st, cell_id, stages)
+        new = {k: v for k, v in _pack(st, cell_id, stages).items() if k not in packed}
+        errors = {}
+        df = st.stages()
+        for _, row in df[df.status == "failed"].iterrows():
+            errors[row.stage] = row.error
+        return new, failures, errors
+
+
+def _execute_ray(store, todo, stages, *, address, config, progress):
+    try:
+        import ray
+    except ImportError:
+        raise TopolandError("the 'ray' executor needs Ray: pip install 'topoland[ray]'") from None
+    run_cfg = config.get("run", {})
+    started_here = False
+    if not ray.is_initialized():
+        kwargs = {"address": address} if address else {"num_cpus": os.cpu_count()}
+        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+        started_here = True
+    try:
+        task = ray.remote(num_cpus=run_cfg.get("num_cpus", 1), num_gpus=run_cfg.get("num_gpus", 0),
+                          max_retries=0)(run_packed_cell)
+        refs = {task.remote(store.cell_config(cid), cid, _pack(store, cid, stages), list(stages)): cid
+                for cid in todo}
+        failures = []
+        with _bar(len(refs), progress, "cells (ray)") as bar:
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                cid = refs[done[0]]
+                try:
+                    new, fails, errors = ray.get(done[0])
+                except Exception as e:  # the task itself died (out of memory, node lost)
+                    fails, new, errors = [(cid, "?", f"{type(e).__name__}: {e}")], {}, {}
+                for stage in stages:
+                    if stage in new:
+                        _unpack_into(store, cid, stage, new[stage])
+                for _, stage, msg in fails:
+                    if stage in errors:
+                        store.record_failure(cid, stage, errors[stage])
+                failures += fails
+                bar.update(1)
+        return failures
+    finally:
+        if started_here:
+            ray.shutdown()

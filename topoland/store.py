@@ -1,0 +1,376 @@
+"""The run directory: resolved config, SQLite index, per-cell stage results, atomic writes.
+
+Layout::
+
+    RUN/config.toml                 resolved config (what the run was asked to do)
+    RUN/index.sqlite                cells, stage status, summaries, file checksums
+    RUN/cells/<cell_id>/<stage>/    one folder per finished stage (safetensors, CSV, HDF5, JSON)
+    RUN/tables/                     cross-cell tables (features, classifiers, comparisons)
+    RUN/.lock                       held by the process working on the run
+
+A stage's results are written into ``<stage>.tmp-<pid>/`` and renamed into place; only then is
+the stage marked done in the index, with a SHA-256 of every file. A crash at any moment leaves
+either a finished stage or an unfinished one that is redone, never a half-written result.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY, position INTEGER, label TEXT, settings TEXT, overrides TEXT);
+CREATE TABLE IF NOT EXISTS stages (
+    cell_id TEXT, stage TEXT, status TEXT, started REAL, finished REAL, seconds REAL,
+    summary TEXT, error TEXT, PRIMARY KEY (cell_id, stage));
+CREATE TABLE IF NOT EXISTS files (
+    cell_id TEXT, stage TEXT, relpath TEXT, sha256 TEXT, size INTEGER,
+    PRIMARY KEY (cell_id, stage, relpath));
+"""
+
+RUN_LEVEL = "_run"  # pseudo cell id of run-level stages (analysis, report, paths across cells)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` through a temporary name and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text: str):
+    atomic_write_bytes(path, text.encode())
+
+
+def save_tensors(path, tensors: dict, metadata: dict | None = None):
+    """Save a dict of tensors as safetensors, atomically. Metadata values are JSON-encoded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise StoreError(f"tensor file '{path}' does not exist") from None
+    except Exception as e:  # safetensors raises its own error types for truncated headers
+        raise StoreError(f"tensor file '{path}' is unreadable ({e})") from None
+
+
+class RunStore:
+    """A run directory. Open with :meth:`create` (new or matching) or :meth:`open` (existing)."""
+
+    def __init__(self, path):
+        self.path = Path(path).resolve()
+        self._db_path = self.path / "index.sqlite"
+        self._lock_fd = None
+
+    # -- creation -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, config_toml: str, cells) -> "RunStore":
+        """Create a run directory for ``cells`` or reopen one made from the same config.
+
+        A run directory made from a different grid is refused rather than mixed.
+        """
+        store = cls(path)
+        if (store.path / "index.sqlite").exists():
+            store._check_cells(cells)
+            return store
+        store.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(store.path / "config.toml", config_toml)
+        with store._db() as db:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(stmt)
+            for c in cells:
+                db.execute("INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?)",
+                           (c.cell_id, c.position, c.label, json.dumps(c.config, default=str),
+                            json.dumps(c.overrides, default=str)))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)", (str(time.time()),))
+        return store
+
+    @classmethod
+    def open(cls, path) -> "RunStore":
+        store = cls(path)
+        if not store._db_path.exists():
+            raise StoreError(f"'{path}' is not a topoland run directory (no index.sqlite)")
+        return store
+
+    def _check_cells(self, cells):
+        stored = {r[0] for r in self._query("SELECT cell_id FROM cells")}
+        new = {c.cell_id for c in cells}
+        if stored != new:
+            added, gone = sorted(new - stored), sorted(stored - new)
+            raise StoreError(
+                f"run directory '{self.path}' was made from a different grid "
+                f"({len(added)} new cells, {len(gone)} missing): use another --out directory")
+
+    @contextlib.contextmanager
+    def _db(self):
+        con = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("BEGIN IMMEDIATE")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def _query(self, sql, args=()):
+        con = sqlite3.connect(self._db_path, timeout=30)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    # -- locking --------------------------------------------------------------------------
+    def lock(self):
+        """Take the run's exclusive lock; a second process gets a clear StoreError."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"run directory '{self.path}' is in use by process {other}; "
+                             "wait for it to finish (two runs on one directory would corrupt it)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        return self
+
+    def unlock(self):
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self.lock()
+
+    def __exit__(self, *exc):
+        self.unlock()
+
+    # -- cells and stages -----------------------------------------------------------------
+    def config_text(self) -> str:
+        return (self.path / "config.toml").read_text()
+
+    def cells(self) -> pd.DataFrame:
+        rows = self._query("SELECT cell_id, position, label, settings, overrides FROM cells ORDER BY position")
+        return pd.DataFrame(
+            [{"cell_id": r[0], "position": r[1], "label": r[2], "settings": json.loads(r[3]),
+              "overrides": json.loads(r[4])} for r in rows])
+
+    def cell_config(self, cell_id: str) -> dict:
+        rows = self._query("SELECT settings FROM cells WHERE cell_id = ?", (cell_id,))
+        if not rows:
+            raise StoreError(f"no cell '{cell_id}' in run '{self.path}'")
+        return json.loads(rows[0][0])
+
+    def stage_dir(self, cell_id: str, stage: str) -> Path:
+        return self.path / "cells" / cell_id / stage if cell_id != RUN_LEVEL else self.path / "run" / stage
+
+    def status(self, cell_id: str, stage: str) -> str | None:
+        rows = self._query("SELECT status FROM stages WHERE cell_id = ? AND stage = ?", (cell_id, stage))
+        return rows[0][0] if rows else None
+
+    def is_done(self, cell_id: str, stage: str) -> bool:
+        return self.status(cell_id, stage) == "done"
+
+    def summary(self, cell_id: str, stage: str) -> dict:
+        rows = self._query("SELECT summary FROM stages WHERE cell_id = ? AND stage = ? AND status = 'done'",
+                           (cell_id, stage))
+        if not rows:
+            raise StoreError(f"stage '{stage}' of cell '{cell_id}' is not finished")
+        return json.loads(rows[0][0] or "{}")
+
+    def stages(self) -> pd.DataFrame:
+        rows = self._query("SELECT cell_id, stage, status, started, finished, seconds, summary, error FROM stages")
+        return pd.DataFrame(rows, columns=["cell_id", "stage", "status", "started", "finished", "seconds",
+                                           "summary", "error"])
+
+    @contextlib.contextmanager
+    def stage(self, cell_id: str, stage: str):
+        """Write a stage's results atomically.
+
+        Yields a temporary folder; the body writes into it and may set ``box["summary"]``.
+        On success the folder is renamed into place and the stage marked done with checksums.
+        On an exception the stage is marked failed with its message and nothing is kept.
+        """
+        final = self.stage_dir(cell_id, stage)
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        started = time.time()
+        box = {"dir": tmp, "summary": {}}
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, 'running', ?, NULL, NULL, NULL, NULL)",
+                       (cell_id, stage, started))
+        try:
+            yield box
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            import traceback
+            err = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+            with self._db() as db:
+                db.execute("UPDATE stages SET status = 'failed', finished = ?, seconds = ?, error = ? "
+                           "WHERE cell_id = ? AND stage = ?",
+                           (time.time(), time.time() - started, err, cell_id, stage))
+            raise
+        files = [(p.relative_to(tmp).as_posix(), _sha256(p), p.stat().st_size)
+                 for p in sorted(tmp.rglob("*")) if p.is_file()]
+        if final.exists():  # left by a crash after rename but before the index was updated
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        finished = time.time()
+        with self._db() as db:
+            db.execute("DELETE FROM files WHERE cell_id = ? AND stage = ?", (cell_id, stage))
+            db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?)",
+                           [(cell_id, stage, r, h, s) for r, h, s in files])
+            db.execute("UPDATE stages SET status = 'done', finished = ?, seconds = ?, summary = ?, error = NULL "
+                       "WHERE cell_id = ? AND stage = ?",
+                       (finished, finished - started, json.dumps(_jsonable(box["summary"])), cell_id, stage))
+
+    def record_failure(self, cell_id: str, stage: str, error: str):
+        """Record a stage that failed elsewhere (a Ray task) with its traceback."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, 'failed', ?, ?, 0, NULL, ?)",
+                       (cell_id, stage, now, now, error))
+
+    def failures(self) -> pd.DataFrame:
+        df = self.stages()
+        return df[df.status == "failed"][["cell_id", "stage", "error"]].reset_index(drop=True)
+
+    def invalidate(self, cell_id: str, stage: str):
+        """Forget a stage (for ``--force``): its folder and index rows go."""
+        with self._db() as db:
+            db.execute("DELETE FROM stages WHERE cell_id = ? AND stage = ?", (cell_id, stage))
+            db.execute("DELETE FROM files WHERE cell_id = ? AND stage = ?", (cell_id, stage))
+        shutil.rmtree(self.stage_dir(cell_id, stage), ignore_errors=True)
+
+    def clean_stale(self):
+        """Remove temporary folders and files left by killed processes, and reset 'running' rows."""
+        for p in list(self.path.rglob("*.tmp-*")):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        with self._db() as db:
+            db.execute("UPDATE stages SET status = 'interrupted' WHERE status = 'running'")
+
+    def set_meta(self, key: str, value):
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(_jsonable(value))))
+
+    def get_meta(self, key: str, default=None):
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    # -- paths ------------------------------------------------------------------------------
+    def inside(self, relpath) -> Path:
+        """Resolve a path from a config value inside the run directory; refuse anything outside."""
+        p = (self.path / relpath).resolve()
+        if p != self.path and self.path not in p.parents:
+            raise StoreError(f"path '{relpath}' points outside the run directory '{self.path}'; refused")
+        return p
+
+    # -- verification ---------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Check index against files: every done stage's files exist with their checksums.
+
+        Returns a list of problems (empty when consistent).
+        """
+        problems = []
+        done = self._query("SELECT cell_id, stage FROM stages WHERE status = 'done'")
+        recorded = {}
+        for cid, stage, rel, sha, size in self._query("SELECT cell_id, stage, relpath, sha256, size FROM files"):
+            recorded.setdefault((cid, stage), []).append((rel, sha, size))
+        for cid, stage in done:
+            d = self.stage_dir(cid, stage)
+            if not d.is_dir():
+                problems.append(f"{cid}/{stage}: marked done but its folder is missing")
+                continue
+            on_disk = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
+            listed = {r for r, _, _ in recorded.get((cid, stage), [])}
+            for extra in sorted(on_disk - listed):
+                problems.append(f"{cid}/{stage}/{extra}: file not in the index")
+            for rel, sha, size in recorded.get((cid, stage), []):
+                f = d / rel
+                if not f.is_file():
+                    problems.append(f"{cid}/{stage}/{rel}: missing")
+                elif f.stat().st_size != size or _sha256(f) != sha:
+                    problems.append(f"{cid}/{stage}/{rel}: checksum mismatch")
+        done_set = {(c, s) for c, s in done}
+        for base, cid_of in ((self.path / "cells", lambda p: p.parent.name), (self.path / "run", lambda p: RUN_LEVEL)):
+            if not base.is_dir():
+                continue
+            for d in base.glob("*/*" if base.name == "cells" else "*"):
+                if d.is_dir() and ".tmp-" not in d.name and (cid_of(d), d.name) not in done_set:
+                    problems.append(f"{cid_of(d)}/{d.name}: folder without a finished stage in the index")
+        return problems
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    return x
+
+
+def write_table(df: pd.DataFrame, path_without_suffix, parquet: bool = True):
+    """Write a table as CSV (and Parquet), atomically."""
+    p = Path(path_without_suffix)
+    atomic_write_text(p.with_suffix(".csv"), df.to_csv(index=False))
+    if parquet:
+        tmp = p.with_name(f".{p.name}.parquet.tmp-{os.getpid()}")
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, p.with_suffix(".parquet"))
