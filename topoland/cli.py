@@ -196,7 +196,7 @@ def _cmd_info(a):
     import torch
 
     from . import __version__
-    from .data import DATASETS, dataset_status
+    from .data import DATASETS, dataset_available
     print(f"topoland   {__version__}")
     print(f"python     {platform.python_version()}")
     for mod in ("torch", "torchvision", "numpy", "scipy", "sklearn", "pandas", "phate", "gudhi", "networkx",
@@ -213,7 +213,8 @@ def _cmd_info(a):
         print(f"device     cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads); no CUDA device")
     print("datasets:")
     for name in DATASETS:
-        print(f"  {name:<14} {dataset_status(name, a.root)}")
+        ok, where = dataset_available(name, a.root)
+        print(f"  {name:<14} {'found' if ok else 'missing'}: {where}")
     return 0
 
 

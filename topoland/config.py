@@ -100,7 +100,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "train": {
         "optimizer": _Key((str,), "sgd", _one_of("sgd", "adam"), "optimizer"),
         "lr": _Key(_NUM, 0.1, _pos, "learning rate"),
-        "momentum": _Key(_NUM, 0.9, _unit, "SGD momentum"),
+        "momentum": _Key(_NUM, 0.9, _frac, "SGD momentum"),
         "weight_decay": _Key(_NUM, 0.0, _nonneg, "L2 weight decay"),
         "batch_size": _Key((int,), 128, _pos, "minibatch size"),
         "epochs": _Key((int,), 20, _pos, "training epochs"),
@@ -115,7 +115,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _each(_pos), "jump sizes along each direction"),
         "epochs": _Key((int,), 40, _pos, "retraining epochs per jump"),
         "lr": _Key(_NUM, 0.001, _pos, "retraining learning rate"),
-        "momentum": _Key(_NUM, 0.9, _unit, "retraining momentum"),
+        "momentum": _Key(_NUM, 0.9, _frac, "retraining momentum"),
         "weight_decay": _Key(_NUM, 1e-4, _nonneg, "retraining weight decay"),
         "batch_size": _Key((int,), 128, _pos, "retraining batch size"),
         "augment": _Key((str, bool), "inherit", None, "augmentation while retraining ('inherit' = as trained)"),

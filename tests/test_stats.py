@@ -1,0 +1,276 @@
+"""Statistics: group comparisons, corrections, correlations, diagram permutation test, figures."""
+import itertools
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from topoland.analysis.features import AnalysisError, feature_table
+from topoland.analysis.stats import (
+    _between_means,
+    _kendall_rows,
+    _spearman_rows,
+    benjamini_hochberg,
+    bootstrap_mean_diff_ci,
+    cliffs_delta,
+    compare,
+    correlations,
+    diagram_distance,
+    diagram_permutation_test,
+    holm,
+    permutation_test_means,
+)
+from topoland.errors import NotEnoughSamplesError
+
+
+def _table(shift=2.0, n=12, seed=0, k=2):
+    rng = np.random.default_rng(seed)
+    wd = np.repeat([0.0, 1e-4, 5e-4][:k], n)
+    y = rng.normal(size=n * k) + shift * np.repeat(np.arange(k), n)
+    return pd.DataFrame({"cell_id": range(n * k), "weight_decay": wd, "topology.tp_h1": y})
+
+
+# ------------------------------------------------------------------ small pieces
+
+
+def test_cliffs_delta_vs_loop_and_scipy_u():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 5, 13).astype(float), rng.integers(0, 5, 9).astype(float)  # with ties
+    loop = sum(int(x > y) - int(x < y) for x in a for y in b) / (a.size * b.size)
+    assert cliffs_delta(a, b) == pytest.approx(loop)
+    u = sps.mannwhitneyu(a, b).statistic  # U of a, ties counted 1/2
+    assert cliffs_delta(a, b) == pytest.approx(2 * u / (a.size * b.size) - 1)
+    assert cliffs_delta([3, 4], [1, 2]) == 1.0 and cliffs_delta([1, 2], [3, 4]) == -1.0
+
+
+def test_holm_bh_known_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    # BH: sorted times 4/i = 0.02, 0.02, 0.04, 0.04 -> running min from the top
+    np.testing.assert_allclose(benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0, 0.2, 40)
+    np.testing.assert_allclose(benjamini_hochberg(q), sps.false_discovery_control(q, method="bh"))
+    try:
+        from statsmodels.stats.multitest import multipletests
+    except ImportError:
+        pass
+    else:
+        np.testing.assert_allclose(holm(q), multipletests(q, method="holm")[1])
+    with pytest.raises(AnalysisError):
+        holm([0.1, np.nan])
+
+
+def test_permutation_exact_matches_scipy():
+    a = np.array([1.2, 3.4, 2.2, 5.0, 4.1])
+    b = np.array([0.3, 1.1, 2.0, 0.7])
+    diff, p, exact = permutation_test_means(a, b, n_permutations=1000)  # C(9, 5) = 126 <= 1000
+    assert exact and diff == pytest.approx(a.mean() - b.mean())
+    ref = sps.permutation_test((a, b), lambda x, y, axis: np.abs(x.mean(axis) - y.mean(axis)),
+                               permutation_type="independent", alternative="greater",
+                               n_resamples=np.inf, vectorized=True)
+    assert p == pytest.approx(ref.pvalue)
+    # a plain loop over all relabellings
+    x = np.concatenate([a, b])
+    null = [abs(x[list(c)].mean() - np.delete(x, list(c)).mean()) for c in itertools.combinations(range(9), 5)]
+    assert p == pytest.approx(np.mean(np.asarray(null) >= abs(diff) - 1e-12))
+    # Monte Carlo agrees with the exact value
+    _, p_mc, exact_mc = permutation_test_means(a, b, n_permutations=100, seed=1)
+    assert not exact_mc and abs(p_mc - p) < 0.08
+
+
+def test_bootstrap_ci_vs_loop_and_scipy():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 25)
+    lo, hi = bootstrap_mean_diff_ci(a, b, n_boot=500, seed=7)
+    g = np.random.default_rng(7)
+    ia = g.integers(0, a.size, size=(500, a.size))
+    ib = g.integers(0, b.size, size=(500, b.size))
+    diffs = [a[ia[i]].mean() - b[ib[i]].mean() for i in range(500)]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
+    lo, hi = bootstrap_mean_diff_ci(a, b, n_boot=4000, seed=0)
+    ref = sps.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), method="percentile",
+                        n_resamples=4000, rng=np.random.default_rng(0)).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.06) and hi == pytest.approx(ref.high, abs=0.06)
+
+
+# ------------------------------------------------------------------ compare
+
+
+def test_compare_two_groups_shifted_vs_identical():
+    shifted = compare(_table(shift=2.0), "weight_decay", "tp_h1", n_permutations=999, n_boot=500)
+    assert shifted.metric == "topology.tp_h1" and shifted.groups == [0.0, 1e-4]
+    assert shifted.p_value < 1e-3 and shifted.perm_p_value <= 0.002
+    assert shifted.cliffs_delta < -0.8 and shifted.ci_high < 0 and shifted.ci_low < shifted.mean_diff < shifted.ci_high
+    assert "exchangeable" in shifted.assumptions
+    same = compare(_table(shift=0.0, seed=3), "weight_decay", "tp_h1", n_permutations=999, n_boot=500)
+    assert same.p_value > 0.2 and same.perm_p_value > 0.2 and same.ci_low < 0 < same.ci_high
+    # literally identical groups
+    df = pd.DataFrame({"g": ["a"] * 5 + ["b"] * 5, "m": [1.0, 2, 3, 4, 5] * 2})
+    ident = compare(df, "g", "m", n_permutations=999, n_boot=200)
+    assert ident.p_value == pytest.approx(1.0) and ident.perm_p_value == pytest.approx(1.0)
+    assert ident.cliffs_delta == 0.0 and ident.mean_diff == 0.0
+
+
+def test_compare_matches_scipy():
+    df = _table(shift=0.7, n=9, seed=5, k=2)
+    res = compare(df, "weight_decay", "topology.tp_h1", n_permutations=200, n_boot=200)
+    a = df.loc[df.weight_decay == 0.0, "topology.tp_h1"].to_numpy()
+    b = df.loc[df.weight_decay == 1e-4, "topology.tp_h1"].to_numpy()
+    ref = sps.mannwhitneyu(a, b, alternative="two-sided")
+    assert res.statistic == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue)
+    frame = res.to_frame()
+    assert frame.loc[0, "n_a"] == 9 and frame.loc[0, "p_value"] == pytest.approx(ref.pvalue)
+
+    df3 = _table(shift=1.0, n=8, seed=6, k=3)
+    res3 = compare(df3, "weight_decay", "tp_h1")
+    groups = [df3.loc[df3.weight_decay == w, "topology.tp_h1"].to_numpy() for w in (0.0, 1e-4, 5e-4)]
+    kw = sps.kruskal(*groups)
+    assert res3.test == "kruskal-wallis" and res3.p_value == pytest.approx(kw.pvalue)
+    assert res3.statistic == pytest.approx(kw.statistic)
+    raw = [sps.mannwhitneyu(groups[i], groups[j]).pvalue for i, j in [(0, 1), (0, 2), (1, 2)]]
+    np.testing.assert_allclose(res3.pairwise["p_value"], raw)
+    np.testing.assert_allclose(res3.pairwise["p_holm"], holm(raw))
+    assert res3.pairwise.loc[1, "p_holm"] < 0.05  # 0 vs 5e-4: shifted by 2
+    frame3 = res3.to_frame()
+    assert len(frame3) == 4 and frame3.loc[0, "test"] == "kruskal-wallis" and "Holm" in res3.assumptions
+
+
+def test_compare_too_few_and_degenerate():
+    df = _table(n=12)
+    df.loc[df.index[:10], "topology.tp_h1"] = np.nan
+    with pytest.raises(NotEnoughSamplesError, match=r"fewer than 3 samples.*0\.0: 2, 0\.0001: 12; 10 rows dropped"):
+        compare(df, "weight_decay", "tp_h1")
+    with pytest.raises(NotEnoughSamplesError, match="1 group"):
+        compare(_table(k=1), "weight_decay", "tp_h1")
+    const = _table().assign(**{"topology.tp_h1": 1.0})
+    with pytest.raises(AnalysisError, match="constant"):
+        compare(const, "weight_decay", "tp_h1")
+    with pytest.raises(AnalysisError, match="grouping column"):
+        compare(const, "batch_size", "tp_h1")
+
+
+# ------------------------------------------------------------------ correlations
+
+
+def test_batched_rank_correlations_vs_scipy_loop():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(30, 15)).astype(float)  # many ties
+    y = rng.normal(size=(30, 15)) + x
+    sp = _spearman_rows(x, y)
+    kd = _kendall_rows(x, y, chunk_elems=1000)  # forces several chunks
+    for i in range(30):
+        assert sp[i] == pytest.approx(sps.spearmanr(x[i], y[i]).statistic)
+        assert kd[i] == pytest.approx(sps.kendalltau(x[i], y[i]).statistic)
+    const = _spearman_rows(np.ones((1, 5)), y[:1, :5])
+    assert np.isnan(const).all() and np.isnan(_kendall_rows(np.ones((1, 5)), y[:1, :5])).all()
+
+
+def test_correlations_table():
+    rng = np.random.default_rng(4)
+    n = 40
+    test_loss = rng.uniform(0.5, 1.0, n)
+    cells = pd.DataFrame({"cell_id": range(n), "train_loss": 0.1 * np.ones(n), "test_loss": test_loss,
+                          "train_acc": np.ones(n), "test_acc": 1 - test_loss / 2})
+    groups = {"topology": pd.DataFrame({"mono": np.exp(test_loss), "noise": rng.normal(size=n),
+                                        "flat": np.ones(n)}, index=pd.Index(range(n), name="cell_id"))}
+    ft = feature_table(cells, groups)
+    res = correlations(ft, n_boot=200, seed=0)
+    assert len(res) == 6 and set(res["target"]) == {"gap", "test_acc"}
+    r = res.set_index(["feature", "target"])
+    mono = r.loc[("topology.mono", "gap")]
+    assert mono["spearman_rho"] == pytest.approx(1.0) and mono["kendall_tau"] == pytest.approx(1.0)
+    assert r.loc[("topology.mono", "test_acc"), "spearman_rho"] == pytest.approx(-1.0)
+    assert mono["spearman_ci_low"] == pytest.approx(1.0) and mono["n_boot_valid"] == 200
+    noise = r.loc[("topology.noise", "gap")]
+    ref = sps.spearmanr(ft.frame["topology.noise"], ft.frame["gap"])
+    assert noise["spearman_rho"] == pytest.approx(ref.statistic) and noise["spearman_p"] == pytest.approx(ref.pvalue)
+    kref = sps.kendalltau(ft.frame["topology.noise"], ft.frame["gap"])
+    assert noise["kendall_p"] == pytest.approx(kref.pvalue)
+    assert noise["spearman_ci_low"] < noise["spearman_rho"] < noise["spearman_ci_high"]
+    flat = r.loc[("topology.flat", "gap")]
+    assert np.isnan(flat["spearman_rho"]) and "constant" in flat["note"] and np.isnan(flat["spearman_p_bh"])
+    for t in ("gap", "test_acc"):
+        sel = res[(res.target == t) & res.spearman_p.notna()]
+        np.testing.assert_allclose(sel["spearman_p_bh"], benjamini_hochberg(sel["spearman_p"]))
+    assert "Benjamini-Hochberg" in res.attrs["assumptions"]
+    with pytest.raises(NotEnoughSamplesError, match="3 complete rows; needs at least 5"):
+        correlations(ft.frame.iloc[:3], ["topology.mono"], n_boot=10)
+
+
+# ------------------------------------------------------------------ diagrams
+
+
+def test_diagram_distance_hand_computed():
+    d1 = {0: np.array([[0.0, 1.0], [0.0, np.inf]]), 1: np.array([[1.0, 3.0]])}
+    d2 = {0: np.array([[0.0, 2.0]])}
+    # H0: match (0,1)-(0,2) costs max(0, 1) = 1 (diagonal: 0.5 + 1 = 1.5); infinite point ignored
+    # H1: (1,3) to the diagonal costs (3 - 1) / 2 = 1 in the L-infinity ground metric
+    assert diagram_distance(d1, d2) == pytest.approx(2.0)
+    assert diagram_distance(d1, d2, dims=[0]) == pytest.approx(1.0)
+    assert diagram_distance(d1, d1) == 0.0
+
+
+def _diagrams(rng, n, death_mean):
+    return [{0: np.column_stack([np.zeros(6), rng.normal(death_mean, 0.2, 6).clip(0.05)]),
+             1: np.column_stack([np.ones(3), 1 + rng.uniform(0.1, 0.5, 3)])} for _ in range(n)]
+
+
+def test_diagram_permutation_test():
+    rng = np.random.default_rng(0)
+    a, b, c = _diagrams(rng, 6, 1.0), _diagrams(rng, 6, 2.0), _diagrams(rng, 6, 1.0)
+    shifted = diagram_permutation_test(a, b, n_permutations=499, seed=0)
+    same = diagram_permutation_test(a, c, n_permutations=499, seed=0)
+    assert not shifted.exact and shifted.n_permutations == 499
+    # with equal sizes the swapped labelling gives the same statistic, so p can exceed 1/500
+    assert shifted.p_value <= 0.01 and same.p_value > 0.1
+    assert "finite points" in shifted.assumptions
+    D = shifted.distances
+    assert D[0, 6] == pytest.approx(diagram_distance(a[0], b[0]))
+    assert shifted.statistic == pytest.approx(D[:6, 6:].mean())
+    # exact enumeration for small groups, against a plain loop
+    res = diagram_permutation_test(a[:3], b[:3], n_permutations=1000)
+    assert res.exact and res.n_permutations == math.comb(6, 3)
+    loop = [np.mean([res.distances[i, j] for i in comb for j in range(6) if j not in comb])
+            for comb in itertools.combinations(range(6), 3)]
+    np.testing.assert_allclose(np.sort(res.null), np.sort(loop))
+    assert res.p_value == pytest.approx(np.mean(np.asarray(loop) >= res.statistic - 1e-12))
+    # a custom distance is used as given
+    res2 = diagram_permutation_test([1.0, 1.1, 0.9], [5.0, 5.2], distance=lambda x, y: abs(x - y), n_permutations=100)
+    assert res2.statistic == pytest.approx(np.mean([abs(x - y) for x in (1.0, 1.1, 0.9) for y in (5.0, 5.2)]))
+    with pytest.raises(NotEnoughSamplesError, match="got 1 and 6 diagrams; each group needs at least 2"):
+        diagram_permutation_test(a[:1], b)
+
+
+def test_between_means_vs_loop():
+    rng = np.random.default_rng(3)
+    M = rng.uniform(size=(7, 7))
+    D = M + M.T
+    masks = np.zeros((5, 7), dtype=bool)
+    for r in range(5):
+        masks[r, rng.choice(7, 3, replace=False)] = True
+    ref = [np.mean([D[i, j] for i in np.flatnonzero(m) for j in np.flatnonzero(~m)]) for m in masks]
+    np.testing.assert_allclose(_between_means(D, masks), ref)
+
+
+# ------------------------------------------------------------------ figures
+
+
+def test_figures():
+    import matplotlib.pyplot as plt
+
+    from topoland.plots.analysis import plot_feature_vs_target, plot_grouped
+
+    df = _table(shift=1.0).assign(gap=lambda d: d["topology.tp_h1"] * 2 + 1)
+    ax = plot_feature_vs_target(df, "tp_h1", "gap", hue="weight_decay")
+    assert "Spearman ρ = 1.00" in ax.get_title() and ax.get_xlabel() == "topology.tp_h1"
+    ax = plot_grouped(df, "weight_decay", "tp_h1")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0\n(n=12)", "0.0001\n(n=12)"]
+    plt.close("all")

@@ -1,0 +1,198 @@
+"""Model checkpoints as safetensors, never pickle.
+
+A checkpoint holds the model's ``state_dict`` tensors (parameters and persistent buffers) and
+string metadata: ``topoland_checkpoint`` (format version), ``spec`` (JSON: model ``name``,
+``kwargs``, ``input_shape``, ``num_classes``) and ``metrics`` (JSON). Writes are atomic (a
+temporary name in the same folder, then ``os.replace``).
+
+Reading: safetensors files are parsed by the safetensors library (no code execution). A raw
+pickle is refused outright. A PyTorch zip checkpoint (``.pt``/``.pth``) is read only with
+``torch.load(..., weights_only=True)``, whose restricted unpickler cannot run code; it carries
+no model spec, so ``model=`` must be given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as _st_load_bytes
+from safetensors.torch import save as _st_save_bytes
+from torch import Tensor, nn
+
+from topoland.errors import CheckpointError, ConfigError
+from topoland.models import build_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "save_tensors", "load_tensors", "compare_state"]
+
+FORMAT_VERSION = "1"
+_SPEC_KEYS = ("name", "input_shape", "num_classes")
+
+
+def save_tensors(path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (name -> tensor, any device) and string ``metadata`` atomically."""
+    path = os.fspath(path)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    blob = _st_save_bytes(flat, metadata=metadata)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_tensors(path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a safetensors file: ``(tensors on the CPU, metadata)``.
+
+    Raises :class:`CheckpointError` for a missing, truncated, corrupted or non-safetensors file
+    (pickles are refused without being opened by an unpickler).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        blob = f.read()
+    kind = _sniff(blob)
+    if kind == "pickle":
+        raise CheckpointError(f"{path} is a pickle file; topoland never unpickles (it can run "
+                              f"arbitrary code): convert it to safetensors")
+    if kind == "torch-zip":
+        raise CheckpointError(f"{path} is a PyTorch zip file, not safetensors")
+    if len(blob) < 8:
+        raise CheckpointError(f"checkpoint {path} is truncated ({len(blob)} bytes)")
+    (n_header,) = struct.unpack("<Q", blob[:8])
+    if 8 + n_header > len(blob):
+        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file "
+                              f"(header of {n_header} bytes, file of {len(blob)})")
+    try:
+        header = json.loads(blob[8:8 + n_header])
+        tensors = _st_load_bytes(blob)
+    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted: {exc}") from exc
+    meta = header.get("__metadata__") or {}
+    return tensors, dict(meta)
+
+
+def _sniff(blob: bytes) -> str:
+    """Classify a file by its first bytes: safetensors, torch-zip, pickle or other."""
+    if blob[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(blob) >= 9 and blob[8:9] == b"{":
+        return "safetensors"  # 8-byte header length, then the JSON header
+    if blob[:1] == b"\x80" and len(blob) > 1 and blob[1] in range(2, 6):
+        return "pickle"  # pickle protocol 2-5 (also legacy torch.save files)
+    if blob[:1] in (b"(", b"]", b"}", b"c"):
+        return "pickle"  # protocol 0/1 opcodes
+    return "other"
+
+
+def _spec_json(spec: dict) -> str:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"checkpoint spec must be a dict, got {type(spec).__name__}")
+    missing = [k for k in _SPEC_KEYS if k not in spec]
+    if missing:
+        raise ConfigError(f"checkpoint spec lacks key(s) {', '.join(missing)}")
+    clean = {"name": spec["name"], "input_shape": [int(s) for s in spec["input_shape"]],
+             "num_classes": int(spec["num_classes"]), "kwargs": dict(spec.get("kwargs") or {})}
+    for k, v in spec.items():
+        if k not in clean:
+            clean[k] = v
+    try:
+        return json.dumps(clean, sort_keys=True)
+    except TypeError as exc:
+        raise ConfigError(f"checkpoint spec is not JSON-serializable: {exc}") from exc
+
+
+def save_checkpoint(path, model: nn.Module, *, spec: dict, metrics: dict | None = None) -> None:
+    """Save ``model.state_dict()`` and its ``spec`` (+ ``metrics``) to ``path`` atomically.
+
+    ``spec``: ``{"name", "input_shape", "num_classes", "kwargs"}`` as given to
+    :func:`topoland.models.build_model` (extra JSON-serializable keys are kept).
+    """
+    metadata = {"topoland_checkpoint": FORMAT_VERSION, "spec": _spec_json(spec),
+                "metrics": json.dumps({k: float(v) for k, v in (metrics or {}).items()}, sort_keys=True)}
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def compare_state(model: nn.Module, tensors: dict[str, Tensor]) -> list[str]:
+    """Differences between ``model.state_dict()`` and ``tensors``: one line per problem."""
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in tensors]
+    unexpected = sorted(k for k in tensors if k not in expected)
+    mismatched = [f"{k} (checkpoint {tuple(tensors[k].shape)}, model {tuple(v.shape)})"
+                  for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            problems.append(f"{label}: {shown}")
+    return problems
+
+
+def load_checkpoint(path, *, model: nn.Module | None = None, device="cpu") -> tuple[nn.Module, dict]:
+    """Load a checkpoint into ``model`` (or a model rebuilt from the stored spec).
+
+    Returns ``(model in eval mode on device, meta)`` with ``meta = {"spec": dict | None,
+    "metrics": dict, "format": str}``. Raises :class:`CheckpointError` when the file is
+    missing, truncated, a pickle, or its tensors do not match the architecture (listing the
+    missing, unexpected and mismatched tensors).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if _sniff(head) == "torch-zip":
+        tensors, meta = _load_torch_zip(path), {"spec": None, "metrics": {}, "format": "torch"}
+        if model is None:
+            raise CheckpointError(f"{path} is a PyTorch file without a model spec: pass model= "
+                                  f"to load it")
+    else:
+        tensors, raw = load_tensors(path)
+        try:
+            spec = json.loads(raw["spec"]) if "spec" in raw else None
+            metrics = json.loads(raw.get("metrics", "{}"))
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path} has corrupted metadata: {exc}") from exc
+        meta = {"spec": spec, "metrics": metrics, "format": raw.get("topoland_checkpoint", "none")}
+        if model is None:
+            if spec is None:
+                raise CheckpointError(f"checkpoint {path} has no model spec: pass model= to load it")
+            try:
+                model = build_model(spec["name"], spec["input_shape"], spec["num_classes"],
+                                    **spec.get("kwargs", {}))
+            except (ConfigError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"checkpoint {path} has an invalid model spec: {exc}") from exc
+    problems = compare_state(model, tensors)
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not match the model architecture: "
+                              + "; ".join(problems))
+    model.load_state_dict(tensors, strict=True)
+    model.to(device)
+    model.eval()
+    return model, meta
+
+
+def _load_torch_zip(path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} cannot be read with torch.load(weights_only=True) (it holds "
+                              f"more than tensors, or is corrupted); topoland loads no other way: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is a PyTorch file but not a state dict of tensors")
+    return dict(obj)

@@ -1,0 +1,333 @@
+"""Training and evaluation of minima.
+
+Determinism: the model's initial weights come from :func:`topoland.models.build_model`'s
+``seed``; :func:`train_minimum` trains the given model *in place* from its current weights,
+and its ``seed`` drives the minibatch order, the augmentation draws and the random labels of
+the pretraining phase, each from its own ``torch.Generator``. The global RNG is never used, so
+on the CPU the same model seed, data and recipe give bit-identical weights and metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from topoland.data import DataSplits, augment_batch, minibatch_order
+from topoland.errors import ConfigError
+from topoland.utils import resolve_device
+
+__all__ = ["TrainRecipe", "REFERENCE_RECIPE", "TrainResult", "train_minimum", "evaluate_model",
+           "make_optimizer", "lr_at", "train_one_epoch", "evaluate_split"]
+
+_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How to train a minimum.
+
+    ``milestones`` are fractions of ``epochs``: the learning rate is multiplied by ``gamma``
+    from epoch ``round(f * epochs)`` on (0-based), for each ``f``. ``pretrain_random_epochs``
+    epochs on fully random labels (constant ``lr``, augmentation per ``pretrain_augment``) run
+    first; the main phase then starts from those weights with a fresh optimizer.
+    ``checkpoints_per_epoch`` > 0 records the flat parameter vector at the start and that many
+    times per main-phase epoch (evenly spaced steps), for PCA trajectories.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    epochs: int = 20
+    milestones: tuple[float, ...] = (0.5, 0.75, 0.925)
+    gamma: float = 0.1
+    augment: bool = False
+    nesterov: bool = False
+    pretrain_random_epochs: int = 0
+    pretrain_augment: bool = False
+    checkpoints_per_epoch: int = 0
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        except (TypeError, ValueError):
+            raise ConfigError(f"training recipe milestones must be a list of fractions, "
+                              f"got {self.milestones!r}") from None
+        if self.optimizer not in _OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        checks = [
+            ("lr", _is_num(self.lr) and self.lr > 0, "a positive number"),
+            ("momentum", _is_num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", _is_num(self.weight_decay) and self.weight_decay >= 0, "non-negative"),
+            ("batch_size", _is_int(self.batch_size) and self.batch_size > 0, "a positive integer"),
+            ("epochs", _is_int(self.epochs) and self.epochs >= 0, "a non-negative integer"),
+            ("milestones", all(0 < m <= 1 for m in self.milestones)
+             and list(self.milestones) == sorted(self.milestones), "increasing fractions in (0, 1]"),
+            ("gamma", _is_num(self.gamma) and self.gamma > 0, "a positive number"),
+            ("pretrain_random_epochs", _is_int(self.pretrain_random_epochs)
+             and self.pretrain_random_epochs >= 0, "a non-negative integer"),
+            ("checkpoints_per_epoch", _is_int(self.checkpoints_per_epoch)
+             and self.checkpoints_per_epoch >= 0, "a non-negative integer"),
+        ]
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"training recipe {key} must be {what}, got {getattr(self, key)!r}")
+
+    def replace(self, **changes) -> "TrainRecipe":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+#: The reference recipe (Horoi et al.): SGD lr 0.1, momentum 0.9, 200 epochs, lr x0.1 at
+#: epochs 100, 150, 185, batch 128, crop+flip augmentation.
+REFERENCE_RECIPE = TrainRecipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128,
+                               epochs=200, milestones=(0.5, 0.75, 0.925), gamma=0.1, augment=True)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_minimum`.
+
+    ``params``/``buffers``: detached CPU copies keyed by name. ``metrics``: :func:`evaluate_model`
+    output plus ``epochs_run``, ``diverged`` (0/1) and ``num_params``. ``history``: one row per
+    epoch. ``checkpoints``: ``(T, D)`` float32 flat parameter snapshots, or None.
+    ``seconds``: wall time (kept out of ``metrics`` so that metrics are reproducible).
+    """
+
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    metrics: dict[str, float]
+    history: pd.DataFrame
+    checkpoints: Tensor | None = None
+    diverged: bool = False
+    seconds: float = 0.0
+
+
+def lr_at(epoch: int, recipe: TrainRecipe) -> float:
+    """Learning rate of the main phase in 0-based ``epoch`` under the multi-step schedule."""
+    steps = sum(1 for m in recipe.milestones if epoch >= round(m * recipe.epochs))
+    return float(recipe.lr * recipe.gamma ** steps)
+
+
+def make_optimizer(params, recipe: TrainRecipe, lr: float | None = None) -> torch.optim.Optimizer:
+    """A fresh optimizer for ``params`` following ``recipe`` (``lr`` overrides ``recipe.lr``)."""
+    lr = recipe.lr if lr is None else lr
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+
+
+def _derived_generator(seed: int, tag: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([int(seed), 100 + tag]).generate_state(1, np.uint64)[0] >> 1))
+    return g
+
+
+def _flat_params(model: nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
+                    batch_size: int, kind: str, augment: bool, generator: torch.Generator,
+                    on_step: Callable[[int, int], None] | None = None) -> tuple[float, float, bool]:
+    """One pass of minibatch training (train mode) over ``x`` ``(N, ...)``, ``y`` ``(N,)``.
+
+    ``x``/``y`` must be on the model's device. Returns ``(mean loss in nats, accuracy, finite)``
+    over the minibatches seen; stops at the first non-finite loss (``finite`` False). Batches
+    of one example are skipped for models with BatchNorm (batch statistics need two).
+    ``on_step(step, n_steps)`` is called after each update (1-based step).
+    """
+    model.train()
+    batches = minibatch_order(len(y), batch_size, generator)
+    skip_single = _has_batchnorm(model)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    seen = 0
+    for step, idx in enumerate(batches, 1):
+        if skip_single and len(idx) < 2:
+            if on_step is not None:
+                on_step(step, len(batches))
+            continue
+        idx = idx.to(x.device)
+        xb, yb = x[idx], y[idx]
+        if augment:
+            xb = augment_batch(xb, kind, generator)
+        logits = model(xb)
+        loss = nn.functional.cross_entropy(logits, yb)
+        if not bool(torch.isfinite(loss)):
+            return float("nan"), float("nan"), False
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(idx)
+        correct += (logits.detach().argmax(1) == yb).sum()
+        seen += len(idx)
+        if on_step is not None:
+            on_step(step, len(batches))
+    if seen == 0:
+        return float("nan"), float("nan"), True
+    return float(loss_sum) / seen, float(correct) / seen, True
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024,
+                   device="auto") -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy of ``model`` on ``(x, y)`` in eval mode.
+
+    Empty splits give ``(nan, nan)``. The model's train/eval mode is restored afterwards.
+    """
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    if isinstance(device, str) and device == "auto":
+        dev = next(model.parameters()).device
+    else:
+        dev = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    try:
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            logits = model(xb)
+            loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(1) == yb).sum()
+    finally:
+        model.train(was_training)
+    return float(loss_sum) / len(y), float(correct) / len(y)
+
+
+def evaluate_model(model: nn.Module, data: DataSplits, device="auto", *, batch_size: int = 1024) -> dict[str, float]:
+    """Loss (mean cross-entropy, nats) and accuracy on every split, in eval mode.
+
+    Keys: ``train_loss, train_acc`` (against the possibly corrupted training labels),
+    ``train_clean_loss, train_clean_acc`` (against the clean ones), ``val_loss, val_acc,
+    test_loss, test_acc``, ``gap = test_loss - train_loss`` and ``acc_gap = train_acc - test_acc``.
+    The model is moved to ``device``.
+    """
+    dev = resolve_device(device)
+    model.to(dev)
+    out = {}
+    out["train_loss"], out["train_acc"] = evaluate_split(model, data.x_train, data.y_train,
+                                                         batch_size=batch_size, device=dev)
+    if torch.equal(data.y_train, data.y_train_clean):
+        out["train_clean_loss"], out["train_clean_acc"] = out["train_loss"], out["train_acc"]
+    else:
+        out["train_clean_loss"], out["train_clean_acc"] = evaluate_split(
+            model, data.x_train, data.y_train_clean, batch_size=batch_size, device=dev)
+    out["val_loss"], out["val_acc"] = evaluate_split(model, data.x_val, data.y_val,
+                                                     batch_size=batch_size, device=dev)
+    out["test_loss"], out["test_acc"] = evaluate_split(model, data.x_test, data.y_test,
+                                                       batch_size=batch_size, device=dev)
+    out["gap"] = out["test_loss"] - out["train_loss"]
+    out["acc_gap"] = out["train_acc"] - out["test_acc"]
+    return out
+
+
+def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = TrainRecipe(), *, seed: int = 0,
+                  device="auto", progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``data`` following ``recipe``; return weights and metrics.
+
+    ``seed`` drives minibatch order, augmentation and pretraining labels (see module doc).
+    ``progress(epoch, total_epochs, row)`` is called after each epoch (1-based, pretraining
+    epochs included) with that epoch's history row. A non-finite loss stops training and sets
+    ``diverged`` (also ``metrics["diverged"] = 1.0``); it is not an exception. The model is left
+    on ``device`` in eval mode.
+    """
+    if not isinstance(recipe, TrainRecipe):
+        raise ConfigError(f"recipe must be a TrainRecipe, got {type(recipe).__name__}")
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    model.to(dev)
+    x_tr, y_tr = data.x_train.to(dev), data.y_train.to(dev)
+    g_order = _derived_generator(seed, 0)
+    rows: list[dict] = []
+    total = recipe.pretrain_random_epochs + recipe.epochs
+    diverged = False
+    epoch_no = 0
+
+    def run_phase(phase, epochs, labels, augment, lr_fn):
+        nonlocal diverged, epoch_no
+        opt = make_optimizer(model.parameters(), recipe, lr=lr_fn(0))
+        for e in range(epochs):
+            lr = lr_fn(e)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            on_step = snapshots.hook if (phase == "train" and snapshots.per_epoch) else None
+            loss, acc, finite = train_one_epoch(model, opt, x_tr, labels, batch_size=recipe.batch_size,
+                                                kind=data.kind, augment=augment, generator=g_order,
+                                                on_step=on_step)
+            epoch_no += 1
+            val_loss, val_acc = evaluate_split(model, data.x_val, data.y_val, device=dev)
+            row = {"epoch": epoch_no, "phase": phase, "lr": lr, "loss": loss, "acc": acc,
+                   "val_loss": val_loss, "val_acc": val_acc, "finite": finite}
+            rows.append(row)
+            if progress is not None:
+                progress(epoch_no, total, dict(row))
+            if not finite:
+                diverged = True
+                return
+
+    snapshots = _Snapshots(model, recipe.checkpoints_per_epoch)
+    if recipe.pretrain_random_epochs:
+        g_labels = _derived_generator(seed, 1)
+        rand = torch.randint(0, data.num_classes, (len(y_tr),), generator=g_labels).to(dev)
+        run_phase("random", recipe.pretrain_random_epochs, rand, recipe.pretrain_augment,
+                  lambda e: float(recipe.lr))
+    if not diverged:
+        snapshots.take()
+        run_phase("train", recipe.epochs, y_tr, recipe.augment, lambda e: lr_at(e, recipe))
+
+    metrics = evaluate_model(model, data, dev)
+    model.eval()
+    metrics.update({"epochs_run": float(epoch_no), "diverged": float(diverged),
+                    "num_params": float(sum(p.numel() for p in model.parameters()))})
+    history = pd.DataFrame(rows, columns=["epoch", "phase", "lr", "loss", "acc", "val_loss",
+                                          "val_acc", "finite"])
+    return TrainResult(
+        params={k: v.detach().cpu().clone() for k, v in model.named_parameters()},
+        buffers={k: v.detach().cpu().clone() for k, v in model.named_buffers()},
+        metrics=metrics, history=history, checkpoints=snapshots.result(), diverged=diverged,
+        seconds=time.perf_counter() - t0)
+
+
+class _Snapshots:
+    """Records flat parameter vectors ``per_epoch`` times per epoch at evenly spaced steps."""
+
+    def __init__(self, model, per_epoch):
+        self.model, self.per_epoch, self.items = model, int(per_epoch), []
+
+    def take(self):
+        if self.per_epoch:
+            self.items.append(_flat_params(self.model))
+
+    def hook(self, step, n_steps):
+        # steps ceil(j * n / k) for j = 1..k (deduplicated when k > n)
+        marks = {max(1, math.ceil(j * n_steps / self.per_epoch)) for j in range(1, self.per_epoch + 1)}
+        if step in marks:
+            self.take()
+
+    def result(self):
+        return torch.stack(self.items) if self.items else None
