@@ -36,6 +36,14 @@ class _Key:
     help: str = ""
 
 
+def _run_name(v):
+    # the name becomes a folder and a file name: no separators, no '..', nothing hidden
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v) or ".." in v:
+        return "must be a plain name (letters, digits, '_', '-', '.'; no path separators or '..')"
+    return None
+
+
 def _nonneg(v):
     return None if v >= 0 else "must be >= 0"
 
@@ -75,7 +83,7 @@ _LIST = (list,)
 # model builder); every other section is closed.
 SCHEMA: dict[str, dict[str, _Key]] = {
     "run": {
-        "name": _Key((str,), "run", None, "run name; the run directory and report are named after it"),
+        "name": _Key((str,), "run", _run_name, "run name: the run directory and the report are named after it"),
         "seed": _Key((int,), 0, _nonneg, "master seed of every stage"),
         "device": _Key((str,), "auto", _one_of("auto", "cpu", "cuda"), "auto picks CUDA when present"),
         "stages": _Key(_LIST, list(STAGES), _each(_one_of(*STAGES)), "stages to run, in pipeline order"),
@@ -172,7 +180,6 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "report": {
         "enabled": _Key((bool,), True, None, "write the PDF report"),
-        "dir": _Key((str,), "reports", None, "folder of the PDF, relative to the working directory"),
     },
 }
 

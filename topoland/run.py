@@ -103,7 +103,124 @@ def stage_train(ctx: CellContext, out: Path) -> dict:
     return dict(res.metrics) | {"diverged": bool(res.diverged)}
 
 
-STAGE_FUNCS = {"train": stage_train}
+def _sample_augment(opts: dict, cfg: dict) -> bool:
+    a = opts["augment"]
+    if a == "inherit":
+        return bool(cfg["train"]["augment"])
+    if isinstance(a, bool):
+        return a
+    raise TopolandError(f"config key 'sample.augment' must be true, false or 'inherit', got {a!r}")
+
+
+def stage_sample(ctx: CellContext, out: Path) -> dict:
+    from .sampling import jump_and_retrain, save_samples, trajectory_features
+
+    opts = stage_options(ctx, "sample")
+    model = ctx.model()
+    res = jump_and_retrain(
+        model, None, ctx.data, directions=opts["directions"], steps=tuple(opts["steps"]),
+        seed=ctx.config["run"]["seed"], lr=opts["lr"], momentum=opts["momentum"],
+        weight_decay=opts["weight_decay"], batch_size=opts["batch_size"], epochs=opts["epochs"],
+        augment=_sample_augment(opts, ctx.config), records_per_epoch=opts["records_per_epoch"],
+        storage=opts["storage"], sketch_dim=opts["sketch_dim"], device=ctx.device,
+        batched=opts["batched"])
+    save_samples(res, out)
+    feats = trajectory_features(res.table, theta_star=res.theta_star, params=res.params, gram=res.gram)
+    n_div = int(res.table.groupby("trajectory")["diverged"].any().sum())
+    return feats | {"n_samples": len(res.table), "n_trajectories_diverged": n_div, "options": opts}
+
+
+def stage_topology(ctx: CellContext, out: Path) -> dict:
+    from .sampling import load_samples
+    from .store import save_tensors
+    from .topology import topology_of_samples
+
+    opts = stage_options(ctx, "topology")
+    s = load_samples(ctx.stage_dir("sample"))
+    phate_kwargs = {"knn": opts["knn"], "decay": opts["decay"], "t": opts["t"],
+                    "n_landmark": opts["n_landmark"] or None, "seed": ctx.config["run"]["seed"]}
+    res = topology_of_samples(s.table, params=s.params, gram=s.gram, k=opts["k"], value=opts["value"],
+                              complex=opts["complex"], p=opts["p"], essential=opts["essential"],
+                              graph_on=opts["graph_on"], phate_kwargs=phate_kwargs, device=ctx.device)
+    import numpy as np
+    import torch
+    arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "edges": res.edges, "values": res.values}
+    arrays |= {f"diagram_h{d}": np.asarray(dg, dtype=np.float64).reshape(-1, 2) for d, dg in res.diagrams.items()}
+    save_tensors(out / "topology.safetensors", {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()},
+                 metadata={"t_used": int(res.t_used), "settings": res.settings})
+    (out / "features.json").write_text(json.dumps(res.features, indent=1, default=float))
+    return dict(res.features) | {"t_used": int(res.t_used)}
+
+
+def _surface_data(ctx: CellContext, n_samples: int):
+    import torch
+    x, y = ctx.data.x_train, ctx.data.y_train
+    if n_samples and n_samples < len(x):
+        g = torch.Generator().manual_seed(ctx.config["run"]["seed"])
+        idx = torch.randperm(len(x), generator=g)[:n_samples]
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def stage_surface(ctx: CellContext, out: Path) -> dict:
+    import shutil
+
+    import numpy as np
+
+    from .landscape.surfaces import random_lines, random_plane, surface_features
+    opts = stage_options(ctx, "surface")
+    if opts["kind"] == "none":
+        return {"skipped": "surface.kind = 'none'"}
+    model = ctx.model()
+    x, y = _surface_data(ctx, opts["n_samples"])
+    lo, hi = (float(v) for v in opts["range"])
+    common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device)
+    seed = ctx.config["run"]["seed"]
+    # the grid file lives beside the stage while it fills, so a killed run resumes the grid
+    partial = ctx.store.stage_dir(ctx.cell_id, "surface").with_name("surface.partial.h5")
+    surfaces = []
+    if opts["kind"] == "plane":
+        srf = random_plane(model, x, y, seed=seed, grid=opts["grid"], range=(lo, hi), store=partial, **common)
+        shutil.move(str(partial), out / "plane.h5")
+        surfaces.append(srf)
+    lines = random_lines(model, x, y, n_directions=4, seed=seed + 1,
+                         alphas=np.linspace(lo, hi, 2 * (opts["grid"] // 2) + 1), **common)
+    for i, ln in enumerate(lines):
+        _write_line_csv(ln, out / f"line_{i}.csv")
+    surfaces += lines
+    return surface_features(surfaces)
+
+
+def _write_line_csv(srf, path):
+    import pandas as pd
+    pd.DataFrame({"alpha": srf.xs, **{k: v for k, v in srf.values.items()}}).to_csv(path, index=False)
+
+
+def stage_curvature(ctx: CellContext, out: Path) -> dict:
+    from .landscape.curvature import curvature_features
+    opts = stage_options(ctx, "curvature")
+    if not opts["enabled"]:
+        return {"skipped": "curvature.enabled = false"}
+    model = ctx.model()
+    feats = curvature_features(model, ctx.data.x_train, ctx.data.y_train, top_k=opts["top_k"],
+                               n_probes=opts["n_probes"], n_samples=opts["n_samples"],
+                               seed=ctx.config["run"]["seed"], sharpness_radius=opts["sharpness_radius"],
+                               n_directions=opts["n_directions"], volume_threshold=opts["volume_threshold"],
+                               device=ctx.device)
+    if opts["density"]:
+        import pandas as pd
+
+        from .landscape.curvature import eigenvalue_density, hvp_fn
+        op = hvp_fn(model, ctx.data.x_train, ctx.data.y_train, n_samples=opts["n_samples"],
+                    seed=ctx.config["run"]["seed"], device=ctx.device)
+        grid, dens = eigenvalue_density(op, seed=ctx.config["run"]["seed"])
+        pd.DataFrame({"eigenvalue": grid, "density": dens}).to_csv(out / "density.csv", index=False)
+    (out / "curvature.json").write_text(json.dumps(feats, indent=1, default=float))
+    return feats
+
+
+STAGE_FUNCS = {"train": stage_train, "sample": stage_sample, "topology": stage_topology,
+               "surface": stage_surface, "curvature": stage_curvature}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -160,7 +277,7 @@ def run_cell_stages(store: RunStore, cell_id: str, stages, *, on_stage=None) -> 
 
 
 def run(config_path, *, out=None, only=None, force=(), executor=None, address=None,
-        progress=True) -> RunReport:
+        progress=True, reports_dir="reports") -> RunReport:
     """Run every stage a config asks for, grid cell by grid cell; resumable.
 
     Returns a :class:`RunReport`; failed cells are listed there (and in the index) rather
@@ -198,7 +315,26 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
                 msg = str(e) if isinstance(e, TopolandError) else f"{type(e).__name__}: {e}"
                 report.failures.append((RUN_LEVEL, stage, msg))
             report.seconds[stage] = time.time() - t1
+        store.set_meta("seconds", (store.get_meta("seconds", {}) or {}) | {
+            k: v + (store.get_meta("seconds", {}) or {}).get(k, 0.0) for k, v in report.seconds.items()})
+    if store.is_done(RUN_LEVEL, "report"):
+        report.report_path = publish_report(store, reports_dir)
     return report
+
+
+def publish_report(store: RunStore, reports_dir="reports") -> Path:
+    """Copy the run's PDF to ``reports_dir/<run>.pdf`` and its tables beside it (``<run>_*.csv``)."""
+    import shutil
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    name = store.path.name
+    target = reports_dir / f"{name}.pdf"
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.copyfile(store.stage_dir(RUN_LEVEL, "report") / "report.pdf", tmp)
+    os.replace(tmp, target)
+    for csv in sorted(store.stage_dir(RUN_LEVEL, "report").glob("*.csv")):
+        shutil.copyfile(csv, reports_dir / f"{name}_{csv.name}")
+    return target
 
 
 RUN_STAGE_FUNCS: dict = {}
@@ -276,3 +412,244 @@ _OVERRIDES: dict[str, dict] = {}
 def stage_options(ctx: CellContext, stage: str) -> dict:
     """A stage's config section for this cell, with any command-line overrides applied."""
     return dict(ctx.config.get(stage, {})) | _OVERRIDES.get(stage, {})
+
+
+# ---------------------------------------------------------------------------------- paths
+def _has_bn(model) -> bool:
+    import torch.nn as nn
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def connect_models(model_a, model_b, data, *, method="neb", n_images=9, steps=100, lr=0.05,
+                   climbing=False, n_samples=0, batch_size=0, seed=0, device="auto") -> dict:
+    """Find a low-loss path between two minima of one architecture and measure its barriers.
+
+    Returns ``{"profiles": {"linear": df, method: df}, "barriers": {name: {...}}, "images": (K, D)}``;
+    profiles hold train/test loss and error at 61 points, BN statistics recomputed at every
+    point for BN networks.
+    """
+    import torch
+
+    from .landscape import paths as P
+    from .params import flatten, get_params
+    theta_a = flatten(get_params(model_a)).float()
+    theta_b = flatten(get_params(model_b)).float()
+    if theta_a.shape != theta_b.shape:
+        raise TopolandError("the two minima have different architectures; a path needs one parameter space")
+    x, y = data.x_train, data.y_train
+    if n_samples and n_samples < len(x):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_samples]
+        x, y = x[idx], y[idx]
+    bn = _has_bn(model_a)
+    loss = P.network_loss(model_a, x, y, batch_size=batch_size or None, bn="train" if bn else "eval", seed=seed)
+    if method == "neb":
+        found = P.neb(loss, theta_a, theta_b, n_images=n_images, steps=steps, lr=lr, climbing=climbing)
+    elif method == "autoneb":
+        # the reference schedule (14 cycles, lr 0.1 -> 0.01 -> 0.001, at most 31 pivots), with
+        # the config's step count per cycle
+        ref = dict(P.AUTONEB_REFERENCE) | {"steps": steps, "climbing": climbing}
+        if batch_size:
+            ref["batch_size"] = batch_size
+        else:
+            ref.pop("batch_size", None)
+        found = P.auto_neb(loss, theta_a, theta_b, **ref)
+    elif method in ("bezier", "polychain"):
+        found = P.fit_curve(loss, theta_a, theta_b, kind=method, steps=steps, lr=lr, seed=seed)
+    else:
+        raise TopolandError(f"unknown path method {method!r} (neb, autoneb, bezier, polychain)")
+    metrics = P.network_metrics(model_a, {"train": (x, y), "test": (data.x_test, data.y_test)},
+                                bn="recompute" if bn else "eval", device=device)
+    profiles = {"linear": P.path_profile(metrics, P.linear_path(theta_a, theta_b)),
+                method: P.path_profile(metrics, found)}
+    bars = {}
+    for name, prof in profiles.items():
+        for col in ("train_loss", "test_loss", "train_error", "test_error"):
+            b = P.barriers(prof, column=col)
+            bars[f"{name}.{col}"] = b
+    images = found.images if hasattr(found, "images") else found.point(torch.linspace(0, 1, 61))
+    return {"profiles": profiles, "barriers": bars, "images": images.detach()}
+
+
+def _done_cells(store: RunStore, stage: str) -> list[str]:
+    return [cid for cid in store.cells().cell_id if store.is_done(cid, stage)]
+
+
+def _pairs(store: RunStore, how: str) -> list[tuple[str, str]]:
+    cells = _done_cells(store, "train")
+    # only minima of one architecture can be joined by a path
+    arch = {cid: json.dumps(store.cell_config(cid)["model"], sort_keys=True) for cid in cells}
+    if how == "none" or len(cells) < 2:
+        return []
+    if how == "first":
+        a = cells[0]
+        same = [c for c in cells[1:] if arch[c] == arch[a]]
+        return [(a, same[0])] if same else []
+    return [(a, b) for i, a in enumerate(cells) for b in cells[i + 1:] if arch[a] == arch[b]]
+
+
+def stage_paths(store: RunStore, cfg: dict, out: Path) -> dict:
+    import shutil
+
+    import pandas as pd
+
+    from .store import save_tensors, write_table
+    opts = cfg["paths"]
+    pairs = _pairs(store, opts["pairs"])
+    if not pairs:
+        return {"skipped": f"no pair of minima to connect (paths.pairs = {opts['pairs']!r})"}
+    cache = store.path / "run" / "paths.pairs"  # finished pairs survive a killed run
+    rows = []
+    for a, b in pairs:
+        pdir = cache / f"{a}__{b}"
+        if not (pdir / "barriers.json").is_file():
+            ca, cb = CellContext(store, a, store.cell_config(a)), CellContext(store, b, store.cell_config(b))
+            res = connect_models(ca.model(), cb.model(), ca.data, method=opts["method"],
+                                 n_images=opts["n_images"], steps=opts["steps"], lr=opts["lr"],
+                                 climbing=opts["climbing"], n_samples=opts["n_samples"],
+                                 batch_size=opts["batch_size"], seed=cfg["run"]["seed"], device=ca.device)
+            tmp = pdir.with_name(pdir.name + f".tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, prof in res["profiles"].items():
+                prof.to_csv(tmp / f"profile_{name}.csv", index=False)
+            save_tensors(tmp / "images.safetensors", {"images": res["images"]})
+            (tmp / "barriers.json").write_text(json.dumps(res["barriers"], indent=1))
+            shutil.rmtree(pdir, ignore_errors=True)
+            os.replace(tmp, pdir)
+        bars = json.loads((pdir / "barriers.json").read_text())
+        row = {"a": a, "b": b, "method": opts["method"]}
+        for key, b_ in bars.items():
+            for kind in ("max", "max_minus_linear", "max_minus_mean"):
+                row[f"{key}.{kind}"] = b_[kind]
+        rows.append(row)
+        shutil.copytree(pdir, out / pdir.name)
+    table = pd.DataFrame(rows)
+    write_table(table, out / "pairs")
+    m = opts["method"]
+    return {"n_pairs": len(rows),
+            "linear_barrier_mean": float(table["linear.train_loss.max_minus_linear"].mean()),
+            f"{m}_barrier_mean": float(table[f"{m}.train_loss.max_minus_linear"].mean())}
+
+
+# ---------------------------------------------------------------------------------- analysis
+FEATURE_STAGES = {"trajectory": "sample", "topology": "topology", "surface": "surface", "curvature": "curvature"}
+
+
+def feature_groups(store: RunStore) -> dict:
+    """Per-cell scalar summaries of each stage as feature-group DataFrames (indexed by cell_id)."""
+    import numbers
+
+    import pandas as pd
+    groups = {}
+    for group, stage in FEATURE_STAGES.items():
+        rows = {}
+        for cid in _done_cells(store, stage):
+            summ = store.summary(cid, stage)
+            vals = {k: v for k, v in summ.items()
+                    if isinstance(v, numbers.Number) and not isinstance(v, bool) and k not in ("n_samples",)}
+            vals = {k: (float("nan") if v is None else v) for k, v in vals.items()}
+            if vals:
+                rows[cid] = vals
+        if rows:
+            df = pd.DataFrame.from_dict(rows, orient="index")
+            df = df.loc[:, df.notna().any()]
+            df.index.name = "cell_id"
+            groups[group] = df
+    return groups
+
+
+def analysis_table(store: RunStore):
+    """The feature table of a run: settings, metrics and every available feature group."""
+    from .analysis import feature_table
+    cells = minima_table(store.path).drop(columns=["stages"])
+    cells = cells[[store.is_done(c, "train") for c in cells.cell_id]]
+    if "diverged" in cells:
+        cells = cells[~cells["diverged"].astype(bool)].drop(columns=["diverged"])
+    return feature_table(cells.reset_index(drop=True), feature_groups(store))
+
+
+def _targets(cfg: dict, ft) -> list[str]:
+    out = []
+    for t in cfg["analysis"]["targets"]:
+        col = "test_acc" if t == "gen_label" else t
+        if col in ft.frame and ft.frame[col].nunique() > 1:
+            out.append(col)
+    return out
+
+
+def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
+    import pandas as pd
+
+    from .analysis import classifier_table, compare, correlations, save_feature_table
+    from .errors import NotEnoughSamplesError
+    from .store import write_table
+    ft = analysis_table(store)
+    save_feature_table(ft, out)
+    a = cfg["analysis"]
+    seed = cfg["run"]["seed"]
+    notes = []
+    targets = _targets(cfg, ft)
+    if ft.groups and targets:
+        clf = classifier_table(ft, targets, n_splits=a["n_splits"], n_repeats=a["n_repeats"], seed=seed,
+                               n_permutations=a["n_permutations"], on_error="record")
+        write_table(clf, out / "classifiers")
+    feature_cols = [c for g in ft.groups.values() for c in g]
+    try:
+        corr = correlations(ft, feature_cols, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed)
+        write_table(corr, out / "correlations")
+    except NotEnoughSamplesError as e:
+        notes.append(f"correlations: {e}")
+    comps = []
+    settings = [c for c in ft.settings if ft.frame[c].nunique() > 1 and c != "run.seed"]
+    for by in settings:
+        for metric in ["test_acc", "gap"] + [c for c in feature_cols if "total_persistence" in c]:
+            try:
+                r = compare(ft, by=by, metric=metric, n_permutations=999, n_boot=a["n_boot"], seed=seed)
+                df = r.to_frame()
+                df.insert(0, "metric", metric)
+                df.insert(0, "by", by)
+                comps.append(df)
+            except TopolandError as e:
+                notes.append(f"compare {metric} by {by}: {e}")
+    if comps:
+        write_table(pd.concat(comps, ignore_index=True), out / "comparisons")
+    (out / "notes.json").write_text(json.dumps(notes, indent=1))
+    return {"n_minima": len(ft.frame), "groups": list(ft.groups), "targets": targets, "notes": notes}
+
+
+def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=2000, seed=0):
+    """``topoland compare``: compare ``metric`` across the groups of ``by`` in a run."""
+    from .analysis import compare, resolve_column
+    store = RunStore.open(run_dir)
+    ft = analysis_table(store)
+    if by not in ft.frame:
+        raise TopolandError(f"no setting column {by!r} in run '{run_dir}' (settings: {', '.join(ft.settings)})")
+    return compare(ft, by=by, metric=resolve_column(ft, metric), n_permutations=n_permutations, seed=seed)
+
+
+def stage_report(store: RunStore, cfg: dict, out: Path) -> dict:
+    from .report import build_report
+    pdf = build_report(store.path, out / "report.pdf")
+    return {"pages": pdf["pages"]}
+
+
+def write_report(run_dir, reports_dir="reports") -> Path:
+    """(Re)write a run's report stage and ``reports/<run>.pdf`` with its tables as CSV beside it."""
+    store = RunStore.open(run_dir)
+    cfg = _stored_config(store)
+    with store:
+        store.invalidate(RUN_LEVEL, "report")
+        with store.stage(RUN_LEVEL, "report") as box:
+            box["summary"] = stage_report(store, cfg, box["dir"])
+    return publish_report(store, reports_dir)
+
+
+def _stored_config(store: RunStore) -> dict:
+    import tomllib
+
+    from .config import validate
+    raw = tomllib.loads(store.config_text())
+    return validate(raw)
+
+
+RUN_STAGE_FUNCS.update({"paths": stage_paths, "analysis": stage_analysis, "report": stage_report})
