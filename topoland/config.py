@@ -44,6 +44,12 @@ def _run_name(v):
     return None
 
 
+def _synthetic_opts(v):
+    allowed = {"n_train", "n_test", "num_classes", "input_shape", "separation", "noise"}
+    bad = sorted(set(v) - allowed)
+    return f"unknown option {bad[0]!r} (known: {', '.join(sorted(allowed))})" if bad else None
+
+
 def _nonneg(v):
     return None if v >= 0 else "must be >= 0"
 
@@ -101,12 +107,30 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "label_noise": _Key(_NUM, 0.0, _unit, "share of training labels replaced by random ones"),
         "n_train": _Key((int,), 0, _nonneg, "subsample the training set (0 = all)"),
         "n_test": _Key((int,), 0, _nonneg, "subsample the test set (0 = all)"),
+        "label_seed": _Key((int,), 0, _nonneg, "seed of the label corruption"),
+        "synthetic": _Key((dict,), {}, _synthetic_opts,
+                          "synthetic set: n_train, n_test, num_classes, input_shape, separation, noise"),
     },
     "model": {
         "name": _Key((str,), "mlp", _one_of(*MODEL_NAMES), "architecture"),
     },
     "train": {
-        "optimizer": _Key((str,), "sgd", _one_of("sgd", "adam"), "optimizer"),
+        "optimizer": _Key((str,), "sgd", _one_of("sgd", "adam", "swa", "entropy_sgd", "pal"), "optimizer"),
+        "nesterov": _Key((bool,), False, None, "Nesterov momentum"),
+        "swa_start": _Key(_NUM, 0.75, _frac, "SWA: averaging starts at this fraction of epochs"),
+        "swa_lr": _Key(_NUM, 0.01, _pos, "SWA: constant lr reached by SWALR"),
+        "swa_anneal_epochs": _Key((int,), 1, _nonneg, "SWA: epochs of cosine annealing to swa_lr"),
+        "entropy_L": _Key((int,), 5, _pos, "Entropy-SGD: SGLD steps (minibatches) per outer step"),
+        "entropy_gamma0": _Key(_NUM, 0.03, _pos, "Entropy-SGD: initial scope gamma"),
+        "entropy_gamma1": _Key(_NUM, 0.001, _nonneg, "Entropy-SGD: scoping growth, gamma_t = gamma0 (1+gamma1)^t"),
+        "entropy_sgld_lr": _Key(_NUM, 0.1, _pos, "Entropy-SGD: inner SGLD step size"),
+        "entropy_noise": _Key(_NUM, 1e-4, _nonneg, "Entropy-SGD: SGLD thermal noise"),
+        "entropy_alpha": _Key(_NUM, 0.75, lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+                              "Entropy-SGD: averaging weight of mu"),
+        "pal_mu": _Key(_NUM, 0.1, _pos, "PAL: measuring step"),
+        "pal_max_step": _Key(_NUM, 1.0, _pos, "PAL: maximum step"),
+        "pal_momentum": _Key(_NUM, 0.0, _frac, "PAL: conjugate-gradient momentum"),
+        "pal_adapt": _Key(_NUM, 1.0, _pos, "PAL: factor on the vertex step"),
         "lr": _Key(_NUM, 0.1, _pos, "learning rate"),
         "momentum": _Key(_NUM, 0.9, _frac, "SGD momentum"),
         "weight_decay": _Key(_NUM, 0.0, _nonneg, "L2 weight decay"),
@@ -208,7 +232,7 @@ def _fmt(v):
 
 
 def _type_name(types):
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list"}
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "table"}
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 

@@ -70,7 +70,8 @@ def load_cell_data(cfg: dict):
         _DATA_CACHE[key] = load_dataset(
             d["name"], root=d["root"] or None, seed=cfg["run"]["seed"], val_fraction=d["val_fraction"],
             val_seed=d["val_seed"], label_noise=d["label_noise"], download=d["download"],
-            n_train=d["n_train"] or None, n_test=d["n_test"] or None)
+            n_train=d["n_train"] or None, n_test=d["n_test"] or None, label_seed=d["label_seed"],
+            synthetic=d["synthetic"] or None)
     return _DATA_CACHE[key]
 
 
@@ -296,15 +297,21 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
             store.invalidate(RUN_LEVEL, stage)
         # a rerun retries failed stages: forget their failure rows
         cell_stages = [s for s in stages if s in CELL_STAGES]
+        done_before = _n_done(store)
         t0 = time.time()
         from .execute import execute_cells
         report.failures += execute_cells(store, [c.cell_id for c in cells], cell_stages,
                                          executor=executor or cfg["run"]["executor"], address=address,
                                          config=cfg, progress=progress)
         report.seconds["cells"] = time.time() - t0
+        # run-level stages read every cell: once anything upstream changed, they are stale
+        changed = _n_done(store) != done_before
         for stage in (s for s in stages if s in RUN_STAGES):
             if store.is_done(RUN_LEVEL, stage):
-                continue
+                if not changed:
+                    continue
+                store.invalidate(RUN_LEVEL, stage)
+            changed = True
             t1 = time.time()
             try:
                 with store.stage(RUN_LEVEL, stage) as box:
@@ -320,6 +327,11 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
     if store.is_done(RUN_LEVEL, "report"):
         report.report_path = publish_report(store, reports_dir)
     return report
+
+
+def _n_done(store: RunStore) -> int:
+    df = store.stages()
+    return int(((df.status == "done") & (df.cell_id != RUN_LEVEL)).sum()) if len(df) else 0
 
 
 def publish_report(store: RunStore, reports_dir="reports") -> Path:
@@ -606,8 +618,9 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
             try:
                 r = compare(ft, by=by, metric=metric, n_permutations=999, n_boot=a["n_boot"], seed=seed)
                 df = r.to_frame()
-                df.insert(0, "metric", metric)
-                df.insert(0, "by", by)
+                for col, val in (("metric", metric), ("by", by)):
+                    if col not in df:
+                        df.insert(0, col, val)
                 comps.append(df)
             except TopolandError as e:
                 notes.append(f"compare {metric} by {by}: {e}")

@@ -21,12 +21,13 @@ from torch import Tensor, nn
 
 from topoland.data import DataSplits, augment_batch, minibatch_order
 from topoland.errors import ConfigError
+from topoland.optim import PAL, EntropySGD, SWAAverager, update_bn
 from topoland.utils import resolve_device
 
 __all__ = ["TrainRecipe", "REFERENCE_RECIPE", "TrainResult", "train_minimum", "evaluate_model",
            "make_optimizer", "lr_at", "train_one_epoch", "evaluate_split"]
 
-_OPTIMIZERS = ("sgd", "adam")
+_OPTIMIZERS = ("sgd", "adam", "swa", "entropy_sgd", "pal")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,22 @@ class TrainRecipe:
     first; the main phase then starts from those weights with a fresh optimizer.
     ``checkpoints_per_epoch`` > 0 records the flat parameter vector at the start and that many
     times per main-phase epoch (evenly spaced steps), for PCA trajectories.
+
+    Optimizers (:mod:`topoland.optim`):
+
+    * ``"sgd"``, ``"adam"``: torch's, under the milestone schedule.
+    * ``"swa"``: SGD (milestone schedule) up to epoch ``min(floor(swa_start * epochs),
+      epochs - 1)``; from there ``SWALR`` anneals to ``swa_lr`` over ``swa_anneal_epochs``
+      (cosine) and the weights are averaged at the end of every epoch; the final model is
+      the average with BN statistics recomputed on the training inputs.
+    * ``"entropy_sgd"``: :class:`topoland.optim.EntropySGD`; one outer step per ``entropy_L``
+      consecutive minibatches (one SGLD step each), so an epoch costs as many gradients as an
+      SGD epoch. ``lr`` (milestone schedule), ``momentum``, ``nesterov`` act on the outer step,
+      ``weight_decay`` on the inner gradient; scoping ``gamma_t = entropy_gamma0 * (1 +
+      entropy_gamma1) ** t`` over outer steps t.
+    * ``"pal"``: :class:`topoland.optim.PAL` (``pal_mu``, ``pal_max_step``, ``pal_momentum``,
+      ``pal_adapt``); ``lr`` and milestones are unused; ``weight_decay`` is added to the measured
+      losses as ``weight_decay / 2 * |theta|^2``. The history's ``lr`` column holds the mean PAL step.
     """
 
     optimizer: str = "sgd"
@@ -54,6 +71,19 @@ class TrainRecipe:
     pretrain_random_epochs: int = 0
     pretrain_augment: bool = False
     checkpoints_per_epoch: int = 0
+    swa_start: float = 0.75
+    swa_lr: float = 0.01
+    swa_anneal_epochs: int = 1
+    entropy_L: int = 5
+    entropy_gamma0: float = 0.03
+    entropy_gamma1: float = 1e-3
+    entropy_sgld_lr: float = 0.1
+    entropy_noise: float = 1e-4
+    entropy_alpha: float = 0.75
+    pal_mu: float = 0.1
+    pal_max_step: float = 1.0
+    pal_momentum: float = 0.0
+    pal_adapt: float = 1.0
 
     def __post_init__(self):
         try:
@@ -76,6 +106,21 @@ class TrainRecipe:
              and self.pretrain_random_epochs >= 0, "a non-negative integer"),
             ("checkpoints_per_epoch", _is_int(self.checkpoints_per_epoch)
              and self.checkpoints_per_epoch >= 0, "a non-negative integer"),
+            ("swa_start", _is_num(self.swa_start) and 0 <= self.swa_start < 1, "in [0, 1)"),
+            ("swa_lr", _is_num(self.swa_lr) and self.swa_lr > 0, "a positive number"),
+            ("swa_anneal_epochs", _is_int(self.swa_anneal_epochs) and self.swa_anneal_epochs >= 0,
+             "a non-negative integer"),
+            ("entropy_L", _is_int(self.entropy_L) and self.entropy_L >= 1, "a positive integer"),
+            ("entropy_gamma0", _is_num(self.entropy_gamma0) and self.entropy_gamma0 > 0, "a positive number"),
+            ("entropy_gamma1", _is_num(self.entropy_gamma1) and self.entropy_gamma1 >= 0, "non-negative"),
+            ("entropy_sgld_lr", _is_num(self.entropy_sgld_lr) and self.entropy_sgld_lr > 0,
+             "a positive number"),
+            ("entropy_noise", _is_num(self.entropy_noise) and self.entropy_noise >= 0, "non-negative"),
+            ("entropy_alpha", _is_num(self.entropy_alpha) and 0 < self.entropy_alpha <= 1, "in (0, 1]"),
+            ("pal_mu", _is_num(self.pal_mu) and self.pal_mu > 0, "a positive number"),
+            ("pal_max_step", _is_num(self.pal_max_step) and self.pal_max_step > 0, "a positive number"),
+            ("pal_momentum", _is_num(self.pal_momentum) and 0 <= self.pal_momentum < 1, "in [0, 1)"),
+            ("pal_adapt", _is_num(self.pal_adapt) and self.pal_adapt > 0, "a positive number"),
         ]
         for key, ok, what in checks:
             if not ok:
@@ -126,12 +171,26 @@ def lr_at(epoch: int, recipe: TrainRecipe) -> float:
     return float(recipe.lr * recipe.gamma ** steps)
 
 
-def make_optimizer(params, recipe: TrainRecipe, lr: float | None = None) -> torch.optim.Optimizer:
-    """A fresh optimizer for ``params`` following ``recipe`` (``lr`` overrides ``recipe.lr``)."""
+def make_optimizer(params, recipe: TrainRecipe, lr: float | None = None, *,
+                   generator: torch.Generator | None = None) -> torch.optim.Optimizer:
+    """A fresh optimizer for ``params`` following ``recipe`` (``lr`` overrides ``recipe.lr``).
+
+    "swa" gives its base SGD optimizer (the averaging lives in :func:`train_minimum`).
+    ``generator`` drives Entropy-SGD's SGLD noise (default: a CPU generator seeded with 0).
+    """
     lr = recipe.lr if lr is None else lr
-    if recipe.optimizer == "sgd":
+    if recipe.optimizer in ("sgd", "swa"):
         return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum,
                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    if recipe.optimizer == "entropy_sgd":
+        return EntropySGD(params, lr=lr, L=int(recipe.entropy_L), gamma0=recipe.entropy_gamma0,
+                          gamma1=recipe.entropy_gamma1, sgld_lr=recipe.entropy_sgld_lr,
+                          noise=recipe.entropy_noise, alpha=recipe.entropy_alpha,
+                          momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0,
+                          weight_decay=recipe.weight_decay, generator=generator)
+    if recipe.optimizer == "pal":
+        return PAL(params, mu=recipe.pal_mu, max_step=recipe.pal_max_step,
+                   momentum=recipe.pal_momentum, adapt=recipe.pal_adapt, weight_decay=recipe.weight_decay)
     return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
 
 
@@ -158,7 +217,19 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
     over the minibatches seen; stops at the first non-finite loss (``finite`` False). Batches
     of one example are skipped for models with BatchNorm (batch statistics need two).
     ``on_step(step, n_steps)`` is called after each update (1-based step).
+
+    Closure optimizers: :class:`~topoland.optim.PAL` measures twice on each (once augmented)
+    batch, the second forward leaving BN running statistics untouched; models with active
+    dropout are refused (PAL needs the same random draws). :class:`~topoland.optim.EntropySGD`
+    takes ``L`` consecutive batches per outer step; the reported loss/accuracy are those of the
+    first batch of each outer step (measured at the outer point).
     """
+    if isinstance(optimizer, PAL):
+        return _epoch_pal(model, optimizer, x, y, batch_size=batch_size, kind=kind, augment=augment,
+                          generator=generator, on_step=on_step)
+    if isinstance(optimizer, EntropySGD):
+        return _epoch_entropy(model, optimizer, x, y, batch_size=batch_size, kind=kind, augment=augment,
+                              generator=generator, on_step=on_step)
     model.train()
     batches = minibatch_order(len(y), batch_size, generator)
     skip_single = _has_batchnorm(model)
@@ -189,6 +260,91 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
     if seen == 0:
         return float("nan"), float("nan"), True
     return float(loss_sum) / seen, float(correct) / seen, True
+
+
+def _active_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+def _epoch_pal(model, optimizer, x, y, *, batch_size, kind, augment, generator, on_step):
+    if _active_dropout(model):
+        raise ConfigError("optimizer 'pal' cannot train a model with dropout: its two loss "
+                          "measurements need the same random draws (set the model's dropout to 0)")
+    model.train()
+    batches = minibatch_order(len(y), batch_size, generator)
+    skip_single = _has_batchnorm(model)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, idx in enumerate(batches, 1):
+        if skip_single and len(idx) < 2:
+            if on_step is not None:
+                on_step(step, len(batches))
+            continue
+        idx = idx.to(x.device)
+        xb, yb = x[idx], y[idx]
+        if augment:
+            xb = augment_batch(xb, kind, generator)
+        held = {}
+
+        def closure(backward=True):
+            if backward:
+                logits = model(xb)
+                loss = nn.functional.cross_entropy(logits, yb)
+                loss.backward()
+                held["logits"] = logits.detach()
+                return loss.detach()
+            saved = [(b, b.detach().clone()) for b in model.buffers()]
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            for b, v in saved:
+                b.copy_(v)
+            return loss.detach()
+
+        loss = optimizer.step(closure)
+        if not bool(torch.isfinite(loss)):
+            return float("nan"), float("nan"), False
+        loss_sum += float(loss) * len(idx)
+        correct += int((held["logits"].argmax(1) == yb).sum())
+        seen += len(idx)
+        if on_step is not None:
+            on_step(step, len(batches))
+    if seen == 0:
+        return float("nan"), float("nan"), True
+    return loss_sum / seen, correct / seen, True
+
+
+def _epoch_entropy(model, optimizer, x, y, *, batch_size, kind, augment, generator, on_step):
+    model.train()
+    batches = minibatch_order(len(y), batch_size, generator)
+    if _has_batchnorm(model):
+        batches = [b for b in batches if len(b) >= 2]
+    L = int(optimizer.param_groups[0]["L"])
+    chunks = [batches[i:i + L] for i in range(0, len(batches), L)]
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, chunk in enumerate(chunks, 1):
+        calls = []
+
+        def closure():
+            idx = chunk[len(calls) % len(chunk)].to(x.device)
+            xb, yb = x[idx], y[idx]
+            if augment:
+                xb = augment_batch(xb, kind, generator)
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(logits, yb)
+            loss.backward()
+            calls.append((logits.detach(), yb))
+            return loss.detach()
+
+        loss = optimizer.step(closure)
+        if not bool(torch.isfinite(loss)):
+            return float("nan"), float("nan"), False
+        logits0, y0 = calls[0]
+        loss_sum += float(loss) * len(y0)
+        correct += int((logits0.argmax(1) == y0).sum())
+        seen += len(y0)
+        if on_step is not None:
+            on_step(step, len(chunks))
+    if seen == 0:
+        return float("nan"), float("nan"), True
+    return loss_sum / seen, correct / seen, True
 
 
 @torch.no_grad()
@@ -270,15 +426,33 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
 
     def run_phase(phase, epochs, labels, augment, lr_fn):
         nonlocal diverged, epoch_no
-        opt = make_optimizer(model.parameters(), recipe, lr=lr_fn(0))
+        opt = make_optimizer(model.parameters(), recipe, lr=lr_fn(0),
+                             generator=_derived_generator(seed, 2 if phase == "train" else 3))
+        use_swa = phase == "train" and recipe.optimizer == "swa" and epochs > 0
+        swa_from = min(int(math.floor(recipe.swa_start * epochs)), epochs - 1)
+        swa_sched = None
         for e in range(epochs):
-            lr = lr_fn(e)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            if use_swa and e >= swa_from:
+                if swa_sched is None:  # SWALR sets the lr from here on
+                    swa_sched = torch.optim.swa_utils.SWALR(
+                        opt, swa_lr=recipe.swa_lr, anneal_epochs=recipe.swa_anneal_epochs,
+                        anneal_strategy="cos")
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = lr_fn(e)
+            lr = float(opt.param_groups[0]["lr"]) if "lr" in opt.param_groups[0] else float("nan")
+            pal_before = (opt.state.get("step", 0), opt.state.get("step_size_sum", 0.0)) \
+                if isinstance(opt, PAL) else None
             on_step = snapshots.hook if (phase == "train" and snapshots.per_epoch) else None
             loss, acc, finite = train_one_epoch(model, opt, x_tr, labels, batch_size=recipe.batch_size,
                                                 kind=data.kind, augment=augment, generator=g_order,
                                                 on_step=on_step)
+            if pal_before is not None:
+                n_steps = opt.state.get("step", 0) - pal_before[0]
+                lr = (opt.state.get("step_size_sum", 0.0) - pal_before[1]) / n_steps if n_steps else float("nan")
+            if use_swa and e >= swa_from and finite:
+                swa.update(model)
+                swa_sched.step()
             epoch_no += 1
             val_loss, val_acc = evaluate_split(model, data.x_val, data.y_val, device=dev)
             row = {"epoch": epoch_no, "phase": phase, "lr": lr, "loss": loss, "acc": acc,
@@ -291,6 +465,7 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
                 return
 
     snapshots = _Snapshots(model, recipe.checkpoints_per_epoch)
+    swa = SWAAverager(model) if recipe.optimizer == "swa" else None
     if recipe.pretrain_random_epochs:
         g_labels = _derived_generator(seed, 1)
         rand = torch.randint(0, data.num_classes, (len(y_tr),), generator=g_labels).to(dev)
@@ -299,11 +474,15 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
     if not diverged:
         snapshots.take()
         run_phase("train", recipe.epochs, y_tr, recipe.augment, lambda e: lr_at(e, recipe))
+    if swa is not None and not diverged and swa.n_averaged > 0:
+        swa.apply_to(model, x_tr, batch_size=recipe.batch_size)
 
     metrics = evaluate_model(model, data, dev)
     model.eval()
     metrics.update({"epochs_run": float(epoch_no), "diverged": float(diverged),
                     "num_params": float(sum(p.numel() for p in model.parameters()))})
+    if swa is not None:
+        metrics["swa_n_averaged"] = float(swa.n_averaged)
     history = pd.DataFrame(rows, columns=["epoch", "phase", "lr", "loss", "acc", "val_loss",
                                           "val_acc", "finite"])
     return TrainResult(

@@ -90,7 +90,8 @@ CLASSIFIERS: dict[str, Callable[[int], object]] = {
     "gradient_boosting": lambda seed: GradientBoostingClassifier(n_estimators=20, random_state=seed),
     "adaboost": lambda seed: AdaBoostClassifier(n_estimators=20, random_state=seed),
     "gaussian_nb": lambda seed: GaussianNB(),
-    "lda": lambda seed: LinearDiscriminantAnalysis(),
+    # shrinkage keeps LDA defined when a feature is (nearly) constant within a training fold
+    "lda": lambda seed: LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"),
 }
 
 
@@ -178,6 +179,12 @@ def _prepare(table, target, features, n_classes, target_kind, impute):
     if not impute:
         keep &= df[cols].notna().all(axis=1).to_numpy()
     n_dropped = int((~keep).sum())
+    # a feature constant over the rows used carries no information and breaks LDA's SVD
+    varying = [c for c in cols if df.loc[keep, c].nunique(dropna=True) > 1]
+    if not varying:
+        raise NotEnoughSamplesError(
+            f"classify(target={target!r}): every feature column is constant over the {int(keep.sum())} rows used")
+    cols = varying
     X = df.loc[keep, cols].to_numpy(dtype=float)
     tv = t[keep]
     if kind == "quantile":
@@ -270,6 +277,13 @@ def classify(
     if smallest < n_splits:
         splits = smallest
         notes.append(f"n_splits reduced from {n_splits} to {splits}: smallest class has {smallest} members")
+    # every training fold must hold more samples than classes (LDA and others need it)
+    smallest_train = n - int(np.ceil(n / splits))
+    if smallest_train <= present:
+        raise NotEnoughSamplesError(
+            f"{where}: {n} rows in {splits} folds leave {smallest_train} training rows for {present} classes; "
+            "more minima are needed"
+        )
 
     acc = _cv_accuracy(X, y, names, splits, n_repeats, seed, impute)
     per_clf = acc.mean(axis=1)

@@ -1,0 +1,207 @@
+"""Benchmark: snapshots -> cosine distances -> PHATE -> k-NN graph -> persistence.
+
+Compares topoland's path (blockwise torch cosine distances, PHATE on the precomputed
+distances, landmarks for large N) with PHATE's own cosine path on the raw snapshots
+(``knn_dist="cosine", n_pca=None``, no landmarks), timing each stage.
+
+    python experiments/benchmarks/bench_topology.py --case both          # N=640,D=1.1M; N=10k,D=100k
+    python experiments/benchmarks/bench_topology.py --quick --case both  # small sizes
+    python experiments/benchmarks/bench_topology.py --complexes          # what each complex gives
+
+Targets (issue 4): paper case < 30 s on 2 CPU cores; large case >= 3x faster than plain PHATE.
+The snapshots are simulated jump-and-retrain trajectories (see ``simulate_snapshots``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from topoland.embedding import cosine_distances, phate_embedding  # noqa: E402
+from topoland.topology import (COMPLEXES, diagram_features, knn_graph,  # noqa: E402
+                               lower_star_persistence, potential_distances,
+                               total_persistence)
+
+STEPS = (0.25, 0.5, 0.75, 1.0)
+
+
+def simulate_snapshots(n_traj: int, n_points: int, d: int, seed: int = 0,
+                       dtype=torch.float32, rate: float = 0.88, walk: float = 0.004,
+                       noise: float = 0.002):
+    """Simulated jump-and-retrain trajectories around a minimum ``theta*`` (``(d,)``).
+
+    Trajectories come in groups of 4 step sizes (0.25, 0.5, 0.75, 1) sharing one Gaussian
+    direction; trajectory ``j`` jumps by ``step * |theta*|`` and relaxes back geometrically
+    (``rate`` per epoch) while drifting by a random walk in the flat directions (``walk``
+    of ``|theta*|`` per epoch, per sqrt(d)) plus per-snapshot noise. Losses rise with the
+    squared remaining jump plus a little noise. Returns ``(X (N, d) dtype, table)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(d, generator=g)
+    norm = theta.norm()
+    X = torch.empty((n_traj * n_points, d), dtype=dtype)
+    e = torch.arange(n_points, dtype=torch.float32)
+    rows = []
+    rng = np.random.default_rng(seed)
+    for j in range(n_traj):
+        if j % len(STEPS) == 0:
+            u = torch.randn(d, generator=g)
+            u = u / u.norm()
+        step = STEPS[j % len(STEPS)]
+        amp = step * rate ** e                                             # (P,)
+        w = torch.cumsum(torch.randn(n_points, d, generator=g), 0) * (walk * norm / d ** 0.5)
+        w[0] = 0
+        eps = torch.randn(n_points, d, generator=g) * (noise * norm / d ** 0.5)
+        X[j * n_points:(j + 1) * n_points] = (theta + amp[:, None] * norm * u + w + eps).to(dtype)
+        base = 0.05 + 2.0 * amp.numpy() ** 2
+        for r in range(n_points):
+            vl = base[r] + 0.01 * rng.normal()
+            rows.append(dict(sample_id=j * n_points + r, trajectory=j, direction=j // len(STEPS),
+                             step=step, epoch=float(r), train_loss=base[r] * 0.8,
+                             train_acc=0.9, val_loss=vl, val_acc=0.85,
+                             test_loss=vl + 0.01 * rng.normal(), test_acc=0.85, diverged=False))
+    return X, pd.DataFrame(rows)
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def _quiet_phate():
+    logging.getLogger("graphtools").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+
+
+def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseline=True):
+    print(f"\n== case {name}: N={n_traj * n_points}, D={d:,}, snapshots {dtype}, "
+          f"landmarks={n_landmark}, t={t}, k={k}, complex={complex}", flush=True)
+    t0 = time.perf_counter()
+    X, table = simulate_snapshots(n_traj, n_points, d, dtype=dtype)
+    print(f"simulate      {time.perf_counter() - t0:8.2f} s  (not timed below)", flush=True)
+    values = table.sort_values("sample_id")["val_loss"].to_numpy()
+    times, cpu = {}, {}
+    # wall time, and CPU seconds of this process (on a shared machine CPU / threads is the
+    # better estimate of the wall time on 2 dedicated cores)
+    t0, c0 = time.perf_counter(), time.process_time()
+    cos = cosine_distances(X, device="cpu")
+    times["distances"], cpu["distances"] = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=0)
+    times["phate"], cpu["phate"] = time.perf_counter() - t0, time.process_time() - c0
+    del cos
+    t0, c0 = time.perf_counter(), time.process_time()
+    edges = knn_graph(potential_distances(ph.potential), k=k)
+    times["graph"], cpu["graph"] = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    dg = lower_star_persistence(edges, values, complex=complex)
+    feats = diagram_features(dg, p=2, essential="cap", cap=values.max())
+    times["persistence"], cpu["persistence"] = time.perf_counter() - t0, time.process_time() - c0
+    ours = sum(times.values())
+    for s, v in times.items():
+        print(f"{s:13s} {v:8.2f} s wall {cpu[s]:8.2f} s cpu", flush=True)
+    print(f"ours total    {ours:8.2f} s wall {sum(cpu.values()):8.2f} s cpu  (edges {edges.shape[1]}, "
+          f"TP_H0={feats['total_persistence_h0']:.4g}, TP_H1={feats['total_persistence_h1']:.4g}, "
+          f"peak RSS {_rss_gb():.2f} GB)", flush=True)
+    if not baseline:
+        return ours, None
+    import phate
+
+    _quiet_phate()
+    Xb = X.float().numpy() if X.dtype != torch.float32 else X.numpy()
+    del X
+    t0, c0 = time.perf_counter(), time.process_time()
+    op = phate.PHATE(n_components=2, knn=5, decay=40, t=t, n_landmark=None, n_pca=None,
+                     knn_dist="cosine", mds_dist="cosine", random_state=0, verbose=0)
+    op.fit_transform(Xb)
+    pot = op.diff_potential
+    tb, cb = time.perf_counter() - t0, time.process_time() - c0
+    base_total = tb + times["graph"] + times["persistence"]
+    print(f"baseline PHATE(knn_dist='cosine', n_pca=None, no landmarks) {tb:8.2f} s wall "
+          f"{cb:8.2f} s cpu (peak RSS {_rss_gb():.2f} GB)", flush=True)
+    print(f"ratio by cpu seconds: PHATE stage {cb / (cpu['distances'] + cpu['phate']):.2f}x, whole "
+          f"stage {(cb + cpu['graph'] + cpu['persistence']) / sum(cpu.values()):.2f}x", flush=True)
+    print(f"ratio: PHATE stage {tb / (times['distances'] + times['phate']):.2f}x, "
+          f"whole stage {base_total / ours:.2f}x (baseline + same graph/persistence times)",
+          flush=True)
+    del pot
+    return ours, base_total
+
+
+def compare_complexes(n_traj=16, n_points=41, d=5000, k=20, t=20, seeds=(0, 1, 2)):
+    """What each complex gives on simulated trajectories (documented in docs/topology.md)."""
+    print(f"\n== complexes: {n_traj} trajectories x {n_points} points, D={d}, k={k}, t={t}")
+    rows = []
+    for seed in seeds:
+        X, table = simulate_snapshots(n_traj, n_points, d, seed=seed)
+        values = table["val_loss"].to_numpy()
+        ph = phate_embedding(X=X, t=t, seed=seed, device="cpu")
+        auto = phate_embedding(X=X, t="auto", seed=seed, device="cpu").t_used
+        edges = knn_graph(potential_distances(ph.potential), k=k)
+        cap = values.max()
+        for c in COMPLEXES:
+            t0 = time.perf_counter()
+            dg = lower_star_persistence(edges, values, complex=c)
+            dt = time.perf_counter() - t0
+            row = dict(seed=seed, complex=c, t_auto=auto, V=len(values), E=edges.shape[1],
+                       seconds=round(dt, 4))
+            for dim in (0, 1):
+                dd = dg[dim]
+                fin = np.isfinite(dd[:, 1])
+                row[f"bars_h{dim}"] = len(dd)
+                row[f"ess_h{dim}"] = int((~fin).sum())
+                row[f"TP2_drop_h{dim}"] = total_persistence(dd, 2, "drop")
+                row[f"TP2_cap_h{dim}"] = total_persistence(dd, 2, "cap", cap)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    with pd.option_context("display.width", 200, "display.max_columns", 30,
+                           "display.float_format", "{:.4g}".format):
+        print(df.to_string(index=False))
+    return df
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--case", choices=("paper", "large", "both"), default="both")
+    ap.add_argument("--quick", action="store_true", help="small sizes (minutes -> seconds)")
+    ap.add_argument("--no-baseline", action="store_true", help="time only topoland's path")
+    ap.add_argument("--complexes", action="store_true", help="compare graph/flag/extended only")
+    ap.add_argument("--t", type=int, default=20)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--complex", default="flag", choices=COMPLEXES)
+    a = ap.parse_args(argv)
+    import gudhi  # noqa: F401  (imports are not part of the timed stages)
+    import phate  # noqa: F401
+
+    _quiet_phate()
+    print(f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
+          f"load avg {os.getloadavg()[0]:.2f} (shared machine)")
+    if a.complexes:
+        compare_complexes(k=a.k, t=a.t)
+        return
+    if a.case in ("paper", "both"):
+        n_traj, n_points, d = (16, 40, 20_000) if a.quick else (16, 40, 1_100_000)
+        ours, _ = run_case("paper" + (" (quick)" if a.quick else ""), n_traj, n_points, d, None,
+                           a.t, a.k, a.complex, torch.float32, baseline=not a.no_baseline)
+        print(f"paper-scale target < 30 s: {'met' if ours < 30 else 'NOT met'} ({ours:.1f} s wall; "
+          "see cpu seconds above on a shared machine)")
+    if a.case in ("large", "both"):
+        n_traj, n_points, d, nl = (100, 40, 10_000, 1000) if a.quick else (250, 40, 100_000, 2000)
+        ours, base = run_case("large" + (" (quick)" if a.quick else ""), n_traj, n_points, d, nl,
+                              a.t, a.k, a.complex, torch.float16, baseline=not a.no_baseline)
+        if base is not None:
+            print(f"large target >= 3x: {'met' if base / ours >= 3 else 'NOT met'} "
+                  f"({base / ours:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Cosine distances (blockwise torch vs a plain loop) and PHATE on precomputed distances."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from topoland.embedding import (alpha_decay_affinity, cosine_distances, cosine_distances_from_gram,
+                                cosine_distances_reference, phate_embedding)
+from topoland.errors import ConfigError, DataError
+
+
+def _trajectories(n_traj=8, n_pts=11, d=200, seed=0):
+    """Small structured snapshots: trajectories relaxing back toward a centre."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=d)
+    out = []
+    for j in range(n_traj):
+        u = rng.normal(size=d)
+        u *= np.linalg.norm(c) / np.linalg.norm(u) * (0.25 + 0.25 * (j % 4))
+        w = np.cumsum(rng.normal(size=(n_pts, d)), 0) * 0.02
+        out.append(c + u * 0.85 ** np.arange(n_pts)[:, None] + w)
+    return np.concatenate(out).astype(np.float32)
+
+
+def test_cosine_distances_match_loop_reference_across_blocks():
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(23, 300)) + 0.5).astype(np.float32)
+    ref = cosine_distances_reference(X)
+    for bs, cs in [(1024, 65536), (5, 64), (1, 7)]:
+        D = cosine_distances(torch.from_numpy(X), block_size=bs, chunk_size=cs, device="cpu")
+        assert D.shape == (23, 23) and D.dtype == np.float64
+        np.testing.assert_allclose(D, ref, atol=2e-7)
+        assert np.array_equal(D, D.T) and np.all(np.diag(D) == 0)
+
+
+def test_cosine_distances_float16_and_numpy_input():
+    rng = np.random.default_rng(2)
+    X16 = torch.from_numpy(rng.normal(size=(10, 500))).to(torch.float16)
+    ref = cosine_distances_reference(X16.double())
+    np.testing.assert_allclose(cosine_distances(X16, device="cpu", chunk_size=100), ref, atol=2e-7)
+    np.testing.assert_allclose(cosine_distances(X16.double().numpy(), device="cpu"), ref, atol=2e-7)
+
+
+def test_cosine_distances_accurate_for_close_snapshots():
+    # snapshots 1e-3 apart relative to their norm: distances ~1e-6, where a plain float32
+    # Gram loses most digits; the centred computation keeps them.
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=20000)
+    X = (c + 1e-3 * rng.normal(size=(6, 20000))).astype(np.float32)
+    ref = cosine_distances_reference(X)
+    D = cosine_distances(X, device="cpu")
+    off = ~np.eye(6, dtype=bool)
+    assert np.max(np.abs(D[off] - ref[off]) / ref[off]) < 1e-3
+    Xt = torch.from_numpy(X)
+    naive = 1 - (Xt @ Xt.T / torch.outer(Xt.norm(dim=1), Xt.norm(dim=1))).double().numpy()
+    assert np.max(np.abs(naive[off] - ref[off]) / ref[off]) > 1e-2  # the problem is real
+
+
+def test_cosine_distances_from_gram_and_scale_invariance():
+    X = _trajectories(3, 5, 50).astype(np.float64)
+    ref = cosine_distances_reference(X)
+    np.testing.assert_allclose(cosine_distances_from_gram(X @ X.T), ref, atol=1e-12)
+    scales = np.random.default_rng(4).uniform(0.1, 10, size=(len(X), 1))
+    np.testing.assert_allclose(cosine_distances(X * scales, device="cpu"), ref, atol=1e-9)
+
+
+def test_cosine_distances_errors():
+    X = np.ones((3, 4), dtype=np.float32)
+    X[1] = 0
+    with pytest.raises(DataError, match="rows \\[1\\]"):
+        cosine_distances(X, device="cpu")
+    with pytest.raises(DataError):
+        cosine_distances(np.ones(4), device="cpu")
+    with pytest.raises(DataError, match="diagonal"):
+        cosine_distances_from_gram(np.zeros((2, 2)))
+
+
+def test_sparse_affinity_equals_graphtools_dense_kernel():
+    import graphtools
+
+    D = cosine_distances(_trajectories(5, 9, 80), device="cpu")
+    D[3, 4] = D[4, 3] = 0.0  # a duplicate pair (zero bandwidth path)
+    g = graphtools.Graph(D, knn=5, decay=40, precomputed="distance", n_pca=None, thresh=1e-4,
+                         verbose=0)
+    K = alpha_decay_affinity(D, knn=5, decay=40, block_size=7)
+    Ks = ((K + K.T) / 2).toarray()
+    np.testing.assert_allclose(Ks, np.asarray(g.kernel.todense() if hasattr(g.kernel, "todense")
+                                              else g.kernel), atol=1e-12)
+
+
+@pytest.mark.parametrize("n_landmark", [None, 30])
+def test_precomputed_matches_phate_cosine_path(n_landmark):
+    import phate
+
+    X = _trajectories()
+    res = phate_embedding(cosine_distances(X, device="cpu"), t=20, n_landmark=n_landmark, seed=0)
+    op = phate.PHATE(knn_dist="cosine", n_pca=None, mds_dist="cosine", t=20,
+                     n_landmark=n_landmark, random_state=0, verbose=-1)
+    Y = op.fit_transform(X.astype(np.float64))
+    np.testing.assert_allclose(res.operator.diff_op, op.diff_op, atol=1e-5)
+    np.testing.assert_allclose(res.potential, op.diff_potential, atol=1e-4)
+    np.testing.assert_allclose(res.coords, Y, atol=1e-4 * np.abs(Y).max())
+    assert res.potential.shape == (len(X), len(X) if n_landmark is None else n_landmark)
+    assert res.t_used == 20
+
+
+def test_phate_t_auto_recorded_and_input_checks():
+    X = _trajectories(4, 8, 60)
+    logging.getLogger("graphtools").setLevel(logging.INFO)
+    res = phate_embedding(X=X, t="auto", seed=0, device="cpu")
+    assert res.t_used == res.operator.optimal_t and res.t_used >= 1
+    assert res.coords.shape == (len(X), 2)
+    assert logging.getLogger("graphtools").level == logging.INFO  # global level restored
+    with pytest.raises(ConfigError):
+        phate_embedding()
+    with pytest.raises(ConfigError):
+        phate_embedding(np.zeros((20, 20)), t=0)

@@ -1,0 +1,30 @@
+"""Minimum-energy paths and mode connectivity: the public API in one place.
+
+- losses of flat parameter vectors: :func:`batched_loss`, :func:`network_loss`,
+  :func:`network_metrics` (and the plain-loop reference :func:`network_loss_loop`);
+- paths: :func:`neb`, :func:`auto_neb` (``AUTONEB_REFERENCE``), :func:`fit_curve`,
+  :func:`linear_path`;
+- barriers: :func:`path_profile`, :func:`barriers`, :func:`path_plane`,
+  :func:`project_to_plane`;
+- many minima: :func:`connect_all`, :func:`barrier_matrix`, :func:`disconnectivity_tree`.
+
+Implementation: ``barriers.py`` (losses, paths, profiles, graphs), ``neb.py``, ``curves.py``.
+"""
+from topoland.landscape.barriers import (DisconnectivityTree, NetworkLoss, Path, PathError,
+                                          barrier_matrix, barriers, batched_loss, connect_all,
+                                          disconnectivity_tree, linear_path, model_vector,
+                                          network_loss, network_loss_loop, network_metrics,
+                                          path_plane, path_profile, project_to_plane,
+                                          resample_polyline)
+from topoland.landscape.curves import CURVE_KINDS, Curve, curve_weights, fit_curve
+from topoland.landscape.neb import (AUTONEB_REFERENCE, auto_neb, insert_images, neb,
+                                     neb_forces, neb_forces_loop, respace)
+
+__all__ = [
+    "AUTONEB_REFERENCE", "CURVE_KINDS", "Curve", "DisconnectivityTree", "NetworkLoss", "Path",
+    "PathError", "auto_neb", "barrier_matrix", "barriers", "batched_loss", "connect_all",
+    "curve_weights", "disconnectivity_tree", "fit_curve", "insert_images", "linear_path",
+    "model_vector", "neb", "neb_forces", "neb_forces_loop", "network_loss", "network_loss_loop",
+    "network_metrics", "path_plane", "path_profile", "project_to_plane", "resample_polyline",
+    "respace",
+]

@@ -1,0 +1,812 @@
+"""The PDF report of a run directory: one document composed from the stored stage results.
+
+Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
+
+1. title page: config summary, grid, stage list, software versions, device, wall time per stage;
+2. the minima: settings and metrics of every cell (paginated);
+3. one page per minimum with a finished topology stage: PHATE embedding coloured by loss and by
+   step size (trajectories drawn as paths), persistence diagrams, Betti curves, plane surface,
+   1-D curves, eigenvalue density;
+4. across minima: total persistence vs generalization, metrics grouped by each grid setting,
+   the classifier table, statistical comparisons;
+5. paths: barrier profiles per pair and the disconnectivity graph (>= 3 connected minima);
+6. notes: diverged trajectories, failed or skipped stages, analysis notes, panels not drawn.
+
+Only reads the run directory; the figures come from :mod:`topoland.plots`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import StoreError, TopolandError
+from ..store import RUN_LEVEL, RunStore, atomic_write_bytes, load_tensors
+
+__all__ = ["build_report", "ReportError", "PAGE_SIZE", "MIN_FONT_PT", "CELL_STAGE_ORDER"]
+
+PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
+MIN_FONT_PT = 8.0
+CELL_STAGE_ORDER = ("train", "sample", "topology", "surface", "curvature")
+_RUN_STAGE_ORDER = ("paths", "analysis", "report")
+_TABLE_ROWS = 22            # rows of a table page
+_NOTE_LINES = 40            # text lines of a notes page
+_PAIRS_PER_PAGE = 3
+_SETTINGS_PER_PAGE = 3
+_VERSIONS = (("torch", "torch"), ("phate", "phate"), ("gudhi", "gudhi"), ("sklearn", "scikit-learn"),
+             ("numpy", "numpy"), ("pandas", "pandas"), ("matplotlib", "matplotlib"),
+             ("seaborn", "seaborn"))
+_STATUS_MARK = {"done": "✓", "failed": "✗", "interrupted": "!", "running": "…"}
+
+
+class ReportError(TopolandError):
+    """The report cannot be written (unreadable run directory or config, bad output path)."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _rc() -> dict:
+    import seaborn as sns
+    rc = dict(sns.axes_style("whitegrid"))
+    rc |= dict(sns.plotting_context("paper"))
+    rc |= {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8,
+           "ytick.labelsize": 8, "legend.fontsize": 8, "legend.title_fontsize": 8,
+           "figure.titlesize": 14, "pdf.fonttype": 42, "axes.titlelocation": "center"}
+    return rc
+
+
+def _fmt(v) -> str:
+    """A table cell: floats to 4 significant digits, booleans as yes/no, missing as '–'."""
+    if v is None:
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "–" if np.isnan(v) else str(v)
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _wrap_header(name: str, width: int = 14) -> str:
+    if len(name) <= width:
+        return name
+    parts = name.replace(".", ".\n", 1).split("\n")
+    return "\n".join(textwrap.fill(p, width) for p in parts)
+
+
+def _first_line(text) -> str:
+    if not text:
+        return "(no message)"
+    return str(text).strip().splitlines()[0][:200]
+
+
+def _versions() -> list[tuple[str, str]]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import topoland
+    out = [("topoland", topoland.__version__)]
+    for label, dist in _VERSIONS:
+        try:
+            out.append((label, version(dist)))
+        except PackageNotFoundError:
+            out.append((label, "not installed"))
+    import platform
+    out.append(("python", platform.python_version()))
+    return out
+
+
+def _device_line(cfg: dict) -> str:
+    import torch
+    asked = cfg.get("run", {}).get("device", "auto")
+    if torch.cuda.is_available():
+        here = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        here = "cpu"
+    return f"run.device = {asked!r}; available where the report was written: {here}"
+
+
+def _enforce_min_font(fig) -> None:
+    from matplotlib.text import Text
+    for t in fig.findobj(Text):
+        if t.get_text() and t.get_fontsize() < MIN_FONT_PT:
+            t.set_fontsize(MIN_FONT_PT)
+
+
+def _blank(ax, message: str) -> None:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, textwrap.fill(message, 40), ha="center", va="center", fontsize=9,
+            color="0.35", transform=ax.transAxes)
+
+
+# ---------------------------------------------------------------------------------- writer
+class _Writer:
+    """Collects pages (titles, notes) while writing them into an open PdfPages."""
+
+    def __init__(self, store: RunStore, pdf, run_name: str):
+        self.store = store
+        self.pdf = pdf
+        self.run_name = run_name
+        self.headings: list[str] = []
+        self.notes: dict[str, list[str]] = {}
+
+    def note(self, section: str, text: str) -> None:
+        self.notes.setdefault(section, []).append(text)
+
+    def figure(self, title: str):
+        # fixed margins rather than constrained layout: several times faster per page
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=PAGE_SIZE)
+        fig.suptitle(title, fontweight="bold", y=0.985)
+        return fig
+
+    def save(self, fig, title: str) -> None:
+        n = len(self.headings) + 1
+        fig.text(0.995, 0.005, f"topoland report · {self.run_name} · page {n}", ha="right",
+                 va="bottom", fontsize=MIN_FONT_PT, color="0.45")
+        _enforce_min_font(fig)
+        self.pdf.savefig(fig)
+        fig.clear()
+        self.headings.append(title)
+
+    def panel(self, ax, what: str, draw) -> bool:
+        """Draw one panel; a TopolandError (too few samples, missing metric) becomes a
+        placeholder on the page and a line in the notes."""
+        try:
+            draw(ax)
+            return True
+        except TopolandError as e:
+            ax.cla()
+            _blank(ax, f"{what}: not drawn ({e})")
+            self.note("Panels not drawn", f"{what}: {e}")
+            return False
+
+    def table_pages(self, title: str, df: pd.DataFrame, *, footer: str = "", col_width: int = 14,
+                    rows: int = _TABLE_ROWS) -> None:
+        """``df`` (already formatted as strings) as one or more table pages."""
+        chunks = [df.iloc[i:i + rows] for i in range(0, max(len(df), 1), rows)]
+        for k, chunk in enumerate(chunks):
+            t = title if len(chunks) == 1 else f"{title} ({k + 1}/{len(chunks)})"
+            fig = self.figure(t)
+            ax = fig.add_axes((0.02, 0.08, 0.96, 0.82))
+            ax.set_axis_off()
+            if len(chunk):
+                tab = ax.table(cellText=chunk.to_numpy().tolist(),
+                               colLabels=[_wrap_header(str(c), col_width) for c in chunk.columns],
+                               loc="upper center", cellLoc="center")
+                tab.auto_set_font_size(False)
+                tab.set_fontsize(MIN_FONT_PT)
+                tab.auto_set_column_width(list(range(len(chunk.columns))))
+                header_lines = max(str(c).count("\n") + 1 for c in
+                                   [_wrap_header(str(c), col_width) for c in chunk.columns])
+                for (r, _c), cell in tab.get_celld().items():
+                    cell.set_height(0.034 * (header_lines if r == 0 else 1))
+                    if r == 0:
+                        cell.set_text_props(fontweight="bold")
+                        cell.set_facecolor("0.9")
+            else:
+                _blank(ax, "empty table")
+            if footer:
+                fig.text(0.02, 0.025, footer, fontsize=MIN_FONT_PT, ha="left", va="bottom", wrap=True)
+            self.save(fig, t)
+
+    def text_pages(self, title: str, lines: list[str]) -> None:
+        wrapped: list[str] = []
+        for line in lines:
+            indent = "    " if line.startswith("  ") else ""
+            wrapped += textwrap.wrap(line.strip(), 150, subsequent_indent=indent + "  ",
+                                     initial_indent=indent) or [""]
+        chunks = [wrapped[i:i + _NOTE_LINES] for i in range(0, max(len(wrapped), 1), _NOTE_LINES)]
+        for k, chunk in enumerate(chunks):
+            t = title if len(chunks) == 1 else f"{title} ({k + 1}/{len(chunks)})"
+            fig = self.figure(t)
+            fig.text(0.03, 0.9, "\n".join(chunk), ha="left", va="top", fontsize=9, linespacing=1.45)
+            self.save(fig, t)
+
+
+# ---------------------------------------------------------------------------------- run facts
+class _Run:
+    """What the report reads from a run directory, loaded once."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        try:
+            self.cfg = tomllib.loads(store.config_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ReportError(f"config file '{store.path / 'config.toml'}' is unreadable ({e})") from None
+        self.cells = store.cells()
+        self.stages = store.stages()
+        self.names = {r.cell_id: f"M{int(r.position) + 1}" for r in self.cells.itertuples()}
+        self.labels = {r.cell_id: r.label for r in self.cells.itertuples()}
+        self.name = self.cfg.get("run", {}).get("name") or store.path.name
+
+    def status(self, cell_id: str, stage: str) -> str | None:
+        s = self.stages[(self.stages.cell_id == cell_id) & (self.stages.stage == stage)]
+        return None if s.empty else str(s.status.iloc[0])
+
+    def done(self, cell_id: str, stage: str) -> bool:
+        return self.status(cell_id, stage) == "done"
+
+    def summary(self, cell_id: str, stage: str) -> dict:
+        return self.store.summary(cell_id, stage) if self.done(cell_id, stage) else {}
+
+    def wanted(self) -> list[str]:
+        return list(self.cfg.get("run", {}).get("stages", CELL_STAGE_ORDER + _RUN_STAGE_ORDER))
+
+    def label(self, cell_id: str) -> str:
+        return f"{self.names.get(cell_id, cell_id)}" if cell_id != RUN_LEVEL else "run"
+
+
+# ---------------------------------------------------------------------------------- page 1
+def _title_page(w: _Writer, run: _Run) -> None:
+    cfg = run.cfg
+    title = f"topoland report: {run.name}"
+    fig = w.figure(title)
+    created = w.store.get_meta("created")
+    if created is not None:
+        import datetime
+        created = datetime.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M")
+    left = [f"run directory: {w.store.path}", f"created: {created or 'unknown'}", ""]
+    for section in ("data", "model", "train"):
+        vals = cfg.get(section, {})
+        if vals:
+            left.append(f"[{section}] " + ", ".join(f"{k}={_fmt(v)}" for k, v in vals.items()
+                                                    if v not in ("", None)))
+    left.append(f"seed: {cfg.get('run', {}).get('seed', '?')}")
+    left.append("")
+    grid = cfg.get("grid", {})
+    left.append("grid (the product of):" if grid else "grid: none (single cell)")
+    for k, v in grid.items():
+        left.append(f"  {k} = [{_fmt(v)}]")
+    extra = cfg.get("cells", [])
+    if extra:
+        left.append(f"extra cells: {len(extra)}")
+        for c in extra:
+            left.append("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in c.items()))
+    left.append("")
+    left.append("stages: " + " → ".join(run.wanted()))
+    n_cells = len(run.cells)
+    n_trained = sum(run.done(c, "train") for c in run.cells.cell_id)
+    n_div = sum(bool(run.summary(c, "train").get("diverged")) for c in run.cells.cell_id)
+    left.append(f"minima: {n_cells} cells, {n_trained} trained" + (f", {n_div} diverged" if n_div else ""))
+    left.append("device: " + _device_line(cfg))
+    wrapped = []
+    for line in left:
+        wrapped += textwrap.wrap(line, 95, subsequent_indent="      ") or [""]
+    fig.text(0.03, 0.9, "\n".join(wrapped), ha="left", va="top", fontsize=9, linespacing=1.4)
+
+    # right: versions and wall time tables
+    ver = _versions()
+    ax = fig.add_axes((0.66, 0.58, 0.31, 0.3))
+    ax.set_axis_off()
+    ax.set_title("software", fontsize=10, fontweight="bold")
+    tab = ax.table(cellText=[[a, b] for a, b in ver], colLabels=["package", "version"], loc="upper center",
+                   cellLoc="left")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(MIN_FONT_PT)
+    tab.auto_set_column_width([0, 1])
+
+    ax = fig.add_axes((0.66, 0.06, 0.31, 0.42))
+    ax.set_axis_off()
+    ax.set_title("wall time per stage", fontsize=10, fontweight="bold")
+    rows = _stage_time_rows(run)
+    tab = ax.table(cellText=rows, colLabels=["stage", "done", "failed", "seconds"],
+                   loc="upper center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(MIN_FONT_PT)
+    tab.auto_set_column_width([0, 1, 2, 3])
+    meta = w.store.get_meta("seconds") or {}
+    foot = ("seconds: summed over cells from the stages table"
+            + (("; runner wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta.items())) if meta else ""))
+    fig.text(0.66, 0.03, textwrap.fill(foot, 60), fontsize=MIN_FONT_PT, va="bottom")
+    w.save(fig, title)
+
+
+def _stage_time_rows(run: _Run) -> list[list[str]]:
+    st = run.stages
+    rows = []
+    for stage in CELL_STAGE_ORDER + _RUN_STAGE_ORDER:
+        s = st[st.stage == stage]
+        if s.empty and stage not in run.wanted():
+            continue
+        done = int((s.status == "done").sum())
+        failed = int((s.status == "failed").sum())
+        secs = pd.to_numeric(s.seconds, errors="coerce").sum() if not s.empty else 0.0
+        rows.append([stage, str(done), str(failed), f"{secs:.1f}"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------- page 2
+def _minima_pages(w: _Writer, run: _Run, table: pd.DataFrame) -> None:
+    if table.empty:
+        w.note("Minima", "the run has no cells")
+        return
+    df = table.copy()
+    df.insert(0, "minimum", [run.names[c] for c in df.cell_id])
+    settings = [c for c in df.columns if "." in c]
+    shared = {c: df[c].iloc[0] for c in settings
+              if df[c].astype(str).nunique(dropna=False) == 1}
+    df = df.drop(columns=list(shared))
+    marks = []
+    for cid in df.cell_id:
+        marks.append("".join(_STATUS_MARK.get(run.status(cid, s) or "", "·") for s in CELL_STAGE_ORDER))
+    df["stages"] = marks
+    shown = df.map(_fmt) if hasattr(df, "map") else df.applymap(_fmt)
+    foot = ("stages: " + ", ".join(CELL_STAGE_ORDER) + " (✓ done, ✗ failed, ! interrupted, · not run). "
+            + ("Shared by all minima: " + "; ".join(f"{k}={_fmt(v)}" for k, v in shared.items())
+               if shared else "") + ". gap = test loss − train loss (nats); acc_gap = train acc − test acc.")
+    w.table_pages("The minima: settings and metrics", shown, footer=textwrap.fill(foot, 190))
+
+
+# ---------------------------------------------------------------------------------- page 3
+def _read_topology(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+    arrays = {k: v.numpy() for k, v in load_tensors(path).items()}
+    with safe_open(str(path), "np") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return arrays, meta
+
+
+def _line_surfaces(d: Path) -> list:
+    from ..landscape.surfaces import Surface
+    out = []
+    for p in sorted(d.glob("line_*.csv"), key=lambda p: int(p.stem.split("_")[1])):
+        df = pd.read_csv(p)
+        if "alpha" not in df.columns:
+            raise StoreError(f"surface curve file '{p}' has no 'alpha' column")
+        out.append(Surface(xs=df["alpha"].to_numpy(float), ys=None,
+                           values={c: df[c].to_numpy(float) for c in df.columns if c != "alpha"},
+                           meta={"kind": "random_line"}))
+    return out
+
+
+def _draw_lines(ax, lines, quantity: str):
+    from matplotlib.lines import Line2D
+
+    from ..plots.landscape import plot_line
+    for i, srf in enumerate(lines):
+        plot_line(srf, ax=ax, quantity=quantity, color=f"C{i}", lw=1.2)
+    for ln in ax.get_lines():
+        if ln.get_label().startswith("test"):
+            ln.set_linestyle("--")
+    handles = [Line2D([], [], color=f"C{i}", label=f"direction {i + 1}") for i in range(len(lines))]
+    handles += [Line2D([], [], color="0.3", ls="-", label="train"),
+                Line2D([], [], color="0.3", ls="--", label="test")]
+    ax.legend(handles=handles, ncol=2)
+    ax.set_title(f"1-D curves ({quantity})")
+
+
+def _minimum_page(w: _Writer, run: _Run, cid: str) -> None:
+    from ..plots.curvature import plot_eigenvalue_density
+    from ..plots.landscape import plot_contour
+    from ..plots.topology import plot_betti_curves, plot_diagram, plot_embedding
+    from ..sampling import load_samples
+    from ..topology import betti_curve
+
+    name = run.names[cid]
+    title = f"Minimum {name}: {run.labels[cid]}"
+    store = run.store
+    arrays, meta = _read_topology(store.stage_dir(cid, "topology") / "topology.safetensors")
+    value_name = meta.get("settings", {}).get("value", "vertex value")
+    ids = arrays["sample_ids"].astype(np.int64)
+    coords, values = arrays["coords"], arrays["values"]
+    diagrams = {int(k[len("diagram_h"):]): arrays[k] for k in sorted(arrays) if k.startswith("diagram_h")}
+
+    fig = w.figure(title)
+    train = run.summary(cid, "train")
+    topo = run.summary(cid, "topology")
+    facts = [f"{k.replace('_', ' ')} {_fmt(train[k])}" for k in ("train_loss", "test_loss", "test_acc", "gap")
+             if k in train]
+    facts += [f"{k.replace('_', ' ')} {_fmt(topo[k])}" for k in ("total_persistence_h0", "total_persistence_h1")
+              if k in topo]
+    facts.append(f"{len(ids)} samples, PHATE t = {meta.get('t_used', '?')}")
+    fig.text(0.5, 0.94, " · ".join(facts), ha="center", fontsize=9)
+    axes = fig.subplots(2, 4, gridspec_kw=dict(left=0.045, right=0.985, top=0.87, bottom=0.07,
+                                               wspace=0.42, hspace=0.42))
+
+    traj = order = steps = None
+    if run.done(cid, "sample"):
+        s = load_samples(store.stage_dir(cid, "sample"))
+        t = s.table.set_index("sample_id").loc[ids]
+        traj, order, steps = t["trajectory"].to_numpy(), t["epoch"].to_numpy(), t["step"].to_numpy()
+    else:
+        w.note("Stages not run", f"{name}: topology finished but its samples are gone; "
+                                 "embedding drawn without trajectories")
+
+    def emb_loss(ax):
+        plot_embedding(coords, color=values, trajectories=traj, order=order, ax=ax,
+                       color_label=value_name, categorical=False)
+        ax.set_title(f"PHATE embedding, colour: {value_name}")
+
+    def emb_step(ax):
+        if steps is None:
+            raise StoreError("no sample table for the step sizes")
+        plot_embedding(coords, color=np.round(steps, 6), trajectories=traj, order=order, ax=ax,
+                       color_label="step size", categorical=True)
+        ax.set_title("PHATE embedding, colour: step size")
+
+    w.panel(axes[0, 0], "embedding by loss", emb_loss)
+    w.panel(axes[0, 1], f"{name} embedding by step size", emb_step)
+    for j, dim in enumerate((0, 1)):
+        ax = axes[0, 2 + j]
+        if dim in diagrams and len(diagrams[dim]):
+            def draw(ax, dim=dim):
+                plot_diagram({dim: diagrams[dim]}, ax=ax)
+                n = len(diagrams[dim])
+                ax.set_title(f"persistence diagram H{dim} ({n} points)")
+            w.panel(ax, f"{name} diagram H{dim}", draw)
+        else:
+            _blank(ax, f"H{dim}: no points" if dim in diagrams else f"no H{dim} diagram stored")
+
+    def betti(ax):
+        fin = values[np.isfinite(values)]
+        thr = np.linspace(fin.min(), fin.max(), 200)
+        plot_betti_curves(betti_curve(diagrams, thr), thr, ax=ax)
+        ax.set_xlabel(f"threshold on {value_name}")
+        ax.set_title("Betti curves")
+    w.panel(axes[1, 0], f"{name} Betti curves", betti)
+
+    sdir = store.stage_dir(cid, "surface")
+    surf_summary = run.summary(cid, "surface")
+    plane = sdir / "plane.h5"
+    if run.done(cid, "surface") and plane.is_file():
+        from ..landscape.storage import read_grid
+        from ..landscape.surfaces import Surface
+        g = read_grid(plane)
+        srf = Surface(xs=g["xs"], ys=g["ys"], values=g["values"], meta=dict(g["meta"]) | {"kind": g["kind"]})
+
+        def contour(ax):
+            plot_contour(srf, ax=ax, metric="train_loss", filled=True, log=True, levels=20, cmap="viridis")
+            ax.plot([0], [0], marker="*", color="w", ms=10, mec="k")
+            ax.set_title("train loss around the minimum (plane)")
+        w.panel(axes[1, 1], f"{name} surface", contour)
+    else:
+        why = surf_summary.get("skipped") or ("no plane stored" if run.done(cid, "surface")
+                                             else "surface stage did not run")
+        _blank(axes[1, 1], f"surface: {why}")
+
+    lines = _line_surfaces(sdir) if run.done(cid, "surface") else []
+    if lines:
+        w.panel(axes[1, 2], f"{name} 1-D curves", lambda ax: _draw_lines(ax, lines, "loss"))
+    else:
+        _blank(axes[1, 2], "no 1-D curves stored")
+
+    dens = store.stage_dir(cid, "curvature") / "density.csv"
+    if run.done(cid, "curvature") and dens.is_file():
+        d = pd.read_csv(dens)
+
+        def density(ax):
+            plot_eigenvalue_density((d["eigenvalue"].to_numpy(), d["density"].to_numpy()), ax=ax)
+            ax.set_title("Hessian eigenvalue density")
+        w.panel(axes[1, 3], f"{name} eigenvalue density", density)
+    elif lines:
+        w.panel(axes[1, 3], f"{name} 1-D accuracy", lambda ax: _draw_lines(ax, lines, "acc"))
+    else:
+        _blank(axes[1, 3], "no curvature density or 1-D curves stored")
+    w.save(fig, title)
+
+
+# ---------------------------------------------------------------------------------- page 4
+def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
+    """Across-minima pages; returns the analysis tables to copy beside the PDF."""
+    from ..analysis import load_feature_table
+    from ..plots.analysis import plot_classifier_table, plot_feature_vs_target, plot_grouped
+
+    d = run.store.stage_dir(RUN_LEVEL, "analysis")
+    tables = {name: pd.read_csv(d / f"{name}.csv") for name in ("classifiers", "correlations", "comparisons")
+              if (d / f"{name}.csv").is_file()}
+    ft = load_feature_table(d)
+    names = {c: run.names.get(c, c) for c in ft.frame.index}
+    frame = ft.frame
+    tp = [c for c in ("topology.total_persistence", "topology.total_persistence_h1") if c in frame.columns]
+    targets = [t for t in ("gap", "test_acc") if t in frame.columns]
+
+    # total persistence vs generalization
+    title = "Total persistence vs generalization"
+    if tp and targets:
+        fig = w.figure(title)
+        n = len(tp) * len(targets)
+        axes = np.atleast_1d(fig.subplots(1, n, gridspec_kw=dict(left=0.06, right=0.98, top=0.86, bottom=0.5,
+                                                                  wspace=0.3)))
+        k = 0
+        for f in tp:
+            for t in targets:
+                def draw(ax, f=f, t=t):
+                    plot_feature_vs_target(ft, f, t, ax=ax)
+                    ax.set_title(textwrap.fill(ax.get_title(), 42))
+                    for cid, x, y in zip(frame.index, frame[f], frame[t]):
+                        if np.isfinite(x) and np.isfinite(y):
+                            ax.annotate(names[cid], (x, y), fontsize=MIN_FONT_PT, xytext=(3, 2),
+                                        textcoords="offset points", color="0.3")
+                w.panel(axes[k], f"{f} vs {t}", draw)
+                k += 1
+        ax = fig.add_axes((0.03, 0.03, 0.94, 0.36))
+        ax.set_axis_off()
+        corr = tables.get("correlations")
+        if corr is not None and not corr.empty:
+            c = corr[corr["feature"].astype(str).str.startswith("topology.")].copy()
+            c["order"] = -c["spearman_rho"].abs().fillna(-1)
+            c = c.sort_values("order").head(10)
+            cols = [x for x in ("feature", "target", "n", "spearman_rho", "spearman_p", "spearman_p_bh",
+                                "kendall_tau", "kendall_p") if x in c.columns]
+            show = c[cols].map(_fmt) if hasattr(c, "map") else c[cols].applymap(_fmt)
+            ax.set_title("rank correlations of topology features (top 10 by |ρ|; p_bh: Benjamini–Hochberg)",
+                         fontsize=9)
+            if len(show):
+                tab = ax.table(cellText=show.to_numpy().tolist(), colLabels=cols, loc="upper center",
+                               cellLoc="center")
+                tab.auto_set_font_size(False)
+                tab.set_fontsize(MIN_FONT_PT)
+                tab.auto_set_column_width(list(range(len(cols))))
+            else:
+                _blank(ax, "no topology features in correlations.csv")
+        else:
+            _blank(ax, "no correlations table (see notes)")
+        w.save(fig, title)
+    else:
+        w.note("Stages not run", f"{title}: no total persistence column or no gap/test_acc target in the "
+                                 "feature table (topology stage missing?)")
+
+    # grouped by each grid setting
+    settings = [s for s in ft.settings if s != "run.seed" and frame[s].astype(str).nunique() > 1]
+    metrics = [m for m in ("test_acc", "gap") if m in frame.columns] + tp[:1]
+    if settings and metrics:
+        chunks = [settings[i:i + _SETTINGS_PER_PAGE] for i in range(0, len(settings), _SETTINGS_PER_PAGE)]
+        for k, chunk in enumerate(chunks):
+            t = "Metrics by grid setting" + (f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+            fig = w.figure(t)
+            axes = fig.subplots(len(chunk), len(metrics), squeeze=False,
+                                gridspec_kw=dict(left=0.07, right=0.98, top=0.92, bottom=0.08, wspace=0.3,
+                                                 hspace=0.55))
+            for i, by in enumerate(chunk):
+                for j, m in enumerate(metrics):
+                    w.panel(axes[i, j], f"{m} by {by}", lambda ax, by=by, m=m: plot_grouped(ft, by, m, ax=ax))
+            w.save(fig, t)
+    else:
+        w.note("Analysis", "no grid setting varies across the analysed minima: no grouped plots")
+
+    # classifier table
+    clf = tables.get("classifiers")
+    if clf is not None and not clf.empty:
+        n_clf = sum(c.startswith("acc_") for c in clf.columns)
+        t = "Classifier table"
+        fig = w.figure(t)
+        ax = fig.add_axes((0.16, 0.1, 0.8, 0.78))
+        w.panel(ax, "classifier table", lambda ax: plot_classifier_table(clf, ax=ax))
+        ax.set_title(f"cross-validated accuracy: mean ± SE over {n_clf} classifiers per feature group "
+                     "and target (* permutation p < 0.05)")
+        chance = clf.groupby("target")["chance_majority"].max() if "chance_majority" in clf else None
+        if chance is not None:
+            fig.text(0.01, 0.005, "majority-class chance: " + ", ".join(f"{k} {_fmt(v)}" for k, v in chance.items()),
+                     fontsize=MIN_FONT_PT, ha="left", va="bottom")
+        w.save(fig, t)
+        for r in clf.itertuples():
+            notes = getattr(r, "notes", "")
+            if isinstance(notes, str) and notes.startswith("not computed"):
+                w.note("Analysis", f"classifier {r.group} → {r.target}: {notes}")
+    else:
+        w.note("Analysis", "no classifier table (no feature groups or no varying target)")
+
+    comp = tables.get("comparisons")
+    if comp is not None and not comp.empty:
+        cols = [c for c in ("by", "metric", "group_a", "group_b", "n_a", "n_b", "test", "statistic", "p_value",
+                            "p_holm", "perm_p_value", "mean_diff", "ci_low", "ci_high", "cliffs_delta")
+                if c in comp.columns]
+        show = comp[cols].map(_fmt) if hasattr(comp, "map") else comp[cols].applymap(_fmt)
+        w.table_pages("Statistical comparisons by grid setting", show,
+                      footer="Mann–Whitney U for two groups (with permutation p-value, bootstrap CI of the mean "
+                             "difference, Cliff's δ); Kruskal–Wallis for more, then pairwise Mann–Whitney with "
+                             "Holm-adjusted p (p_holm).")
+    else:
+        w.note("Analysis", "no statistical comparisons (no grid setting with two or more groups of enough minima)")
+
+    for g, cells in ft.missing.items():
+        if cells:
+            w.note("Analysis", f"feature group '{g}' incomplete for " + ", ".join(names.get(c, str(c)) for c in cells))
+    nj = d / "notes.json"
+    if nj.is_file():
+        for n in json.loads(nj.read_text()):
+            w.note("Analysis", str(n))
+    tables["features"] = ft.frame.reset_index()
+    return tables
+
+
+# ---------------------------------------------------------------------------------- page 5
+def _paths_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
+    from ..landscape.barriers import PathError, barrier_matrix, disconnectivity_tree
+    from ..plots.paths import plot_disconnectivity, plot_profiles
+
+    summ = run.summary(RUN_LEVEL, "paths")
+    if "skipped" in summ:
+        w.note("Stages not run", f"paths: skipped ({summ['skipped']})")
+        return None
+    d = run.store.stage_dir(RUN_LEVEL, "paths")
+    pairs = pd.read_csv(d / "pairs.csv")
+    if pairs.empty:
+        w.note("Stages not run", "paths: no pair of minima was connected")
+        return pairs
+    pairs_named = pairs.assign(a_name=[run.names.get(a, a) for a in pairs.a],
+                               b_name=[run.names.get(b, b) for b in pairs.b])
+    chunks = [pairs_named.iloc[i:i + _PAIRS_PER_PAGE] for i in range(0, len(pairs_named), _PAIRS_PER_PAGE)]
+    cols = ("train_loss", "test_loss", "test_error")
+    for k, chunk in enumerate(chunks):
+        t = "Paths: barrier profiles" + (f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+        fig = w.figure(t)
+        axes = fig.subplots(_PAIRS_PER_PAGE, len(cols), squeeze=False,
+                            gridspec_kw=dict(left=0.06, right=0.98, top=0.88, bottom=0.07, wspace=0.25,
+                                             hspace=0.75))
+        for i in range(_PAIRS_PER_PAGE):
+            if i >= len(chunk):
+                for ax in axes[i]:
+                    ax.set_axis_off()
+                continue
+            r = chunk.iloc[i]
+            pdir = d / f"{r.a}__{r.b}"
+            profiles = {"linear": pd.read_csv(pdir / "profile_linear.csv")}
+            mp = pdir / f"profile_{r.method}.csv"
+            if mp.is_file():
+                profiles[str(r.method)] = pd.read_csv(mp)
+            for j, col in enumerate(cols):
+                def draw(ax, col=col, r=r):
+                    present = {k: v for k, v in profiles.items() if col in v.columns}
+                    if not present:
+                        raise StoreError(f"no column '{col}' in the profiles of {r.a_name}–{r.b_name}")
+                    plot_profiles(present, ax=ax, column=col)
+                    ax.set_xlabel("position along path")
+                    bars = []
+                    for p in present:
+                        key = f"{p}.{col}.max_minus_linear"
+                        if key in r.index and pd.notna(r[key]):
+                            bars.append(f"{p} {r[key]:.3g}")
+                    ax.set_title(f"{r.a_name} → {r.b_name}: {col.replace('_', ' ')}"
+                                 + (f"\nbarrier above the chord: {', '.join(bars)}" if bars else ""))
+                w.panel(axes[i, j], f"path {r.a_name}–{r.b_name} {col}", draw)
+        w.save(fig, t)
+
+    method = str(pairs.method.iloc[0])
+    col = f"{method}.train_loss.max"
+    ids = list(dict.fromkeys(list(pairs.a) + list(pairs.b)))
+    if len(ids) >= 3 and col in pairs.columns:
+        m = barrier_matrix(pairs.rename(columns={col: "barrier"}), ids, column="barrier")
+        energies = [run.summary(c, "train").get("train_loss") for c in ids]
+        energies = None if any(e is None for e in energies) else energies
+        try:
+            tree = disconnectivity_tree([run.names.get(c, c) for c in ids], m, energies=energies)
+        except PathError as e:
+            w.note("Paths", f"no disconnectivity graph: {e}")
+        else:
+            t = "Paths: disconnectivity graph"
+            fig = w.figure(t)
+            ax = fig.add_axes((0.08, 0.15, 0.88, 0.72))
+            plot_disconnectivity(tree, ax=ax)
+            ax.set_ylabel(f"train loss (highest point on the {method} path)")
+            ax.set_title(f"{len(ids)} minima joined by {len(pairs)} {method} paths; merges at the lowest "
+                         "barrier connecting them")
+            w.save(fig, t)
+    else:
+        w.note("Paths", f"disconnectivity graph needs >= 3 connected minima; {len(ids)} connected")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------- page 6
+def _stage_notes(w: _Writer, run: _Run) -> None:
+    wanted = run.wanted()
+    cells = list(run.cells.cell_id)
+    for stage in CELL_STAGE_ORDER:
+        if stage not in wanted:
+            w.note("Stages not run", f"{stage}: not in run.stages")
+            continue
+        missing = [run.names[c] for c in cells if run.status(c, stage) is None]
+        if missing:
+            w.note("Stages not run", f"{stage}: not run for {len(missing)} of {len(cells)} minima "
+                                     f"({', '.join(missing)})")
+    for stage in ("paths", "analysis"):
+        if stage not in wanted:
+            w.note("Stages not run", f"{stage}: not in run.stages")
+        elif run.status(RUN_LEVEL, stage) is None:
+            w.note("Stages not run", f"{stage}: did not run; its pages are left out")
+    st = run.stages
+    for r in st[st.status.isin(["failed", "interrupted", "running"])].itertuples():
+        if r.cell_id == RUN_LEVEL and r.stage == "report":
+            continue
+        if r.status == "failed":
+            w.note("Failed stages", f"{run.label(r.cell_id)} {r.stage}: failed: {_first_line(r.error)}")
+        else:
+            w.note("Failed stages", f"{run.label(r.cell_id)} {r.stage}: {r.status} (unfinished)")
+    for c in cells:
+        for stage in CELL_STAGE_ORDER:
+            s = run.summary(c, stage)
+            if "skipped" in s:
+                w.note("Skipped stages", f"{run.names[c]} {stage}: skipped ({s['skipped']})")
+        tr = run.summary(c, "train")
+        if tr.get("diverged"):
+            w.note("Diverged", f"{run.names[c]}: training diverged; the minimum is left out of the analysis")
+        sm = run.summary(c, "sample")
+        n_div = sm.get("n_trajectories_diverged") or 0
+        if n_div > 0:
+            opts = sm.get("options") or {}
+            n_traj = (opts.get("directions", 0) * len(opts.get("steps", []))) or None
+            of = f" of {n_traj}" if n_traj else ""
+            w.note("Diverged", f"{run.names[c]}: {n_div}{of} jump-and-retrain trajectories diverged; "
+                               "their samples are left out of the topology")
+    an = run.summary(RUN_LEVEL, "analysis")
+    if an and an.get("n_minima") is not None:
+        w.note("Analysis", f"analysed minima: {an['n_minima']}; feature groups: "
+                           f"{', '.join(an.get('groups', [])) or 'none'}; targets: "
+                           f"{', '.join(an.get('targets', [])) or 'none'}")
+
+
+_NOTE_ORDER = ("Failed stages", "Stages not run", "Skipped stages", "Diverged", "Analysis", "Paths",
+               "Panels not drawn", "Minima")
+
+
+def _notes_page(w: _Writer) -> None:
+    lines = []
+    for section in sorted(w.notes, key=lambda s: (_NOTE_ORDER.index(s) if s in _NOTE_ORDER else 99, s)):
+        lines.append(f"{section}:")
+        lines += [f"  • {n}" for n in dict.fromkeys(w.notes[section])]
+        lines.append("")
+    if not lines:
+        lines = ["Nothing to report: every stage asked for finished for every minimum, "
+                 "no trajectory diverged."]
+    w.text_pages("Notes", lines)
+
+
+# ---------------------------------------------------------------------------------- entry
+def build_report(run_dir, pdf_path) -> dict:
+    """Write the multi-page PDF report of a run directory, and its tables as CSV beside it.
+
+    ``pdf_path``: the PDF to write (atomically: temporary name, then rename). Beside it go
+    ``minima.csv`` and, when present, ``features.csv``, ``classifiers.csv``, ``comparisons.csv``,
+    ``correlations.csv`` and ``pairs.csv``. A stage that did not run (or failed) leaves its pages
+    out and is listed on the final notes page.
+
+    Returns ``{"pages": int, "headings": [page titles], "path": Path, "tables": [csv paths]}``.
+    """
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from ..run import minima_table
+
+    store = RunStore.open(run_dir)
+    pdf_path = Path(pdf_path)
+    if pdf_path.suffix.lower() != ".pdf":
+        raise ReportError(f"report path '{pdf_path}' must end in .pdf")
+    pdf_path.parent.mkdir(parents=True, exist_ok=True)
+    run = _Run(store)
+    minima = minima_table(store.path)
+    tables: dict[str, pd.DataFrame] = {"minima": minima}
+    tmp = pdf_path.with_name(f".{pdf_path.name}.tmp-{os.getpid()}")
+    try:
+        with rc_context(_rc()), PdfPages(tmp, metadata={"Title": f"topoland report: {run.name}",
+                                                        "Creator": "topoland"}) as pdf:
+            w = _Writer(store, pdf, run.name)
+            _title_page(w, run)
+            _minima_pages(w, run, minima)
+            for cid in run.cells.cell_id:
+                if run.done(cid, "topology"):
+                    _minimum_page(w, run, cid)
+            if run.done(RUN_LEVEL, "analysis"):
+                tables |= _analysis_pages(w, run)
+            if run.done(RUN_LEVEL, "paths"):
+                pairs = _paths_pages(w, run)
+                if pairs is not None:
+                    tables["pairs"] = pairs
+            _stage_notes(w, run)
+            _notes_page(w)
+        os.replace(tmp, pdf_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    written = []
+    for name, df in tables.items():
+        p = pdf_path.parent / f"{name}.csv"
+        atomic_write_bytes(p, df.to_csv(index=False).encode())
+        written.append(p)
+    return {"pages": len(w.headings), "headings": list(w.headings), "path": pdf_path, "tables": written}
