@@ -84,3 +84,20 @@ def test_quickstart_is_valid():
     from pathlib import Path
     cells = expand_grid(load_config(Path(__file__).parents[1] / "experiments" / "quickstart.toml"))
     assert len(cells) >= 8
+
+
+def test_unknown_model_argument_named():
+    with pytest.raises(ConfigError, match="model.skip"):
+        validate(_cfg(model={"name": "wrn", "depth": 16, "skip": True}))
+
+
+def test_unsafe_run_name_refused():
+    with pytest.raises(ConfigError, match="run.name"):
+        validate(_cfg(run={"name": "../../evil"}))
+
+
+@pytest.mark.parametrize("path", sorted(
+    p for p in (__import__("pathlib").Path(__file__).parents[1] / "experiments").glob("*.toml")
+    if p.name != "loss_patterns.toml"), ids=lambda p: p.name)
+def test_every_experiment_config_is_valid(path):
+    assert expand_grid(load_config(path))

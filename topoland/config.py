@@ -173,7 +173,6 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "grid": _Key((int,), 21, _pos, "points per axis"),
         "range": _Key(_LIST, [-1.0, 1.0], None, "coordinate range of each axis"),
         "n_samples": _Key((int,), 0, _nonneg, "evaluate on a fixed training subset (0 = all)"),
-        "interpolate": _Key((bool,), True, None, "also interpolate from the first minimum to each"),
     },
     "curvature": {
         "enabled": _Key((bool,), True, None, "compute Hessian curvature"),
@@ -250,7 +249,14 @@ def _check_value(where: str, spec: _Key, value):
 
 
 def _model_kwargs_check(model: dict, where="model"):
+    import inspect
+
+    from .models import MODELS
     name = model.get("name", "mlp")
+    allowed = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("input_shape", "num_classes")]
+    for k in model:
+        if k != "name" and k not in allowed:
+            raise ConfigError(f"unknown config key '{where}.{k}' for model '{name}' (its arguments: {', '.join(allowed)})")
     for k, v in model.items():
         if k == "name":
             continue

@@ -42,7 +42,7 @@ def _as_2d_tensor(X, name: str) -> torch.Tensor:
     return X
 
 
-def cosine_distances(X, *, block_size: int = 256, chunk_size: int = 65536,
+def cosine_distances(X, *, block_size: int = 256, chunk_size: int | None = None,
                      device="auto") -> np.ndarray:
     """Cosine distances ``1 - <x_i, x_j> / (|x_i| |x_j|)`` between the rows of ``X``.
 
@@ -56,44 +56,61 @@ def cosine_distances(X, *, block_size: int = 256, chunk_size: int = 65536,
     snapshots) instead of with ``|u|^2 = 1``, which matters when the snapshots are close
     together (float64 input keeps float64 products). Products over ``D``-chunks of ``chunk_size`` columns are accumulated in
     float64, and only the upper block triangle (row blocks of ``block_size``) is computed.
-    Peak extra memory: about ``N * chunk_size * 4`` bytes plus the ``(N, N)`` float64 result.
+    Peak extra memory: ``N * chunk_size * 12`` bytes of chunk buffers (default ``chunk_size``:
+    about 384 MB in all) plus the ``(N, N)`` float64 result.
     """
     X = _as_2d_tensor(X, "X")
     dev = resolve_device(device)
     n, d = X.shape
     if n == 0:
         return np.zeros((0, 0))
-    # pass 1: float64 norms and the mean of the unit vectors
+    if chunk_size is None:  # float64 chunk buffer of about 256 MB (plus 128 MB float32)
+        chunk_size = max(1024, (1 << 25) // max(n, 1))
+    # preallocated chunk buffers (fresh N x chunk allocations each chunk cost page faults)
+    width = min(chunk_size, d)
+    buf = torch.empty((n, width), dtype=torch.float64, device=dev)
+    work = torch.float64 if X.dtype == torch.float64 else torch.float32
+    vbuf = buf if work == torch.float64 else torch.empty((n, width), dtype=work, device=dev)
+    # pass 1: float64 norms
     sq = torch.zeros(n, dtype=torch.float64, device=dev)
     for c0 in range(0, d, chunk_size):
-        xc = X[:, c0:c0 + chunk_size].to(dev, torch.float64)
-        sq += (xc * xc).sum(dim=1)
+        b = buf[:, :min(chunk_size, d - c0)]
+        b.copy_(X[:, c0:c0 + chunk_size])
+        sq += b.square_().sum(dim=1)
     if not torch.isfinite(sq).all():
         bad = torch.nonzero(~torch.isfinite(sq)).flatten()[:5].tolist()
         raise DataError(f"X rows {bad} contain non-finite values; cosine distance is undefined.")
     if (sq == 0).any():
         bad = torch.nonzero(sq == 0).flatten()[:5].tolist()
         raise DataError(f"X rows {bad} are all zeros; cosine distance is undefined.")
-    inv = 1.0 / torch.sqrt(sq)
-    work = torch.float64 if X.dtype == torch.float64 else torch.float32
+    inv = (1.0 / torch.sqrt(sq))[:, None]
     # pass 2: Gram of the centred unit vectors, upper block triangle, float64 accumulation
     G = torch.zeros((n, n), dtype=torch.float64, device=dev)
     blocks = [(b0, min(b0 + block_size, n)) for b0 in range(0, n, block_size)]
     for c0 in range(0, d, chunk_size):
-        u = X[:, c0:c0 + chunk_size].to(dev, torch.float64) * inv[:, None]
-        v = (u - u.mean(dim=0, keepdim=True)).to(work)
-        del u
+        w = min(chunk_size, d - c0)
+        b = buf[:, :w]
+        b.copy_(X[:, c0:c0 + chunk_size]).mul_(inv)
+        b.sub_(b.mean(dim=0, keepdim=True))
+        v = vbuf[:, :w]
+        if v is not b:
+            v.copy_(b)
         for i, (a0, a1) in enumerate(blocks):
             for b0, b1 in blocks[i:]:
                 G[a0:a1, b0:b1] += (v[a0:a1] @ v[b0:b1].T).to(torch.float64)
     # the centring vector changes per chunk, which is fine: |v_i - v_j|^2 is unchanged by
     # subtracting any common vector, chunk by chunk.
-    for i, (a0, a1) in enumerate(blocks):
+    for i, (a0, a1) in enumerate(blocks):  # mirror the upper triangle (BLAS need not)
+        blk = G[a0:a1, a0:a1]
+        blk.copy_(torch.triu(blk) + torch.triu(blk, diagonal=1).T)
         for b0, b1 in blocks[i + 1:]:
             G[b0:b1, a0:a1] = G[a0:a1, b0:b1].T
     diag = torch.diagonal(G).clone()
-    # in place: D = (G_ii + G_jj - 2 G_ij) / 2, without N x N temporaries
-    D = G.mul_(-2.0).add_(diag[:, None]).add_(diag[None, :]).mul_(0.5)
+    # in place: D = ((G_ii + G_jj) - 2 G_ij) / 2, one row block at a time (no N x N
+    # temporaries; G_ii + G_jj as one sum keeps D exactly symmetric)
+    D = G
+    for a0, a1 in blocks:
+        D[a0:a1].mul_(-2.0).add_(diag[a0:a1, None] + diag[None, :]).mul_(0.5)
     D.clamp_(0.0, 2.0)
     D.fill_diagonal_(0.0)
     return D.cpu().numpy()

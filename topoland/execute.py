@@ -119,7 +119,31 @@ def run_packed_cell(cell_config: dict, cell_id: str, packed: dict, stages) -> tu
         return new, failures, errors
 
 
+def _ray_init(ray, address):
+    """Connect to ``address`` or start a small private local Ray instance (no dashboard, no
+    usage reporting, a bounded object store), so that it starts on a small CI machine too."""
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        return
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+             object_store_memory=_RAY_OBJECT_STORE_BYTES,
+             # workers import topoland from where the driver does (a source checkout included)
+             runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+
+
+_RAY_OBJECT_STORE_BYTES = 256 * 1024 ** 2
+
+
+def _pythonpath() -> str:
+    import topoland
+    here = str(Path(topoland.__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH", "")
+    return here + (os.pathsep + rest if rest else "")
+
+
 def _execute_ray(store, todo, stages, *, address, config, progress):
+    # Ray reports usage statistics over the network unless told not to
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
@@ -127,8 +151,11 @@ def _execute_ray(store, todo, stages, *, address, config, progress):
     run_cfg = config.get("run", {})
     started_here = False
     if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": os.cpu_count()}
-        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+        try:
+            _ray_init(ray, address)
+        except Exception as e:  # e.g. no cluster at --address
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+            raise TopolandError(f"cannot start or reach {where}: {type(e).__name__}: {e}") from None
         started_here = True
     try:
         task = ray.remote(num_cpus=run_cfg.get("num_cpus", 1), num_gpus=run_cfg.get("num_gpus", 0),
@@ -143,14 +170,17 @@ def _execute_ray(store, todo, stages, *, address, config, progress):
                 cid = refs[done[0]]
                 try:
                     new, fails, errors = ray.get(done[0])
-                except Exception as e:  # the task itself died (out of memory, node lost)
-                    fails, new, errors = [(cid, "?", f"{type(e).__name__}: {e}")], {}, {}
+                except Exception as e:  # the task itself died (out of memory, worker or node lost)
+                    import traceback
+                    stage = next(s for s in stages if not store.is_done(cid, s))
+                    msg = f"Ray task of the cell died: {type(e).__name__}: {e}"
+                    new, fails = {}, [(cid, stage, msg.splitlines()[0])]
+                    errors = {stage: f"{msg}\n{traceback.format_exc()}"}
                 for stage in stages:
                     if stage in new:
                         _unpack_into(store, cid, stage, new[stage])
                 for _, stage, msg in fails:
-                    if stage in errors:
-                        store.record_failure(cid, stage, errors[stage])
+                    store.record_failure(cid, stage, errors.get(stage, msg))
                 failures += fails
                 bar.update(1)
         return failures

@@ -96,7 +96,7 @@ def stage_train(ctx: CellContext, out: Path) -> dict:
     recipe = TrainRecipe(**t)
     res = train_minimum(model, data, recipe, seed=seed, device=ctx.device)
     spec = {"name": name, "kwargs": kwargs, "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes}
+            "num_classes": data.num_classes, "data": cfg["data"], "seed": seed}
     save_checkpoint(out / "model.safetensors", model, spec=spec, metrics=res.metrics)
     res.history.to_csv(out / "history.csv", index=False)
     if res.checkpoints is not None:
@@ -499,48 +499,122 @@ def _pairs(store: RunStore, how: str) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(cells) for b in cells[i + 1:] if arch[a] == arch[b]]
 
 
+def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0) -> dict:
+    """Connect two cells' minima (cached per pair and attempt, so a killed run resumes)."""
+    import shutil
+
+    from .store import save_tensors
+    opts = cfg["paths"]
+    pdir = store.path / "run" / "paths.pairs" / f"{a}__{b}" / f"attempt{attempt}"
+    if not (pdir / "barriers.json").is_file():
+        ca, cb = CellContext(store, a, store.cell_config(a)), CellContext(store, b, store.cell_config(b))
+        # a retry (AutoNEB strategy) gets more images and steps
+        res = connect_models(ca.model(), cb.model(), ca.data, method=opts["method"],
+                             n_images=opts["n_images"] + 4 * attempt, steps=opts["steps"] * (1 + attempt),
+                             lr=opts["lr"], climbing=opts["climbing"], n_samples=opts["n_samples"],
+                             batch_size=opts["batch_size"], seed=cfg["run"]["seed"] + attempt, device=ca.device)
+        tmp = pdir.with_name(pdir.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, prof in res["profiles"].items():
+            prof.to_csv(tmp / f"profile_{name}.csv", index=False)
+        save_tensors(tmp / "images.safetensors", {"images": res["images"]})
+        (tmp / "barriers.json").write_text(json.dumps(res["barriers"], indent=1))
+        shutil.rmtree(pdir, ignore_errors=True)
+        os.replace(tmp, pdir)
+    return json.loads((pdir / "barriers.json").read_text())
+
+
+def _pair_row(a, b, method, bars) -> dict:
+    row = {"a": a, "b": b, "method": method}
+    for key, b_ in bars.items():
+        for kind in ("max", "max_minus_linear", "max_minus_mean"):
+            row[f"{key}.{kind}"] = b_[kind]
+    return row
+
+
 def stage_paths(store: RunStore, cfg: dict, out: Path) -> dict:
     import shutil
 
     import pandas as pd
 
-    from .store import save_tensors, write_table
+    from .store import write_table
     opts = cfg["paths"]
-    pairs = _pairs(store, opts["pairs"])
-    if not pairs:
-        return {"skipped": f"no pair of minima to connect (paths.pairs = {opts['pairs']!r})"}
-    cache = store.path / "run" / "paths.pairs"  # finished pairs survive a killed run
-    rows = []
-    for a, b in pairs:
-        pdir = cache / f"{a}__{b}"
-        if not (pdir / "barriers.json").is_file():
-            ca, cb = CellContext(store, a, store.cell_config(a)), CellContext(store, b, store.cell_config(b))
-            res = connect_models(ca.model(), cb.model(), ca.data, method=opts["method"],
-                                 n_images=opts["n_images"], steps=opts["steps"], lr=opts["lr"],
-                                 climbing=opts["climbing"], n_samples=opts["n_samples"],
-                                 batch_size=opts["batch_size"], seed=cfg["run"]["seed"], device=ca.device)
-            tmp = pdir.with_name(pdir.name + f".tmp-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for name, prof in res["profiles"].items():
-                prof.to_csv(tmp / f"profile_{name}.csv", index=False)
-            save_tensors(tmp / "images.safetensors", {"images": res["images"]})
-            (tmp / "barriers.json").write_text(json.dumps(res["barriers"], indent=1))
-            shutil.rmtree(pdir, ignore_errors=True)
-            os.replace(tmp, pdir)
-        bars = json.loads((pdir / "barriers.json").read_text())
-        row = {"a": a, "b": b, "method": opts["method"]}
-        for key, b_ in bars.items():
-            for kind in ("max", "max_minus_linear", "max_minus_mean"):
-                row[f"{key}.{kind}"] = b_[kind]
-        rows.append(row)
-        shutil.copytree(pdir, out / pdir.name)
-    table = pd.DataFrame(rows)
-    write_table(table, out / "pairs")
     m = opts["method"]
-    return {"n_pairs": len(rows),
+    if opts["pairs"] == "mst":
+        table = _connect_mst(store, cfg)
+    else:
+        pairs = _pairs(store, opts["pairs"])
+        table = pd.DataFrame([_pair_row(a, b, m, _connect_pair(store, cfg, a, b)) for a, b in pairs])
+    if table.empty:
+        return {"skipped": f"no pair of minima to connect (paths.pairs = {opts['pairs']!r})"}
+    for _, row in table.iterrows():
+        src = store.path / "run" / "paths.pairs" / f"{row.a}__{row.b}"
+        if not (out / src.name).exists():
+            shutil.copytree(src, out / src.name)
+    write_table(table, out / "pairs")
+    return {"n_pairs": int(len(table)),
             "linear_barrier_mean": float(table["linear.train_loss.max_minus_linear"].mean()),
             f"{m}_barrier_mean": float(table[f"{m}.train_loss.max_minus_linear"].mean())}
+
+
+def _connect_mst(store: RunStore, cfg: dict):
+    """The AutoNEB strategy over every minimum of one architecture: grow a minimum spanning
+    tree by barrier (train loss maximum along the path) and retry across its highest edge."""
+    import pandas as pd
+
+    from .landscape.paths import connect_all
+    from .params import flatten, get_params
+    cells = [c for c in _pairs_cells(store)]
+    if len(cells) < 2:
+        return pd.DataFrame()
+    m = cfg["paths"]["method"]
+    minima, values = {}, {}
+    for cid in cells:
+        ctx = CellContext(store, cid, store.cell_config(cid))
+        minima[cid] = flatten(get_params(ctx.model())).float()
+        values[cid] = store.summary(cid, "train")["train_loss"]
+    by_ptr = {t.data_ptr(): cid for cid, t in minima.items()}
+    rows = {}
+
+    def pair_fn(ta, tb, attempt):
+        a, b = by_ptr[ta.data_ptr()], by_ptr[tb.data_ptr()]
+        bars = _connect_pair(store, cfg, a, b, attempt)
+        rows[(a, b, attempt)] = _pair_row(a, b, m, bars)
+        return {k: v for k, v in bars[f"{m}.train_loss"].items()}
+
+    table = connect_all(minima, pair_fn, strategy="mst", column="max", values=values)
+    extra = pd.DataFrame([rows[(r.a, r.b, r.attempt)] | {"attempt": r.attempt, "in_mst": bool(r.in_mst)}
+                          for r in table.itertuples()])
+    return extra
+
+
+def _pairs_cells(store: RunStore) -> list[str]:
+    cells = _done_cells(store, "train")
+    if not cells:
+        return []
+    arch = {cid: json.dumps(store.cell_config(cid)["model"], sort_keys=True) for cid in cells}
+    return [c for c in cells if arch[c] == arch[cells[0]]]
+
+
+def connect_run(run_dir, *, strategy="mst", method=None, steps=None) -> RunReport:
+    """``topoland connect``: connect the minima of a run and store the paths stage."""
+    store = RunStore.open(run_dir)
+    cfg = _stored_config(store)
+    cfg["paths"]["pairs"] = strategy
+    if method:
+        cfg["paths"]["method"] = method
+    if steps:
+        cfg["paths"]["steps"] = steps
+    report = RunReport(store.path)
+    with store:
+        store.invalidate(RUN_LEVEL, "paths")
+        try:
+            with store.stage(RUN_LEVEL, "paths") as box:
+                box["summary"] = stage_paths(store, cfg, box["dir"])
+        except TopolandError as e:
+            report.failures.append((RUN_LEVEL, "paths", str(e)))
+    return report
 
 
 # ---------------------------------------------------------------------------------- analysis

@@ -111,6 +111,19 @@ def main(argv=None):
         best = min(times[batched])
         runs = ", ".join(f"{t:.2f}" for t in times[batched])
         print(f"{label:>10}: {best:8.2f} s (runs: {runs})  {J * epochs / best:8.2f} retrain epochs/s")
+    # the evaluation share: epochs=0 runs only the jump-point record (eval of all splits)
+    n_rec = 1 + epochs
+    for batched in modes:
+        t_eval = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            jump_and_retrain(model, None, data, batched=batched, **dict(common, epochs=0))
+            _sync(device)
+            t_eval.append(time.perf_counter() - t0)
+        per = min(t_eval)
+        label = "batched" if batched else "sequential"
+        print(f"{label:>10}: one record (eval of train/val/test, all jumps) {per:.3f} s; "
+              f"{n_rec} records ~{n_rec * per:.2f} s, training ~{min(times[batched]) - n_rec * per:.2f} s")
     if not args.skip_sequential:
         ratio = min(times[False]) / min(times[True])
         diff = (results[True].params - results[False].params).abs().amax(1)

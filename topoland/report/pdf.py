@@ -35,7 +35,7 @@ MIN_FONT_PT = 8.0
 CELL_STAGE_ORDER = ("train", "sample", "topology", "surface", "curvature")
 _RUN_STAGE_ORDER = ("paths", "analysis", "report")
 _TABLE_ROWS = 22            # rows of a table page
-_NOTE_LINES = 40            # text lines of a notes page
+_NOTE_LINES = 36            # text lines of a notes page
 _PAIRS_PER_PAGE = 3
 _SETTINGS_PER_PAGE = 3
 _VERSIONS = (("torch", "torch"), ("phate", "phate"), ("gudhi", "gudhi"), ("sklearn", "scikit-learn"),
@@ -113,8 +113,22 @@ def _device_line(cfg: dict) -> str:
 
 
 def _enforce_min_font(fig) -> None:
-    from matplotlib.text import Text
-    for t in fig.findobj(Text):
+    """Raise every text below MIN_FONT_PT (legends in "x-small", contour labels) to it.
+
+    Tick labels follow the rc sizes (>= 8 pt) and are not visited: walking every artist of
+    a page costs a quarter of a second."""
+    texts = list(fig.texts)
+    for ax in fig.axes:
+        texts += ax.texts + [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
+        leg = ax.get_legend()
+        if leg is not None:
+            texts += leg.get_texts() + [leg.get_title()]
+        for child in ax.get_children():
+            if hasattr(child, "get_celld"):  # tables
+                texts += [c.get_text() for c in child.get_celld().values()]
+            elif hasattr(child, "labelTexts"):  # contour labels
+                texts += list(child.labelTexts)
+    for t in texts:
         if t.get_text() and t.get_fontsize() < MIN_FONT_PT:
             t.set_fontsize(MIN_FONT_PT)
 
@@ -407,8 +421,8 @@ def _minimum_page(w: _Writer, run: _Run, cid: str) -> None:
               if k in topo]
     facts.append(f"{len(ids)} samples, PHATE t = {meta.get('t_used', '?')}")
     fig.text(0.5, 0.94, " · ".join(facts), ha="center", fontsize=9)
-    axes = fig.subplots(2, 4, gridspec_kw=dict(left=0.045, right=0.985, top=0.87, bottom=0.07,
-                                               wspace=0.42, hspace=0.42))
+    axes = fig.subplots(2, 4, gridspec_kw=dict(left=0.045, right=0.985, top=0.87, bottom=0.09,
+                                               wspace=0.55, hspace=0.42))
 
     traj = order = steps = None
     if run.done(cid, "sample"):
@@ -493,10 +507,23 @@ def _minimum_page(w: _Writer, run: _Run, cid: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- page 4
+def _classifier_heatmap(clf: pd.DataFrame, ax) -> None:
+    from ..analysis.classify import pivot_classifier_table
+    from ..plots.analysis import plot_classifier_table
+    plot_classifier_table(clf, ax=ax)
+    ax.grid(False)
+    ax.tick_params(axis="y", labelrotation=0)
+    mean = pivot_classifier_table(clf, "mean")
+    for i in range(mean.shape[0]):
+        for j in range(mean.shape[1]):
+            if pd.isna(mean.iat[i, j]):
+                ax.text(j + 0.5, i + 0.5, "n/a (see notes)", ha="center", va="center", color="0.4")
+
+
 def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
     """Across-minima pages; returns the analysis tables to copy beside the PDF."""
     from ..analysis import load_feature_table
-    from ..plots.analysis import plot_classifier_table, plot_feature_vs_target, plot_grouped
+    from ..plots.analysis import plot_feature_vs_target, plot_grouped
 
     d = run.store.stage_dir(RUN_LEVEL, "analysis")
     tables = {name: pd.read_csv(d / f"{name}.csv") for name in ("classifiers", "correlations", "comparisons")
@@ -511,47 +538,32 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
     title = "Total persistence vs generalization"
     if tp and targets:
         fig = w.figure(title)
-        n = len(tp) * len(targets)
-        axes = np.atleast_1d(fig.subplots(1, n, gridspec_kw=dict(left=0.06, right=0.98, top=0.86, bottom=0.5,
-                                                                  wspace=0.3)))
-        k = 0
-        for f in tp:
-            for t in targets:
+        axes = fig.subplots(len(tp), len(targets), squeeze=False,
+                            gridspec_kw=dict(left=0.07, right=0.98, top=0.88, bottom=0.09, wspace=0.2,
+                                             hspace=0.45))
+        for i, f in enumerate(tp):
+            for j, t in enumerate(targets):
                 def draw(ax, f=f, t=t):
                     plot_feature_vs_target(ft, f, t, ax=ax)
-                    ax.set_title(textwrap.fill(ax.get_title(), 42))
+                    ax.set_title(textwrap.fill(ax.get_title(), 70))
                     for cid, x, y in zip(frame.index, frame[f], frame[t]):
                         if np.isfinite(x) and np.isfinite(y):
                             ax.annotate(names[cid], (x, y), fontsize=MIN_FONT_PT, xytext=(3, 2),
                                         textcoords="offset points", color="0.3")
-                w.panel(axes[k], f"{f} vs {t}", draw)
-                k += 1
-        ax = fig.add_axes((0.03, 0.03, 0.94, 0.36))
-        ax.set_axis_off()
-        corr = tables.get("correlations")
-        if corr is not None and not corr.empty:
-            c = corr[corr["feature"].astype(str).str.startswith("topology.")].copy()
-            c["order"] = -c["spearman_rho"].abs().fillna(-1)
-            c = c.sort_values("order").head(10)
-            cols = [x for x in ("feature", "target", "n", "spearman_rho", "spearman_p", "spearman_p_bh",
-                                "kendall_tau", "kendall_p") if x in c.columns]
-            show = c[cols].map(_fmt) if hasattr(c, "map") else c[cols].applymap(_fmt)
-            ax.set_title("rank correlations of topology features (top 10 by |ρ|; p_bh: Benjamini–Hochberg)",
-                         fontsize=9)
-            if len(show):
-                tab = ax.table(cellText=show.to_numpy().tolist(), colLabels=cols, loc="upper center",
-                               cellLoc="center")
-                tab.auto_set_font_size(False)
-                tab.set_fontsize(MIN_FONT_PT)
-                tab.auto_set_column_width(list(range(len(cols))))
-            else:
-                _blank(ax, "no topology features in correlations.csv")
-        else:
-            _blank(ax, "no correlations table (see notes)")
+                w.panel(axes[i, j], f"{f} vs {t}", draw)
         w.save(fig, title)
     else:
         w.note("Stages not run", f"{title}: no total persistence column or no gap/test_acc target in the "
                                  "feature table (topology stage missing?)")
+    corr = tables.get("correlations")
+    if corr is not None and not corr.empty:
+        c = corr.assign(_order=-corr["spearman_rho"].abs().fillna(-1)).sort_values("_order")
+        cols = [x for x in ("feature", "target", "n", "spearman_rho", "spearman_p", "spearman_p_bh",
+                            "kendall_tau", "kendall_p", "kendall_p_bh", "note") if x in c.columns]
+        show = c[cols].map(_fmt) if hasattr(c, "map") else c[cols].applymap(_fmt)
+        w.table_pages("Rank correlations with generalization", show, col_width=18,
+                      footer="Spearman ρ and Kendall τ-b of every feature with each target, sorted by |ρ|; "
+                             "p_bh: Benjamini–Hochberg adjusted over the features.")
 
     # grouped by each grid setting
     settings = [s for s in ft.settings if s != "run.seed" and frame[s].astype(str).nunique() > 1]
@@ -562,7 +574,7 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
             t = "Metrics by grid setting" + (f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
             fig = w.figure(t)
             axes = fig.subplots(len(chunk), len(metrics), squeeze=False,
-                                gridspec_kw=dict(left=0.07, right=0.98, top=0.92, bottom=0.08, wspace=0.3,
+                                gridspec_kw=dict(left=0.07, right=0.98, top=0.92, bottom=0.1, wspace=0.3,
                                                  hspace=0.55))
             for i, by in enumerate(chunk):
                 for j, m in enumerate(metrics):
@@ -578,7 +590,7 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
         t = "Classifier table"
         fig = w.figure(t)
         ax = fig.add_axes((0.16, 0.1, 0.8, 0.78))
-        w.panel(ax, "classifier table", lambda ax: plot_classifier_table(clf, ax=ax))
+        w.panel(ax, "classifier table", lambda ax: _classifier_heatmap(clf, ax))
         ax.set_title(f"cross-validated accuracy: mean ± SE over {n_clf} classifiers per feature group "
                      "and target (* permutation p < 0.05)")
         chance = clf.groupby("target")["chance_majority"].max() if "chance_majority" in clf else None
@@ -686,6 +698,8 @@ def _paths_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
             ax = fig.add_axes((0.08, 0.15, 0.88, 0.72))
             plot_disconnectivity(tree, ax=ax)
             ax.set_ylabel(f"train loss (highest point on the {method} path)")
+            ax.tick_params(axis="x", labelrotation=0)
+            ax.grid(axis="x", visible=False)
             ax.set_title(f"{len(ids)} minima joined by {len(pairs)} {method} paths; merges at the lowest "
                          "barrier connecting them")
             w.save(fig, t)

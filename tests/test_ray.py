@@ -1,0 +1,114 @@
+"""The Ray executor on a local 2-CPU Ray instance gives the very files of a local run.
+
+`topoland run --executor ray` starts (and stops) a private local Ray instance: no dashboard,
+no usage reporting, a 256 MiB object store. Cells run as Ray tasks; their new stage folders
+come back to the driver as bytes and are written there. A cell that fails inside a task is
+recorded in the index with its traceback, like in a local run.
+"""
+import json
+import os
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.helpers import cli, tiny_config
+from topoland.store import RunStore
+
+pytest.importorskip("ray")
+
+SAMPLE = """
+[[cells]]
+"data.n_train" = 100000
+
+[sample]
+directions = 2
+steps = [0.5, 1.0]
+epochs = 2
+lr = 0.01
+batch_size = 32
+"""
+STAGES = '["train", "sample"]'
+
+
+def _tensors(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def assert_same_results(ref_dir, run_dir, stages):
+    """Every finished stage of ``ref_dir`` exists in ``run_dir`` with equal files and summary.
+
+    safetensors files are compared tensor by tensor (dtype, shape and every bit) plus their
+    metadata; every other file byte for byte. Wall times are not results and are not compared.
+    """
+    a, b = RunStore.open(ref_dir), RunStore.open(run_dir)
+    assert list(a.cells().cell_id) == list(b.cells().cell_id)
+    n = 0
+    for cid in a.cells().cell_id:
+        for stage in stages:
+            assert a.is_done(cid, stage) == b.is_done(cid, stage), (cid, stage)
+            if not a.is_done(cid, stage):
+                continue
+            assert a.summary(cid, stage) == b.summary(cid, stage), (cid, stage)
+            da, db = a.stage_dir(cid, stage), b.stage_dir(cid, stage)
+            files = sorted(p.relative_to(da) for p in da.rglob("*") if p.is_file())
+            assert files == sorted(p.relative_to(db) for p in db.rglob("*") if p.is_file()), (cid, stage)
+            for rel in files:
+                if rel.suffix == ".safetensors":
+                    (ta, ma), (tb, mb) = _tensors(da / rel), _tensors(db / rel)
+                    assert ma == mb and ta.keys() == tb.keys(), (cid, stage, rel)
+                    for k in ta:
+                        assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), (cid, stage, rel, k)
+                else:
+                    assert (da / rel).read_bytes() == (db / rel).read_bytes(), (cid, stage, rel)
+                n += 1
+    return n
+
+
+def test_ray_executor_matches_local_run(tmp_path):
+    cfg = tiny_config(tmp_path / "tiny.toml", stages=STAGES, epochs=3, extra=SAMPLE)
+    local, ray_dir = tmp_path / "local", tmp_path / "ray"
+    ray_before = _ray_processes()
+    r_local = cli("run", cfg, "--out", local, "--quiet", cwd=tmp_path, timeout=400)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    r_ray = cli("run", cfg, "--out", ray_dir, "--quiet", "--executor", "ray", cwd=tmp_path, timeout=400, env=env)
+
+    # the extra cell asks for more training examples than exist: it fails, the others go on
+    for r in (r_local, r_ray):
+        assert r.returncode == 1, r.stderr
+        assert "1 failed stage(s)" in r.stderr and "exceeds the 256 examples" in r.stderr
+    st = RunStore.open(ray_dir)
+    fails = st.failures()
+    assert len(fails) == 1 and fails.stage[0] == "train"
+    assert "Traceback" in fails.error[0] and "n_train=100000" in fails.error[0]
+    assert fails.cell_id[0] == RunStore.open(local).failures().cell_id[0]
+
+    n = assert_same_results(local, ray_dir, ["train", "sample"])
+    assert n >= 4 * 4  # 4 cells x (model, history, samples, arrays, ...)
+    assert cli("verify", ray_dir).returncode == 0
+    # the resolved config and the stored summaries of the ray run are those of the local run
+    assert st.config_text() == RunStore.open(local).config_text()
+    assert json.loads(json.dumps(st.summary(st.cells().cell_id[0], "train")))["diverged"] is False
+    # no Ray daemon started by the command outlives it
+    deadline = time.time() + 15
+    while set(_ray_processes()) - set(ray_before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not set(_ray_processes()) - set(ray_before)
+
+
+def _ray_processes():
+    """Command lines of running Ray daemons (raylet, gcs_server) started by this user."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "raylet" in cmd.split(" ")[0] or "gcs_server" in cmd.split(" ")[0]:
+            out.append(pid)
+    return out
