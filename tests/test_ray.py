@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from tests.helpers import cli, tiny_config
-from topoland.store import RunStore
+from topoland.store import RUN_LEVEL, RunStore
 
 pytest.importorskip("ray")
 
@@ -37,33 +37,53 @@ def _tensors(path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-def assert_same_results(ref_dir, run_dir, stages):
-    """Every finished stage of ``ref_dir`` exists in ``run_dir`` with equal files and summary.
+def assert_same_file(a, b):
+    if a.suffix == ".safetensors":
+        (ta, ma), (tb, mb) = _tensors(a), _tensors(b)
+        assert ma == mb and ta.keys() == tb.keys(), a
+        for k in ta:
+            assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), (a, k)
+    elif a.suffix == ".h5":
+        import h5py
+        import numpy as np
+        with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+            na, nb = [], []
+            fa.visit(na.append)
+            fb.visit(nb.append)
+            assert na == nb, a
+            for name in na:
+                if isinstance(fa[name], h5py.Dataset):
+                    assert np.array_equal(fa[name][()], fb[name][()], equal_nan=True), (a, name)
+    elif a.suffix == ".parquet":
+        import pandas as pd
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    else:
+        assert a.read_bytes() == b.read_bytes(), a
+
+
+def assert_same_results(ref_dir, run_dir, stages, run_stages=()):
+    """Every finished stage of ``ref_dir`` (per cell, and the run-level ``run_stages``) exists
+    in ``run_dir`` with equal files and summary.
 
     safetensors files are compared tensor by tensor (dtype, shape and every bit) plus their
-    metadata; every other file byte for byte. Wall times are not results and are not compared.
+    metadata, HDF5 and Parquet files by content, every other file byte for byte. Wall times
+    are not results and are not compared. Returns the number of files compared.
     """
     a, b = RunStore.open(ref_dir), RunStore.open(run_dir)
     assert list(a.cells().cell_id) == list(b.cells().cell_id)
     n = 0
-    for cid in a.cells().cell_id:
-        for stage in stages:
-            assert a.is_done(cid, stage) == b.is_done(cid, stage), (cid, stage)
-            if not a.is_done(cid, stage):
-                continue
-            assert a.summary(cid, stage) == b.summary(cid, stage), (cid, stage)
-            da, db = a.stage_dir(cid, stage), b.stage_dir(cid, stage)
-            files = sorted(p.relative_to(da) for p in da.rglob("*") if p.is_file())
-            assert files == sorted(p.relative_to(db) for p in db.rglob("*") if p.is_file()), (cid, stage)
-            for rel in files:
-                if rel.suffix == ".safetensors":
-                    (ta, ma), (tb, mb) = _tensors(da / rel), _tensors(db / rel)
-                    assert ma == mb and ta.keys() == tb.keys(), (cid, stage, rel)
-                    for k in ta:
-                        assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), (cid, stage, rel, k)
-                else:
-                    assert (da / rel).read_bytes() == (db / rel).read_bytes(), (cid, stage, rel)
-                n += 1
+    units = [(cid, s) for cid in a.cells().cell_id for s in stages] + [(RUN_LEVEL, s) for s in run_stages]
+    for cid, stage in units:
+        assert a.is_done(cid, stage) == b.is_done(cid, stage), (cid, stage)
+        if not a.is_done(cid, stage):
+            continue
+        assert a.summary(cid, stage) == b.summary(cid, stage), (cid, stage)
+        da, db = a.stage_dir(cid, stage), b.stage_dir(cid, stage)
+        files = sorted(p.relative_to(da) for p in da.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(db) for p in db.rglob("*") if p.is_file()), (cid, stage)
+        for rel in files:
+            assert_same_file(da / rel, db / rel)
+            n += 1
     return n
 
 
@@ -72,8 +92,7 @@ def test_ray_executor_matches_local_run(tmp_path):
     local, ray_dir = tmp_path / "local", tmp_path / "ray"
     ray_before = _ray_processes()
     r_local = cli("run", cfg, "--out", local, "--quiet", cwd=tmp_path, timeout=400)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    r_ray = cli("run", cfg, "--out", ray_dir, "--quiet", "--executor", "ray", cwd=tmp_path, timeout=400, env=env)
+    r_ray = cli("run", cfg, "--out", ray_dir, "--quiet", "--executor", "ray", cwd=tmp_path, timeout=400)
 
     # the extra cell asks for more training examples than exist: it fails, the others go on
     for r in (r_local, r_ray):

@@ -284,3 +284,23 @@ def test_report_refuses_non_pdf_path(tmp_path):
     store = RunStore.create(tmp_path / "run", to_toml(cfg), cells)
     with pytest.raises(ReportError, match="must end in .pdf"):
         build_report(store.path, tmp_path / "report.png")
+
+
+def test_small_fonts_are_raised_to_the_minimum():
+    from matplotlib.figure import Figure
+
+    from topoland.report.pdf import MIN_FONT_PT, _enforce_min_font
+    fig = Figure()
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot([0, 1], label="a")
+    ax1.legend(fontsize="x-small", title="t", title_fontsize=5)
+    g = np.linspace(-1, 1, 9)
+    cs = ax2.contour(g, g, g[:, None] ** 2 + g[None] ** 2)
+    ax2.clabel(cs, fontsize=6)
+    ax2.text(0, 0, "note", fontsize=5)
+    fig.text(0.1, 0.1, "foot", fontsize=4)
+    small = [t for t in [*ax1.get_legend().get_texts(), ax1.get_legend().get_title(), *cs.labelTexts,
+                         *ax2.texts, *fig.texts] if t.get_fontsize() < MIN_FONT_PT]
+    assert len(small) >= 4
+    _enforce_min_font(fig)
+    assert all(t.get_fontsize() >= MIN_FONT_PT for t in small)

@@ -10,7 +10,12 @@ The unit of work is a grid cell: one minimum and every per-cell stage around it.
   already finished stage folders as bytes, runs the missing stages in a private temporary run
   directory, and returns the new stage folders as bytes. So workers need no shared
   filesystem, the driver is the only writer of the index, and the stored results are the
-  same files a local run writes.
+  same files a local run writes. A failed stage inside a task comes back with its
+  traceback and is recorded in the index; a task that dies (out of memory, lost worker) is
+  recorded as a failure of the cell's first unfinished stage. Without ``--address`` a
+  private local Ray instance is started for the run and stopped after it: all CPUs, no
+  dashboard, no usage statistics, a 256 MiB object store, ``topoland`` importable by the
+  workers from wherever the driver imports it.
 """
 from __future__ import annotations
 
@@ -80,9 +85,12 @@ def _execute_processes(store, todo, stages, workers, progress):
 
 
 # ---------------------------------------------------------------------------------- Ray
-def _pack(store: RunStore, cell_id: str, stages) -> dict:
+def _pack(store: RunStore, cell_id: str, stages=None) -> dict:
+    """The finished stage folders (files as bytes, and summaries) of a cell; by default all of
+    them, since a stage reads the folders of earlier stages even when only it is asked for."""
+    from .run import CELL_STAGES
     packed = {}
-    for stage in stages:
+    for stage in CELL_STAGES if stages is None else stages:
         if store.is_done(cell_id, stage):
             d = store.stage_dir(cell_id, stage)
             packed[stage] = {"files": {p.relative_to(d).as_posix(): p.read_bytes()
@@ -160,7 +168,7 @@ def _execute_ray(store, todo, stages, *, address, config, progress):
     try:
         task = ray.remote(num_cpus=run_cfg.get("num_cpus", 1), num_gpus=run_cfg.get("num_gpus", 0),
                           max_retries=0)(run_packed_cell)
-        refs = {task.remote(store.cell_config(cid), cid, _pack(store, cid, stages), list(stages)): cid
+        refs = {task.remote(store.cell_config(cid), cid, _pack(store, cid), list(stages)): cid
                 for cid in todo}
         failures = []
         with _bar(len(refs), progress, "cells (ray)") as bar:

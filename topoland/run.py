@@ -20,6 +20,7 @@ from pathlib import Path
 from .config import STAGES, Cell, expand_grid, load_config, to_toml
 from .errors import StoreError, TopolandError
 from .store import RUN_LEVEL, RunStore
+from .utils import resolve_device
 
 CELL_STAGES = ("train", "sample", "topology", "surface", "curvature")
 RUN_STAGES = ("paths", "analysis", "report")
@@ -184,6 +185,17 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
         srf = random_plane(model, x, y, seed=seed, grid=opts["grid"], range=(lo, hi), store=partial, **common)
         shutil.move(str(partial), out / "plane.h5")
         surfaces.append(srf)
+    ckpt = ctx.stage_dir("train") / "checkpoints.safetensors"
+    if ckpt.is_file():  # the training trajectory was recorded: PCA plane with the path over it
+        from .landscape.surfaces import trajectory_plane
+        from .store import load_tensors
+        pca_partial = partial.with_name("pca.partial.h5")
+        srf = trajectory_plane(model, load_tensors(ckpt)["checkpoints"], x, y, grid=opts["grid"],
+                               store=pca_partial, **common)
+        shutil.move(str(pca_partial), out / "pca.h5")
+        import pandas as pd
+        pd.DataFrame(srf.path, columns=["pc1", "pc2"]).to_csv(out / "pca_path.csv", index=False)
+        (out / "pca.json").write_text(json.dumps({"explained_variance_ratio": srf.meta["explained_variance_ratio"]}))
     lines = random_lines(model, x, y, n_directions=4, seed=seed + 1,
                          alphas=np.linspace(lo, hi, 2 * (opts["grid"] // 2) + 1), **common)
     for i, ln in enumerate(lines):
@@ -289,6 +301,10 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
     report = RunReport(store.path)
     with store:
         store.clean_stale()
+        import torch
+        dev = resolve_device(cfg["run"]["device"])
+        store.set_meta("device", f"{dev.type} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
+                       else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
         for stage in force:
             if stage not in STAGES:
                 raise TopolandError(f"unknown stage {stage!r} given to --force (stages: {', '.join(STAGES)})")
@@ -306,6 +322,8 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
         report.seconds["cells"] = time.time() - t0
         # run-level stages read every cell: once anything upstream changed, they are stale
         changed = _n_done(store) != done_before
+        _add_seconds(store, report.seconds)
+        report.seconds.clear()
         for stage in (s for s in stages if s in RUN_STAGES):
             if store.is_done(RUN_LEVEL, stage):
                 if not changed:
@@ -321,12 +339,18 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
             except Exception as e:
                 msg = str(e) if isinstance(e, TopolandError) else f"{type(e).__name__}: {e}"
                 report.failures.append((RUN_LEVEL, stage, msg))
-            report.seconds[stage] = time.time() - t1
-        store.set_meta("seconds", (store.get_meta("seconds", {}) or {}) | {
-            k: v + (store.get_meta("seconds", {}) or {}).get(k, 0.0) for k, v in report.seconds.items()})
+            _add_seconds(store, {stage: time.time() - t1})
     if store.is_done(RUN_LEVEL, "report"):
         report.report_path = publish_report(store, reports_dir)
     return report
+
+
+def _add_seconds(store: RunStore, seconds: dict):
+    """Accumulate wall seconds per stage (over invocations) in the run's metadata."""
+    acc = store.get_meta("seconds", {}) or {}
+    for k, v in seconds.items():
+        acc[k] = acc.get(k, 0.0) + v
+    store.set_meta("seconds", acc)
 
 
 def _n_done(store: RunStore) -> int:
@@ -680,8 +704,13 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
                                n_permutations=a["n_permutations"], on_error="record")
         write_table(clf, out / "classifiers")
     feature_cols = [c for g in ft.groups.values() for c in g]
+    enough = [c for c in feature_cols if ft.frame[c].notna().sum() >= 5]
+    for c in sorted(set(feature_cols) - set(enough)):
+        notes.append(f"correlations: {c} has {int(ft.frame[c].notna().sum())} values (needs 5); left out")
     try:
-        corr = correlations(ft, feature_cols, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed)
+        if not enough:
+            raise NotEnoughSamplesError("no feature has 5 or more values")
+        corr = correlations(ft, enough, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed)
         write_table(corr, out / "correlations")
     except NotEnoughSamplesError as e:
         notes.append(f"correlations: {e}")

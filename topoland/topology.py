@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from topoland.errors import ConfigError, DataError
 
 __all__ = [
-    "COMPLEXES", "DEFAULT_COMPLEX", "DEFAULT_ESSENTIAL", "GRAPH_ON",
+    "COMPLEXES", "DEFAULT_COMPLEX", "DEFAULT_ESSENTIAL", "GRAPH_ON", "VALUES",
     "TrajectorySet", "TopologyResult", "LossTopology",
     "knn_graph", "knn_graph_reference", "potential_distances", "euclidean_distances",
     "to_networkx", "vertex_values", "lower_star_persistence", "extended_diagrams",
@@ -40,6 +40,7 @@ DEFAULT_COMPLEX = "flag"
 DEFAULT_ESSENTIAL = "cap"
 GRAPH_ON = ("potential", "embedding", "cosine")
 ESSENTIAL = ("drop", "cap")
+VALUES = ("val_loss", "train_loss", "test_loss")
 
 
 # --------------------------------------------------------------------------- graphs
@@ -476,8 +477,8 @@ def _check_options(k, value, complex, p, essential, graph_on):
         raise ConfigError(f"topology essential must be one of {ESSENTIAL}, got {essential!r}.")
     if graph_on not in GRAPH_ON:
         raise ConfigError(f"topology graph_on must be one of {GRAPH_ON}, got {graph_on!r}.")
-    if value not in ("val_loss", "train_loss", "test_loss", "val_acc", "train_acc", "test_acc"):
-        raise ConfigError(f"topology value must be a loss/accuracy column, got {value!r}.")
+    if value not in VALUES:
+        raise ConfigError(f"topology value must be one of {VALUES}, got {value!r}.")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"topology k must be a positive integer, got {k!r}.")
     if not (isinstance(p, (int, float)) and p > 0):

@@ -78,7 +78,7 @@ def _wrap_header(name: str, width: int = 14) -> str:
     if len(name) <= width:
         return name
     parts = name.replace(".", ".\n", 1).split("\n")
-    return "\n".join(textwrap.fill(p, width) for p in parts)
+    return "\n".join(textwrap.fill(p, width, break_long_words=False) for p in parts)
 
 
 def _first_line(text) -> str:
@@ -730,9 +730,9 @@ def _stage_notes(w: _Writer, run: _Run) -> None:
         if r.cell_id == RUN_LEVEL and r.stage == "report":
             continue
         if r.status == "failed":
-            w.note("Failed stages", f"{run.label(r.cell_id)} {r.stage}: failed: {_first_line(r.error)}")
+            w.note("Failed or unfinished stages", f"{run.label(r.cell_id)} {r.stage}: failed: {_first_line(r.error)}")
         else:
-            w.note("Failed stages", f"{run.label(r.cell_id)} {r.stage}: {r.status} (unfinished)")
+            w.note("Failed or unfinished stages", f"{run.label(r.cell_id)} {r.stage}: {r.status} (unfinished)")
     for c in cells:
         for stage in CELL_STAGE_ORDER:
             s = run.summary(c, stage)
@@ -756,7 +756,7 @@ def _stage_notes(w: _Writer, run: _Run) -> None:
                            f"{', '.join(an.get('targets', [])) or 'none'}")
 
 
-_NOTE_ORDER = ("Failed stages", "Stages not run", "Skipped stages", "Diverged", "Analysis", "Paths",
+_NOTE_ORDER = ("Failed or unfinished stages", "Stages not run", "Skipped stages", "Diverged", "Analysis", "Paths",
                "Panels not drawn", "Minima")
 
 
