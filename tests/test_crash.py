@@ -116,3 +116,25 @@ def test_second_run_on_same_directory_is_refused(tmp_path):
     assert cli("verify", run).returncode == 0
     st = RunStore.open(run)
     assert all(st.is_done(c, s) for c in st.cells().cell_id for s in ("train", "sample"))
+
+
+def test_resume_data_is_not_a_result(tmp_path):
+    """Resume data beside a stage (paths.pairs/, surface.partial.h5) is ignored by verify and
+    removed with the stage by invalidate (so --force recomputes instead of reusing it)."""
+    from topoland.config import expand_grid, to_toml, validate
+    cfg = validate({"data": {"name": "synthetic"}})
+    cells = expand_grid(cfg)
+    st = RunStore.create(tmp_path / "run", to_toml(cfg), cells)
+    cid = cells[0].cell_id
+    pairs = st.stage_dir(RUN_LEVEL, "paths").with_name("paths.pairs") / "a__b"
+    pairs.mkdir(parents=True)
+    (pairs / "barriers.json").write_text("{}")
+    partial = st.stage_dir(cid, "surface").with_name("surface.partial.h5")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"half a grid")
+    stray = st.stage_dir(cid, "bogus")
+    stray.mkdir()
+    assert st.verify() == [f"{cid}/bogus: folder without a finished stage in the index"]
+    st.invalidate(RUN_LEVEL, "paths")
+    st.invalidate(cid, "surface")
+    assert not pairs.parent.exists() and not partial.exists()

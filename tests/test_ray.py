@@ -20,7 +20,7 @@ pytest.importorskip("ray")
 
 SAMPLE = """
 [[cells]]
-"data.n_train" = 100000
+"sample.records_per_epoch" = 1000   # more records than minibatches: fails at run time
 
 [sample]
 directions = 2
@@ -94,14 +94,15 @@ def test_ray_executor_matches_local_run(tmp_path):
     r_local = cli("run", cfg, "--out", local, "--quiet", cwd=tmp_path, timeout=400)
     r_ray = cli("run", cfg, "--out", ray_dir, "--quiet", "--executor", "ray", cwd=tmp_path, timeout=400)
 
-    # the extra cell asks for more training examples than exist: it fails, the others go on
+    # the extra cell's sample stage gets an impossible option at run time: it fails there,
+    # after its training; the other cells go on
     for r in (r_local, r_ray):
         assert r.returncode == 1, r.stderr
-        assert "1 failed stage(s)" in r.stderr and "exceeds the 256 examples" in r.stderr
+        assert "1 failed stage(s)" in r.stderr and "records_per_epoch=1000" in r.stderr
     st = RunStore.open(ray_dir)
     fails = st.failures()
-    assert len(fails) == 1 and fails.stage[0] == "train"
-    assert "Traceback" in fails.error[0] and "n_train=100000" in fails.error[0]
+    assert len(fails) == 1 and fails.stage[0] == "sample"
+    assert "Traceback" in fails.error[0] and "_check_args" in fails.error[0]
     assert fails.cell_id[0] == RunStore.open(local).failures().cell_id[0]
 
     n = assert_same_results(local, ray_dir, ["train", "sample"])
@@ -131,3 +132,17 @@ def _ray_processes():
         if "raylet" in cmd.split(" ")[0] or "gcs_server" in cmd.split(" ")[0]:
             out.append(pid)
     return out
+
+
+def test_cell_data_cache_is_keyed_by_the_run_seed():
+    """A local run caches each cell's dataset in the process; a Ray task loads its own. Both
+    must give a cell the data of its own seed (run.seed generates synthetic sets and draws
+    the splits), or a grid over run.seed would differ between executors."""
+    from topoland.config import expand_grid, validate
+    from topoland.data import load_dataset
+    from topoland.run import load_cell_data
+    cfg = validate({"data": {"name": "synthetic"}, "grid": {"run.seed": [0, 1]}})
+    for cell in expand_grid(cfg):
+        seed = cell.config["run"]["seed"]
+        got = load_cell_data(cell.config)
+        assert torch.equal(got.x_train, load_dataset("synthetic", seed=seed, val_seed=0).x_train), seed

@@ -280,8 +280,25 @@ def _cmd_report(a):
 
 def _cmd_compare(a):
     from .run import compare_in_dir
+    import pandas as pd
     res = compare_in_dir(a.run_dir, by=a.by, metric=a.metric, n_permutations=a.permutations, seed=a.seed)
-    print(res)
+    sizes = ", ".join(f"{k}: {v}" for k, v in res.n.items())
+    print(f"{res.metric} by {res.by} ({sizes} minima)")
+    if res.pairwise is None:
+        a_, b_ = res.groups
+        print(f"  Mann-Whitney U = {res.statistic:.4g}, p = {res.p_value:.4g}")
+        print(f"  permutation test on the difference of means: p = {res.perm_p_value:.4g} "
+              f"({res.n_permutations} {'exact relabellings' if res.perm_exact else 'permutations'})")
+        print(f"  mean({a_}) - mean({b_}) = {res.mean_diff:.4g}, "
+              f"{100 * res.ci_level:.0f}% bootstrap CI [{res.ci_low:.4g}, {res.ci_high:.4g}]")
+        print(f"  Cliff's delta = {res.cliffs_delta:.3f}")
+    else:
+        print(f"  Kruskal-Wallis H = {res.statistic:.4g}, p = {res.p_value:.4g}; pairwise Mann-Whitney, Holm-corrected:")
+        with pd.option_context("display.width", 160, "display.max_columns", None):
+            print(res.pairwise.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for note in res.notes:
+        print(f"  note: {note}")
+    print(f"assumptions: {res.assumptions}")
     return 0
 
 
@@ -290,7 +307,17 @@ HANDLERS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "info": _cm
             "report": _cmd_report, "compare": _cmd_compare}
 
 
+def _quiet_library_warnings():
+    # library deprecation chatter drowns the progress display; topoland's own warnings stay
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*SGD-MDS may not have converged.*")
+    warnings.filterwarnings("ignore", message="Graph is disconnected")  # trajectories form separate clusters
+
+
 def main(argv=None) -> int:
+    _quiet_library_warnings()
     parser = build_parser()
     a = parser.parse_args(argv)
     if not a.command:

@@ -66,7 +66,8 @@ def load_cell_data(cfg: dict):
     """Load (and cache per process) the dataset a cell's config names."""
     from .data import load_dataset
     d = cfg["data"]
-    key = json.dumps(d, sort_keys=True)
+    # the run seed generates synthetic sets and draws the splits: it is part of the key
+    key = json.dumps([d, cfg["run"]["seed"]], sort_keys=True)
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_dataset(
             d["name"], root=d["root"] or None, seed=cfg["run"]["seed"], val_fraction=d["val_fraction"],
@@ -148,7 +149,7 @@ def stage_topology(ctx: CellContext, out: Path) -> dict:
     import torch
     arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "edges": res.edges, "values": res.values}
     arrays |= {f"diagram_h{d}": np.asarray(dg, dtype=np.float64).reshape(-1, 2) for d, dg in res.diagrams.items()}
-    save_tensors(out / "topology.safetensors", {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()},
+    save_tensors(out / "topology.safetensors", {k: torch.tensor(np.asarray(v)) for k, v in arrays.items()},
                  metadata={"t_used": int(res.t_used), "settings": res.settings})
     (out / "features.json").write_text(json.dumps(res.features, indent=1, default=float))
     return dict(res.features) | {"t_used": int(res.t_used)}
@@ -249,9 +250,26 @@ def prepare(config_path, out=None) -> tuple[dict, list[Cell], RunStore]:
     """Validate a config, expand its grid and create (or reopen) its run directory."""
     cfg = load_config(config_path)
     cells = expand_grid(cfg)
+    _check_data(cells)
     out = Path(out) if out else Path("runs") / cfg["run"]["name"]
     store = RunStore.create(out, to_toml(cfg), cells)
     return cfg, cells, store
+
+
+def _check_data(cells):
+    """Load each distinct dataset of the grid once (cached for the cells), so that a missing or
+    corrupted dataset or non-finite inputs are one error before the run directory is touched."""
+    for c in cells:
+        load_cell_data(c.config)
+
+
+def _skip_reason(store: RunStore, cell_id: str, stage: str) -> str | None:
+    """Why ``stage`` is not run on a cell: a diverged training left no minimum to study."""
+    if stage != "train" and store.is_done(cell_id, "train"):
+        summ = store.summary(cell_id, "train")
+        if summ.get("diverged"):
+            return f"training diverged (non-finite loss after {summ.get('epochs_run', '?')} epochs)"
+    return None
 
 
 def _wanted_stages(cfg, only=None):
@@ -264,6 +282,14 @@ def _wanted_stages(cfg, only=None):
     return stages
 
 
+def apply_threads(cfg: dict):
+    """Set torch's CPU threads from ``run.threads`` (small models run faster on one thread)."""
+    n = int(cfg.get("run", {}).get("threads", 0) or 0)
+    if n:
+        import torch
+        torch.set_num_threads(n)
+
+
 def run_cell_stages(store: RunStore, cell_id: str, stages, *, on_stage=None) -> list[tuple]:
     """Run the per-cell ``stages`` of one cell in order, skipping finished ones.
 
@@ -271,12 +297,18 @@ def run_cell_stages(store: RunStore, cell_id: str, stages, *, on_stage=None) -> 
     the failure is returned, not raised, so other cells go on.
     """
     ctx = CellContext(store, cell_id, store.cell_config(cell_id))
+    apply_threads(ctx.config)
     failures = []
     for stage in stages:
         if stage not in CELL_STAGES or store.is_done(cell_id, stage):
             continue
         if on_stage:
             on_stage(cell_id, stage)
+        skip = _skip_reason(store, cell_id, stage)
+        if skip:
+            with store.stage(cell_id, stage) as box:
+                box["summary"] = {"skipped": skip}
+            continue
         try:
             with store.stage(cell_id, stage) as box:
                 box["summary"] = STAGE_FUNCS[stage](ctx, box["dir"]) or {}
@@ -299,6 +331,7 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
     cfg, cells, store = prepare(config_path, out)
     stages = _wanted_stages(cfg, only)
     report = RunReport(store.path)
+    apply_threads(cfg)
     with store:
         store.clean_stale()
         import torch
@@ -572,10 +605,11 @@ def stage_paths(store: RunStore, cfg: dict, out: Path) -> dict:
         table = pd.DataFrame([_pair_row(a, b, m, _connect_pair(store, cfg, a, b)) for a, b in pairs])
     if table.empty:
         return {"skipped": f"no pair of minima to connect (paths.pairs = {opts['pairs']!r})"}
-    for _, row in table.iterrows():
-        src = store.path / "run" / "paths.pairs" / f"{row.a}__{row.b}"
-        if not (out / src.name).exists():
-            shutil.copytree(src, out / src.name)
+    # the stage keeps, per pair, the files of its last (most thorough) attempt
+    last = table.groupby(["a", "b"])["attempt"].max() if "attempt" in table else None
+    for a, b in dict.fromkeys(zip(table.a, table.b)):
+        attempt = int(last[(a, b)]) if last is not None else 0
+        shutil.copytree(store.path / "run" / "paths.pairs" / f"{a}__{b}" / f"attempt{attempt}", out / f"{a}__{b}")
     write_table(table, out / "pairs")
     return {"n_pairs": int(len(table)),
             "linear_barrier_mean": float(table["linear.train_loss.max_minus_linear"].mean()),
@@ -675,7 +709,12 @@ def analysis_table(store: RunStore):
     cells = cells[[store.is_done(c, "train") for c in cells.cell_id]]
     if "diverged" in cells:
         cells = cells[~cells["diverged"].astype(bool)].drop(columns=["diverged"])
-    return feature_table(cells.reset_index(drop=True), feature_groups(store))
+    groups = {g: df[df.index.isin(cells.cell_id)] for g, df in feature_groups(store).items()}
+    return feature_table(cells.reset_index(drop=True), {g: df for g, df in groups.items() if len(df)})
+
+
+def _diverged_cells(store: RunStore) -> list[str]:
+    return [c for c in _done_cells(store, "train") if store.summary(c, "train").get("diverged")]
 
 
 def _targets(cfg: dict, ft) -> list[str]:
@@ -698,10 +737,14 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     a = cfg["analysis"]
     seed = cfg["run"]["seed"]
     notes = []
+    diverged = _diverged_cells(store)
+    if diverged:
+        notes.append(f"{len(diverged)} minima left out because their training diverged: {', '.join(diverged)}")
     targets = _targets(cfg, ft)
     if ft.groups and targets:
-        clf = classifier_table(ft, targets, n_splits=a["n_splits"], n_repeats=a["n_repeats"], seed=seed,
-                               n_permutations=a["n_permutations"], on_error="record")
+        clf = classifier_table(ft, targets, n_classes=a["n_classes"], n_splits=a["n_splits"],
+                               n_repeats=a["n_repeats"], seed=seed, n_permutations=a["n_permutations"],
+                               n_jobs=a["n_jobs"], on_error="record")
         write_table(clf, out / "classifiers")
     feature_cols = [c for g in ft.groups.values() for c in g]
     enough = [c for c in feature_cols if ft.frame[c].notna().sum() >= 5]

@@ -279,11 +279,21 @@ class RunStore:
         return df[df.status == "failed"][["cell_id", "stage", "error"]].reset_index(drop=True)
 
     def invalidate(self, cell_id: str, stage: str):
-        """Forget a stage (for ``--force``): its folder and index rows go."""
+        """Forget a stage (for ``--force``): its folder, its resume data and index rows go."""
         with self._db() as db:
             db.execute("DELETE FROM stages WHERE cell_id = ? AND stage = ?", (cell_id, stage))
             db.execute("DELETE FROM files WHERE cell_id = ? AND stage = ?", (cell_id, stage))
-        shutil.rmtree(self.stage_dir(cell_id, stage), ignore_errors=True)
+        d = self.stage_dir(cell_id, stage)
+        shutil.rmtree(d, ignore_errors=True)
+        for p in self.resume_paths(cell_id, stage):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def resume_paths(self, cell_id: str, stage: str) -> list[Path]:
+        """Resume data of a stage: siblings named ``<stage>.<suffix>`` (e.g. ``paths.pairs/``,
+        ``surface.partial.h5``) that let a killed stage go on where it stopped. They are not
+        results: ``verify`` ignores them and ``invalidate`` removes them."""
+        d = self.stage_dir(cell_id, stage)
+        return sorted(d.parent.glob(f"{stage}.*")) if d.parent.is_dir() else []
 
     def clean_stale(self):
         """Remove temporary folders and files left by killed processes, and reset 'running' rows."""
@@ -342,7 +352,8 @@ class RunStore:
             if not base.is_dir():
                 continue
             for d in base.glob("*/*" if base.name == "cells" else "*"):
-                if d.is_dir() and ".tmp-" not in d.name and (cid_of(d), d.name) not in done_set:
+                # stage names hold no dot; '<stage>.<suffix>' is resume data or a temporary
+                if d.is_dir() and "." not in d.name and (cid_of(d), d.name) not in done_set:
                     problems.append(f"{cid_of(d)}/{d.name}: folder without a finished stage in the index")
         return problems
 
