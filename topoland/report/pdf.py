@@ -102,9 +102,12 @@ def _versions() -> list[tuple[str, str]]:
     return out
 
 
-def _device_line(cfg: dict) -> str:
+def _device_line(cfg: dict, store: RunStore | None = None) -> str:
     import torch
     asked = cfg.get("run", {}).get("device", "auto")
+    used = store.get_meta("device") if store is not None else None
+    if used:
+        return f"{used} (run.device = {asked!r})"
     if torch.cuda.is_available():
         here = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
@@ -289,7 +292,7 @@ def _title_page(w: _Writer, run: _Run) -> None:
     n_trained = sum(run.done(c, "train") for c in run.cells.cell_id)
     n_div = sum(bool(run.summary(c, "train").get("diverged")) for c in run.cells.cell_id)
     left.append(f"minima: {n_cells} cells, {n_trained} trained" + (f", {n_div} diverged" if n_div else ""))
-    left.append("device: " + _device_line(cfg))
+    left.append("device: " + _device_line(cfg, w.store))
     wrapped = []
     for line in left:
         wrapped += textwrap.wrap(line, 95, subsequent_indent="      ") or [""]
