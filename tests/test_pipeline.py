@@ -90,3 +90,48 @@ def test_compare_and_list_on_the_run(tiny_run):
     r = cli("compare", run, "--by", "train.nothing", "--metric", "test_acc")
     assert r.returncode == 2 and "train.nothing" in r.stderr
     assert cli("list", run).stdout.count("report") == 0
+
+
+def _checkpoints(run):
+    return sorted((run / "cells").glob("*/train/model.safetensors"))
+
+
+def test_neb_between_two_checkpoints(tiny_run, tmp_path):
+    import json
+    work, _ = tiny_run
+    a, b = _checkpoints(work / "runs" / "tiny")[:2]
+    r = cli("neb", a, b, "--steps", "5", "--images", "5", "--out", tmp_path / "ab")
+    assert r.returncode == 0, r.stderr
+    bars = json.loads((tmp_path / "ab" / "barriers.json").read_text())
+    assert {"linear.train_loss", "neb.train_loss", "neb.test_error"} <= set(bars)
+    prof = pd.read_csv(tmp_path / "ab" / "profile_neb.csv")
+    assert len(prof) == 61 and {"t", "train_loss", "test_error"} <= set(prof.columns)
+    assert (tmp_path / "ab" / "profiles.png").stat().st_size > 0
+
+
+def test_surface_of_a_checkpoint_and_interpolation(tiny_run, tmp_path):
+    from topoland.landscape.storage import read_grid
+    work, _ = tiny_run
+    a, b = _checkpoints(work / "runs" / "tiny")[:2]
+    r = cli("surface", a, "--grid", "5", "--out", tmp_path / "p")
+    assert r.returncode == 0, r.stderr
+    g = read_grid(tmp_path / "p.h5")
+    assert g["values"]["train_loss"].shape == (5, 5) and g["done"].all()
+    assert (tmp_path / "p.vtk").read_text().startswith("# vtk DataFile")
+    r = cli("surface", a, "--kind", "interpolate", "--other", b, "--grid", "5", "--range", "0:1",
+            "--out", tmp_path / "i")
+    assert r.returncode == 0, r.stderr
+    line = pd.read_csv(tmp_path / "i.csv")
+    assert line.alpha.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    r = cli("surface", a, "--kind", "interpolate", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--other" in r.stderr
+
+
+def test_connect_grows_a_spanning_tree(tiny_run):
+    work, _ = tiny_run
+    run = work / "runs" / "tiny"
+    r = cli("connect", run, "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    pairs = pd.read_csv(run / "run" / "paths" / "pairs.csv")
+    assert pairs["in_mst"].sum() == 9  # a spanning tree of 10 minima
+    assert cli("verify", run).returncode == 0

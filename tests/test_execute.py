@@ -1,0 +1,25 @@
+"""The local executor with worker processes writes the same results as the inline one."""
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import cli, tiny_config
+from topoland.store import RunStore
+
+
+def _weights(run_dir):
+    st = RunStore.open(run_dir)
+    return {cid: load_file(str(st.stage_dir(cid, "train") / "model.safetensors")) for cid in st.cells().cell_id}
+
+
+def test_worker_processes_match_inline_run(tmp_path):
+    inline = tiny_config(tmp_path / "inline.toml", epochs=2)
+    workers = tmp_path / "workers.toml"
+    workers.write_text(inline.read_text().replace("seed = 0\n", "seed = 0\nworkers = 2\n", 1))
+    cli("train", inline, "--out", tmp_path / "a", "--quiet", check=True)
+    cli("train", workers, "--out", tmp_path / "b", "--quiet", check=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and len(a) == 4
+    for cid in a:
+        for name in a[cid]:
+            assert torch.equal(a[cid][name], b[cid][name]), (cid, name)
+    assert cli("verify", tmp_path / "b").returncode == 0
