@@ -305,3 +305,15 @@ def test_small_fonts_are_raised_to_the_minimum():
     assert len(small) >= 4
     _enforce_min_font(fig)
     assert all(t.get_fontsize() >= MIN_FONT_PT for t in small)
+
+
+def test_metrics_by_setting_include_curvature_and_no_ensemble_noise(full_report):
+    """The grouped plots show the curvature columns beside test_acc and the gap; a run that
+    did not ask for the optional ensemble stage gets no ensemble page and no note about it."""
+    store, cells, out = full_report
+    texts = _page_texts(out["path"])
+    grouped = " ".join(t for h, t in zip(out["headings"], texts) if _base(h) == "Metrics by grid setting")
+    for metric in ("test_acc", "gap", "curvature.top_eigenvalue"):
+        assert metric in grouped, metric
+    assert "Fast geometric ensembles" not in out["headings"]
+    assert "ensemble" not in " ".join(texts).lower()

@@ -231,3 +231,44 @@ def test_bad_arguments_raise():
     drop = build_model("wrn", (3, 8, 8), 3, depth=10, dropout=0.3)
     with pytest.raises(ConfigError, match="dropout"):
         jump_and_retrain(drop, None, _data(shape=(3, 8, 8)), device="cpu")
+
+
+def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
+    """The hand-batched MLP forward (one GEMM for the shared first layer, baddbmm after) and the
+    foreach SGD give the vmap path's and the sequential reference's trajectories."""
+    import topoland.sampling as sampling
+
+    data = _data(shape=(1, 16))
+    mlp = build_model("mlp", data.input_shape, data.num_classes, seed=2, widths=(12, 9))
+    seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10, bias=False),
+                              torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(10, 7)),
+                              torch.nn.ReLU(), torch.nn.Identity(), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    assert sampling._mlp_chain(mlp) is not None
+    assert [op for op, _ in sampling._mlp_chain(seq)] == ["flatten", "linear", "relu", "linear",
+                                                          "relu", "linear"]
+    # BN, convolutions, a Flatten after a Linear, or an unknown container keep the vmap path
+    assert sampling._mlp_chain(_trained_bn_model(data, "mlp", widths=(4,))) is None
+    assert sampling._mlp_chain(build_model("cnn", data.input_shape, 3, channels=(2, 2), hidden=4)) is None
+    assert sampling._mlp_chain(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Flatten())) is None
+
+    class Custom(torch.nn.Sequential):
+        pass
+
+    assert sampling._mlp_chain(Custom(torch.nn.Linear(4, 4))) is None
+    built = []
+    real_forward = sampling._mlp_forward
+    monkeypatch.setattr(sampling, "_mlp_forward", lambda chain: built.append(chain) or real_forward(chain))
+    kw = dict(SMALL, weight_decay=0.01)
+    for model in (mlp, seq):
+        fast = jump_and_retrain(model, None, data, batched=True, **kw)
+        assert len(built) == 1 and built.pop() == sampling._mlp_chain(model)  # the fast path ran
+        ref = jump_and_retrain(model, None, data, batched=False, **kw)
+        monkeypatch.setattr(sampling, "_FAST_MLP", False)
+        slow = jump_and_retrain(model, None, data, batched=True, **kw)
+        monkeypatch.setattr(sampling, "_FAST_MLP", True)
+        assert not torch.equal(fast.params[0], fast.params[-1])
+        for other in (slow, ref):
+            torch.testing.assert_close(fast.params, other.params, rtol=1e-4, atol=1e-5)
+            for col in ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc"):
+                np.testing.assert_allclose(fast.table[col], other.table[col], rtol=1e-4, atol=1e-5,
+                                           err_msg=col)

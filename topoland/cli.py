@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
           topoland run experiments/quickstart.toml --out runs/qs2 --only train,sample
           topoland run experiments/quickstart.toml --force topology     # recompute one stage
           topoland run experiments/horoi2022_wrn_cifar10.toml --executor ray --address auto
-        stages: train, sample, topology, surface, curvature, paths, analysis, report""")
+        stages: train, sample, topology, surface, curvature, [ensemble], paths, analysis, report
+        (ensemble is optional: name it in run.stages)""")
     s.add_argument("config", help="experiment config (TOML)")
     s.add_argument("--out", help="run directory (default: runs/<run.name>)")
     s.add_argument("--only", type=_stage_list, help="comma-separated stages to run")

@@ -23,7 +23,11 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
-STAGES = ("train", "sample", "topology", "surface", "curvature", "paths", "analysis", "report")
+STAGES = ("train", "sample", "topology", "surface", "curvature", "ensemble", "paths", "analysis", "report")
+# the stages a config runs when it does not list run.stages: the optional ones (ensemble) are
+# asked for by name, so configs written before them run exactly as before
+OPTIONAL_STAGES = ("ensemble",)
+DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
 DATASET_NAMES = ("mnist1d", "digits", "synthetic", "cifar10", "mnist", "fashion_mnist")
 MODEL_NAMES = ("mlp", "cnn", "wrn", "resnet")
 
@@ -92,7 +96,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "name": _Key((str,), "run", _run_name, "run name: the run directory and the report are named after it"),
         "seed": _Key((int,), 0, _nonneg, "master seed of every stage"),
         "device": _Key((str,), "auto", _one_of("auto", "cpu", "cuda"), "auto picks CUDA when present"),
-        "stages": _Key(_LIST, list(STAGES), _each(_one_of(*STAGES)), "stages to run, in pipeline order"),
+        "stages": _Key(_LIST, list(DEFAULT_STAGES), _each(_one_of(*STAGES)),
+                        "stages to run, in pipeline order (optional, by name only: ensemble)"),
         "executor": _Key((str,), "local", _one_of("local", "ray"), "where grid cells run"),
         "workers": _Key((int,), 1, _pos, "local worker processes (one GPU each when several exist)"),
         "threads": _Key((int,), 0, _nonneg, "torch CPU threads per process (0 = torch's default)"),
@@ -185,6 +190,16 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "n_directions": _Key((int,), 8, _pos, "random directions for sharpness and volume"),
         "volume_threshold": _Key(_NUM, 0.1, _pos, "loss rise that ends the basin (nats)"),
         "density": _Key((bool,), False, None, "eigenvalue density by SLQ"),
+    },
+    "ensemble": {
+        "cycles": _Key((int,), 4, _pos, "FGE: cycles of the cyclic learning rate (one snapshot each)"),
+        "cycle_epochs": _Key((int,), 2, _pos, "FGE: epochs per cycle"),
+        "lr1": _Key(_NUM, 0.05, _pos, "FGE: highest learning rate (cycle start and end)"),
+        "lr2": _Key(_NUM, 5e-4, _pos, "FGE: lowest learning rate (mid-cycle, where the snapshot is taken)"),
+        "schedule": _Key((str,), "triangular", _one_of("triangular", "cosine"), "FGE: shape of each cycle"),
+        "batch_size": _Key((int,), 128, _pos, "FGE: minibatch size"),
+        "momentum": _Key(_NUM, 0.9, _frac, "FGE: SGD momentum"),
+        "weight_decay": _Key(_NUM, 5e-4, _nonneg, "FGE: L2 weight decay"),
     },
     "paths": {
         "method": _Key((str,), "neb", _one_of("neb", "autoneb", "bezier", "polychain"), "path algorithm"),
@@ -374,7 +389,12 @@ def cell_id(settings: dict) -> str:
 
 def _cell_settings(cfg: dict) -> dict:
     # The settings that define a minimum and its analysis; the run/report sections do not.
-    return {s: cfg[s] for s in SCHEMA if s not in ("run", "report", "analysis")} | {"seed": cfg["run"]["seed"]}
+    # Optional stages' sections count only when they differ from the defaults, so the cell ids
+    # of configs written before those stages existed (and of their run directories) stay the same.
+    base = defaults()
+    return ({s: cfg[s] for s in SCHEMA if s not in ("run", "report", "analysis") + OPTIONAL_STAGES}
+            | {s: cfg[s] for s in OPTIONAL_STAGES if s in cfg and cfg[s] != base[s]}
+            | {"seed": cfg["run"]["seed"]})
 
 
 def expand_grid(cfg: dict) -> list[Cell]:

@@ -98,19 +98,21 @@ def main(argv=None):
 
     # interleaved repeats; the minimum of each is the least disturbed by other load on the machine
     modes = [True] if args.skip_sequential else [True, False]
-    times, results = {b: [] for b in modes}, {}
+    times, cpu, results = {b: [] for b in modes}, {b: [] for b in modes}, {}
     for rep in range(args.repeat):
         for batched in modes:
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             results[batched] = jump_and_retrain(model, None, data, batched=batched, **common)
             _sync(device)
             times[batched].append(time.perf_counter() - t0)
+            cpu[batched].append(time.process_time() - c0)
     for batched in modes:
         label = "batched" if batched else "sequential"
         best = min(times[batched])
         runs = ", ".join(f"{t:.2f}" for t in times[batched])
-        print(f"{label:>10}: {best:8.2f} s (runs: {runs})  {J * epochs / best:8.2f} retrain epochs/s")
+        print(f"{label:>10}: {best:8.2f} s (runs: {runs})  {J * epochs / best:8.2f} retrain epochs/s"
+              f"  [process CPU time {min(cpu[batched]):.2f} s]")
     # the evaluation share: epochs=0 runs only the jump-point record (eval of all splits)
     n_rec = 1 + epochs
     for batched in modes:
@@ -127,7 +129,9 @@ def main(argv=None):
     if not args.skip_sequential:
         ratio = min(times[False]) / min(times[True])
         diff = (results[True].params - results[False].params).abs().amax(1)
-        print(f"speed ratio (sequential / batched): {ratio:.2f}x")
+        print(f"speed ratio (sequential / batched): {ratio:.2f}x  [CPU-time ratio "
+              f"{min(cpu[False]) / min(cpu[True]):.2f}x: with --threads 1 it is the wall ratio of "
+              f"a quiet machine]")
         print(f"|param difference| batched vs sequential per snapshot: median {float(diff.median()):.1e}, "
               f"max {float(diff.max()):.1e} (float rounding, amplified where a ReLU flips)")
     return times

@@ -7,6 +7,8 @@ Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
 3. one page per minimum with a finished topology stage: PHATE embedding coloured by loss and by
    step size (trajectories drawn as paths), persistence diagrams, Betti curves, plane surface,
    1-D curves, eigenvalue density;
+   then, when any cell ran the optional ensemble stage, fast geometric ensembles: ensemble test
+   accuracy against the number of members, one line per minimum, and a table;
 4. across minima: total persistence vs generalization, metrics grouped by each grid setting,
    the classifier table, statistical comparisons;
 5. paths: barrier profiles per pair and the disconnectivity graph (>= 3 connected minima);
@@ -16,6 +18,7 @@ Only reads the run directory; the figures come from :mod:`topoland.plots`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import textwrap
@@ -28,11 +31,12 @@ import pandas as pd
 from ..errors import StoreError, TopolandError
 from ..store import RUN_LEVEL, RunStore, atomic_write_bytes, load_tensors
 
-__all__ = ["build_report", "ReportError", "PAGE_SIZE", "MIN_FONT_PT", "CELL_STAGE_ORDER"]
+__all__ = ["build_report", "pdf_pages", "ReportError", "PAGE_SIZE", "MIN_FONT_PT", "CELL_STAGE_ORDER"]
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
 MIN_FONT_PT = 8.0
 CELL_STAGE_ORDER = ("train", "sample", "topology", "surface", "curvature")
+_OPTIONAL_CELL_STAGES = ("ensemble",)   # listed only when a run asks for them
 _RUN_STAGE_ORDER = ("paths", "analysis", "report")
 _TABLE_ROWS = 22            # rows of a table page
 _NOTE_LINES = 36            # text lines of a notes page
@@ -142,6 +146,53 @@ def _blank(ax, message: str) -> None:
             color="0.35", transform=ax.transAxes)
 
 
+@contextlib.contextmanager
+def pdf_pages(pdf_path, *, title: str):
+    """Open a report PDF in the report's styling; written atomically on a clean exit.
+
+    Yields a ``matplotlib.backends.backend_pdf.PdfPages``; pages go to a temporary file that
+    replaces ``pdf_path`` only when the block ends without an exception. Use with
+    :func:`report_figure` and :func:`save_page` for pages that look like the run reports.
+    """
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    pdf_path = Path(pdf_path)
+    if pdf_path.suffix.lower() != ".pdf":
+        raise ReportError(f"report path '{pdf_path}' must end in .pdf")
+    pdf_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pdf_path.with_name(f".{pdf_path.name}.tmp-{os.getpid()}")
+    try:
+        with rc_context(_rc()), PdfPages(tmp, metadata={"Title": title, "Creator": "topoland"}) as pdf:
+            yield pdf
+        os.replace(tmp, pdf_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def report_figure(title: str):
+    """An empty A4-landscape page with ``title`` as its heading (a matplotlib Figure)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=PAGE_SIZE)
+    fig.suptitle(title, fontweight="bold", y=0.985)
+    return fig
+
+
+def save_page(pdf, fig, footer: str = "") -> None:
+    """Write ``fig`` as the next page of ``pdf`` (footer bottom right, fonts raised to MIN_FONT_PT)."""
+    if footer:
+        fig.text(0.995, 0.005, footer, ha="right", va="bottom", fontsize=MIN_FONT_PT, color="0.45")
+    _enforce_min_font(fig)
+    pdf.savefig(fig)
+    fig.clear()
+
+
+def versions_table() -> list[tuple[str, str]]:
+    """(package, version) of topoland, its main dependencies and Python."""
+    return _versions()
+
+
 # ---------------------------------------------------------------------------------- writer
 class _Writer:
     """Collects pages (titles, notes) while writing them into an open PdfPages."""
@@ -158,18 +209,11 @@ class _Writer:
 
     def figure(self, title: str):
         # fixed margins rather than constrained layout: several times faster per page
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=PAGE_SIZE)
-        fig.suptitle(title, fontweight="bold", y=0.985)
-        return fig
+        return report_figure(title)
 
     def save(self, fig, title: str) -> None:
         n = len(self.headings) + 1
-        fig.text(0.995, 0.005, f"topoland report · {self.run_name} · page {n}", ha="right",
-                 va="bottom", fontsize=MIN_FONT_PT, color="0.45")
-        _enforce_min_font(fig)
-        self.pdf.savefig(fig)
-        fig.clear()
+        save_page(self.pdf, fig, f"topoland report · {self.run_name} · page {n}")
         self.headings.append(title)
 
     def panel(self, ax, what: str, draw) -> bool:
@@ -259,6 +303,12 @@ class _Run:
     def label(self, cell_id: str) -> str:
         return f"{self.names.get(cell_id, cell_id)}" if cell_id != RUN_LEVEL else "run"
 
+    def cell_stages(self) -> tuple[str, ...]:
+        """The per-cell stages of this run: the default ones, plus optional ones asked for or stored."""
+        wanted = self.wanted()
+        extra = tuple(s for s in _OPTIONAL_CELL_STAGES if s in wanted or (self.stages.stage == s).any())
+        return CELL_STAGE_ORDER + extra
+
 
 # ---------------------------------------------------------------------------------- page 1
 def _title_page(w: _Writer, run: _Run) -> None:
@@ -328,7 +378,7 @@ def _title_page(w: _Writer, run: _Run) -> None:
 def _stage_time_rows(run: _Run) -> list[list[str]]:
     st = run.stages
     rows = []
-    for stage in CELL_STAGE_ORDER + _RUN_STAGE_ORDER:
+    for stage in run.cell_stages() + _RUN_STAGE_ORDER:
         s = st[st.stage == stage]
         if s.empty and stage not in run.wanted():
             continue
@@ -352,10 +402,10 @@ def _minima_pages(w: _Writer, run: _Run, table: pd.DataFrame) -> None:
     df = df.drop(columns=list(shared))
     marks = []
     for cid in df.cell_id:
-        marks.append("".join(_STATUS_MARK.get(run.status(cid, s) or "", "·") for s in CELL_STAGE_ORDER))
+        marks.append("".join(_STATUS_MARK.get(run.status(cid, s) or "", "·") for s in run.cell_stages()))
     df["stages"] = marks
     shown = df.map(_fmt) if hasattr(df, "map") else df.applymap(_fmt)
-    foot = ("stages: " + ", ".join(CELL_STAGE_ORDER) + " (✓ done, ✗ failed, ! interrupted, · not run). "
+    foot = ("stages: " + ", ".join(run.cell_stages()) + " (✓ done, ✗ failed, ! interrupted, · not run). "
             + ("Shared by all minima: " + "; ".join(f"{k}={_fmt(v)}" for k, v in shared.items())
                if shared else "") + ". gap = test loss − train loss (nats); acc_gap = train acc − test acc.")
     w.table_pages("The minima: settings and metrics", shown, footer=textwrap.fill(foot, 190))
@@ -509,6 +559,71 @@ def _minimum_page(w: _Writer, run: _Run, cid: str) -> None:
     w.save(fig, title)
 
 
+# ---------------------------------------------------------------------------------- ensembles
+def _ensemble_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
+    """Fast geometric ensembles: accuracy vs members per minimum and a table; returns the
+    curves of every minimum (with a ``minimum`` column) or None when no cell ran the stage."""
+    cells = [c for c in run.cells.cell_id if run.done(c, "ensemble") and "skipped" not in run.summary(c, "ensemble")]
+    if not cells:
+        return None
+    curves, rows = {}, []
+    for c in cells:
+        p = run.store.stage_dir(c, "ensemble") / "ensemble.csv"
+        if not p.is_file():
+            w.note("Panels not drawn", f"{run.names[c]} ensemble: no ensemble.csv stored")
+            continue
+        curves[c] = pd.read_csv(p)
+        s = run.summary(c, "ensemble")
+        rows.append({"minimum": run.names[c], "setting": run.labels[c], "members": s.get("n_members"),
+                     "minimum test_acc": s.get("minimum_test_acc"), "mean member acc": s.get("mean_member_acc"), "ensemble acc": s.get("ensemble_acc"),
+                     "gain": s.get("gain"), "ensemble nll": s.get("ensemble_nll")})
+    if not curves:
+        return None
+    t = "Fast geometric ensembles"
+    fig = w.figure(t)
+    ax = fig.add_axes((0.06, 0.1, 0.42, 0.78))
+
+    def draw(ax):
+        for i, (c, cv) in enumerate(curves.items()):
+            col = f"C{i % 10}"
+            ax.plot(cv["members"], cv["ensemble_acc"], marker="o", color=col, label=run.names[c])
+            ax.plot(cv["members"], cv["mean_member_acc"], ls=":", color=col, lw=1)
+            base = run.summary(c, "ensemble").get("minimum_test_acc")
+            if base is not None:
+                ax.scatter([0], [base], color=col, marker="*", s=40, zorder=3)
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("members (snapshots, one per cycle; ★ at 0 = the minimum itself)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title("ensemble accuracy vs members (solid), mean member accuracy (dotted)")
+        ax.legend(ncol=2 if len(curves) > 8 else 1, title="minimum")
+    w.panel(ax, "ensemble accuracy vs members", draw)
+    tab_ax = fig.add_axes((0.52, 0.1, 0.46, 0.78))
+    tab_ax.set_axis_off()
+    df = pd.DataFrame(rows)
+    show = df.drop(columns=["setting"]).map(_fmt) if hasattr(df, "map") else df.drop(columns=["setting"]).applymap(_fmt)
+    tab = tab_ax.table(cellText=show.to_numpy().tolist()[:_TABLE_ROWS],
+                       colLabels=[_wrap_header(c, 10) for c in show.columns], loc="upper center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(MIN_FONT_PT)
+    tab.auto_set_column_width(list(range(len(show.columns))))
+    for (r, _c), cell in tab.get_celld().items():
+        cell.set_height(0.06 if r == 0 else 0.035)
+        if r == 0:
+            cell.set_text_props(fontweight="bold")
+            cell.set_facecolor("0.9")
+    if len(show) > _TABLE_ROWS:
+        w.note("Panels not drawn", f"ensemble table: {len(show) - _TABLE_ROWS} minima beyond the first "
+                                   f"{_TABLE_ROWS} are in ensembles.csv only")
+    fig.text(0.52, 0.03, textwrap.fill("Snapshots at the lowest rate of each cycle of a cyclic learning rate "
+                                       "started at the minimum; the ensemble averages the members' softmax "
+                                       "outputs. Accuracy on the test split; gain = ensemble acc − minimum "
+                                       "test_acc. Not a feature of the analysis (it is a test metric).", 95),
+             fontsize=MIN_FONT_PT, va="bottom")
+    w.save(fig, t)
+    return pd.concat([cv.assign(minimum=run.names[c], cell_id=c) for c, cv in curves.items()], ignore_index=True)
+
+
 # ---------------------------------------------------------------------------------- page 4
 def _classifier_heatmap(clf: pd.DataFrame, ax) -> None:
     from ..analysis.classify import pivot_classifier_table
@@ -570,7 +685,9 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
 
     # grouped by each grid setting
     settings = [s for s in ft.settings if s != "run.seed" and frame[s].astype(str).nunique() > 1]
-    metrics = [m for m in ("test_acc", "gap") if m in frame.columns] + tp[:1]
+    metrics = ([m for m in ("test_acc", "gap") if m in frame.columns] + tp[:1]
+               + [m for m in ("curvature.sharpness", "curvature.top_eigenvalue")
+                  if m in frame.columns and frame[m].notna().any()])
     if settings and metrics:
         chunks = [settings[i:i + _SETTINGS_PER_PAGE] for i in range(0, len(settings), _SETTINGS_PER_PAGE)]
         for k, chunk in enumerate(chunks):
@@ -715,7 +832,7 @@ def _paths_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
 def _stage_notes(w: _Writer, run: _Run) -> None:
     wanted = run.wanted()
     cells = list(run.cells.cell_id)
-    for stage in CELL_STAGE_ORDER:
+    for stage in run.cell_stages():
         if stage not in wanted:
             w.note("Stages not run", f"{stage}: not in run.stages")
             continue
@@ -737,7 +854,7 @@ def _stage_notes(w: _Writer, run: _Run) -> None:
         else:
             w.note("Failed or unfinished stages", f"{run.label(r.cell_id)} {r.stage}: {r.status} (unfinished)")
     for c in cells:
-        for stage in CELL_STAGE_ORDER:
+        for stage in run.cell_stages():
             s = run.summary(c, stage)
             if "skipped" in s:
                 w.note("Skipped stages", f"{run.names[c]} {stage}: skipped ({s['skipped']})")
@@ -781,46 +898,38 @@ def build_report(run_dir, pdf_path) -> dict:
 
     ``pdf_path``: the PDF to write (atomically: temporary name, then rename). Beside it go
     ``minima.csv`` and, when present, ``features.csv``, ``classifiers.csv``, ``comparisons.csv``,
-    ``correlations.csv`` and ``pairs.csv``. A stage that did not run (or failed) leaves its pages
+    ``correlations.csv``, ``ensembles.csv`` and ``pairs.csv``. A stage that did not run (or failed) leaves its pages
     out and is listed on the final notes page.
 
     Returns ``{"pages": int, "headings": [page titles], "path": Path, "tables": [csv paths]}``.
     """
-    from matplotlib import rc_context
-    from matplotlib.backends.backend_pdf import PdfPages
-
     from ..run import minima_table
 
     store = RunStore.open(run_dir)
     pdf_path = Path(pdf_path)
     if pdf_path.suffix.lower() != ".pdf":
         raise ReportError(f"report path '{pdf_path}' must end in .pdf")
-    pdf_path.parent.mkdir(parents=True, exist_ok=True)
     run = _Run(store)
     minima = minima_table(store.path)
     tables: dict[str, pd.DataFrame] = {"minima": minima}
-    tmp = pdf_path.with_name(f".{pdf_path.name}.tmp-{os.getpid()}")
-    try:
-        with rc_context(_rc()), PdfPages(tmp, metadata={"Title": f"topoland report: {run.name}",
-                                                        "Creator": "topoland"}) as pdf:
-            w = _Writer(store, pdf, run.name)
-            _title_page(w, run)
-            _minima_pages(w, run, minima)
-            for cid in run.cells.cell_id:
-                if run.done(cid, "topology"):
-                    _minimum_page(w, run, cid)
-            if run.done(RUN_LEVEL, "analysis"):
-                tables |= _analysis_pages(w, run)
-            if run.done(RUN_LEVEL, "paths"):
-                pairs = _paths_pages(w, run)
-                if pairs is not None:
-                    tables["pairs"] = pairs
-            _stage_notes(w, run)
-            _notes_page(w)
-        os.replace(tmp, pdf_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with pdf_pages(pdf_path, title=f"topoland report: {run.name}") as pdf:
+        w = _Writer(store, pdf, run.name)
+        _title_page(w, run)
+        _minima_pages(w, run, minima)
+        for cid in run.cells.cell_id:
+            if run.done(cid, "topology"):
+                _minimum_page(w, run, cid)
+        ens = _ensemble_pages(w, run)
+        if ens is not None:
+            tables["ensembles"] = ens
+        if run.done(RUN_LEVEL, "analysis"):
+            tables |= _analysis_pages(w, run)
+        if run.done(RUN_LEVEL, "paths"):
+            pairs = _paths_pages(w, run)
+            if pairs is not None:
+                tables["pairs"] = pairs
+        _stage_notes(w, run)
+        _notes_page(w)
     written = []
     for name, df in tables.items():
         p = pdf_path.parent / f"{name}.csv"
