@@ -272,3 +272,7 @@ def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
             for col in ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc"):
                 np.testing.assert_allclose(fast.table[col], other.table[col], rtol=1e-4, atol=1e-5,
                                            err_msg=col)
+    # plain SGD (no momentum buffers, no weight decay)
+    kw = dict(SMALL, momentum=0.0, weight_decay=0.0)
+    a, b = (jump_and_retrain(mlp, None, data, batched=x, **kw) for x in (True, False))
+    torch.testing.assert_close(a.params, b.params, rtol=1e-4, atol=1e-5)

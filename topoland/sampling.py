@@ -10,8 +10,11 @@ Batched path (default): all J = directions x steps jumps advance together. Their
 and BN buffers are stacked ``(J, ...)``; one ``vmap``-ed ``functional_call`` computes the logits
 of every jump on the shared minibatch, and one backward of ``sum_j L_j`` gives every jump's own
 gradient (the jumps do not interact). SGD is applied to the stacked tensors exactly as
-``torch.optim.SGD`` does it. The sequential path (``batched=False``) is the reference: a plain
-``nn.Module`` + ``torch.optim.SGD`` per jump, one after another.
+``torch.optim.SGD`` does it (one fused kernel per tensor while every trajectory is active).
+Plain MLPs (Flatten/Linear/ReLU, no BN) skip ``vmap``: a hand-batched ``baddbmm`` chain with
+fused biases computes the same logits faster (:func:`_mlp_chain`). The sequential path
+(``batched=False``) is the reference: a plain ``nn.Module`` + ``torch.optim.SGD`` per jump,
+one after another.
 
 Data stream: one CPU generator per minimum (seeded from ``seed``) draws the minibatch order
 and augmentation; every jump sees the same stream, so the batched and sequential samplers see
@@ -357,17 +360,25 @@ def _mlp_forward(chain: list[tuple[str, str | None]]):
 
 
 @torch.no_grad()
-def _sgd_step(params: list[Tensor], grads: Sequence[Tensor], momentum_buf: list[Tensor] | None,
-              ok: Tensor | None, lr: float, mom: float, wd: float) -> list[Tensor] | None:
+def _sgd_step(params: list[Tensor], grads: Sequence[Tensor], momentum_buf: list[Tensor],
+              first: bool, ok: Tensor | None, lr: float, mom: float, wd: float):
     """``torch.optim.SGD``'s update (no dampening/nesterov) on stacked ``(J, ...)`` tensors.
 
-    ok: ``(J,)`` bool, the trajectories to update (others keep their parameters; their momentum
-    may go stale, they never resume), or None for all. Returns the momentum buffers.
+    momentum_buf: one tensor per parameter (contents ignored when ``first``). ok: ``(J,)``
+    bool, the trajectories to update (the others keep their parameters; their momentum may go
+    stale, they never resume), or None for all: then one fused kernel per tensor
+    (``torch._fused_sgd_``, bit-identical to the for-loop ``SGD`` on CPU, a third of its time).
     """
+    if ok is None and params[0].device.type in ("cpu", "cuda"):
+        # the fused kernel assumes grads laid out like the (contiguous) params; vmap's may not be
+        torch._fused_sgd_(params, [g.contiguous() for g in grads], momentum_buf if mom != 0 else [], weight_decay=wd,
+                          momentum=mom, lr=lr, dampening=0.0, nesterov=False, maximize=False,
+                          is_first_step=first)
+        return
     d_p = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else list(grads)
     if mom != 0:
-        if momentum_buf is None:
-            momentum_buf = [t.clone() for t in d_p]
+        if first:
+            torch._foreach_copy_(momentum_buf, d_p)
         else:
             torch._foreach_mul_(momentum_buf, mom)
             torch._foreach_add_(momentum_buf, d_p)
@@ -377,7 +388,6 @@ def _sgd_step(params: list[Tensor], grads: Sequence[Tensor], momentum_buf: list[
     else:
         for p, u in zip(params, d_p):
             p.copy_(torch.where(ok.reshape(-1, *([1] * (p.dim() - 1))), p.add(u, alpha=-lr), p))
-    return momentum_buf
 
 
 # --------------------------------------------------------------------------- the two samplers
@@ -394,7 +404,8 @@ def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress):
     plist = list(params.values())
     bufs = {k: v.detach().to(device).unsqueeze(0).repeat(J, *([1] * v.dim())).contiguous()
             for k, v in buffers.items()}
-    momentum_buf: list[Tensor] | None = None
+    momentum_buf = [torch.empty_like(p) for p in plist] if cfg["momentum"] != 0 else []
+    first_step = True
     active = torch.ones(J, dtype=torch.bool, device=device)
     lr, mom, wd = cfg["lr"], cfg["momentum"], cfg["weight_decay"]
 
@@ -437,7 +448,8 @@ def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress):
                 with torch.no_grad():
                     for k, v in bufs.items():
                         v.copy_(torch.where(ok.reshape(J, *([1] * (v.dim() - 1))), v, old_bufs[k]))
-            momentum_buf = _sgd_step(plist, grads, momentum_buf, None if all_ok else ok, lr, mom, wd)
+            _sgd_step(plist, grads, momentum_buf, first_step, None if all_ok else ok, lr, mom, wd)
+            first_step = False
             active = ok
             if i in cfg["positions"]:
                 record(r)

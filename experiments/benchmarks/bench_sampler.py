@@ -13,6 +13,8 @@ retraining cost does not depend on where θ* came from), with the same direction
 and epochs. Prints both wall times, the speed ratio, retrain epochs per second (trajectories x
 epochs / seconds) and the largest parameter difference between the two results.
 Targets (issue 3): >= 4x on 2 CPU cores for the quickstart model; >= 10x for WRN-16-2 on a GPU.
+Process CPU time is printed too: on a shared machine, `--threads 1` CPU times are what a
+quiet machine would show as wall times.
 """
 from __future__ import annotations
 
