@@ -96,7 +96,11 @@ def test_sigkill_in_several_stages_then_resume_equals_uninterrupted(tmp_path):
 
 def test_second_run_on_same_directory_is_refused(tmp_path):
     cfg = crash_config(tmp_path / "crash.toml")
-    cfg.write_text(cfg.read_text().replace('"curvature", "paths", "analysis"]', '"curvature"]'))
+    # enough sampling work that the first run is still busy while the second starts up
+    text = cfg.read_text().replace('"curvature", "paths", "analysis"]', '"curvature"]')
+    text = text.replace("[sample]\ndirections = 2\nsteps = [0.5, 1.0]\nepochs = 4", "[sample]\ndirections = 2\nsteps = [0.5, 1.0]\nepochs = 400")
+    assert "epochs = 400" in text
+    cfg.write_text(text)
     run = tmp_path / "run"
     first = popen_cli("run", cfg, "--out", run, "--quiet", "--only", "train,sample", cwd=tmp_path)
     try:
