@@ -310,7 +310,35 @@ class _Lin(torch.nn.Module):
         return self.net(x)
 
 
-@pytest.mark.parametrize("maker,shape", [(_Odd, (1, 8, 8)), (_Lin, (10,))])
+def _with_stats(net):
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+    return net
+
+
+def _chain1d():
+    """Conv1d chain: stride, no bias, BN, MaxPool1d, BN after flatten."""
+    nn = torch.nn
+    return _with_stats(nn.Sequential(
+        nn.Conv1d(1, 4, 5, padding=2), nn.ReLU(), nn.Conv1d(4, 6, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm1d(6), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(30, 8),
+        nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)))
+
+
+def _chain2d():
+    """Conv2d chain: groups, stride, BN, padded max pool."""
+    nn = torch.nn
+    return _with_stats(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
+        nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2, padding=1), nn.Flatten(), nn.Linear(54, 3)))
+
+
+@pytest.mark.parametrize("maker,shape", [(_Odd, (1, 8, 8)), (_Lin, (10,)), (_chain1d, (1, 20)),
+                                         (_chain2d, (1, 8, 8))])
 def test_linear_first_other_models_equal_loop(maker, shape):
     torch.manual_seed(0)
     m = maker().eval()
@@ -318,6 +346,44 @@ def test_linear_first_other_models_equal_loop(maker, shape):
     d1, d2 = D.orthogonal_pair(m, 2)
     srf = S.plane(m, d1, d2, x, y, grid=3, evaluator="linear-first", chunk_points=4,
                   batch_size=16, device="cpu")
+    ref = _loop_grid(m, d1, d2, srf.xs, srf.ys, x, y)
+    assert _rel(srf.values["train_loss"], ref["loss"]) < 1e-5
+    np.testing.assert_array_equal(srf.values["train_acc"], ref["accuracy"])
+    if maker in (_chain1d, _chain2d):  # the channels-last point-by-point chain, not the fallback
+        assert S._LinearFirst(m).chain is not None
+
+
+@pytest.mark.parametrize("mod", [torch.nn.MaxPool2d(2), torch.nn.MaxPool2d(3), torch.nn.MaxPool2d(3, ceil_mode=True),
+                                 torch.nn.MaxPool2d((2, 3)), torch.nn.MaxPool2d(2, padding=1),
+                                 torch.nn.MaxPool2d(3, stride=2), torch.nn.MaxPool1d(2),
+                                 torch.nn.MaxPool1d(3, ceil_mode=True), torch.nn.MaxPool1d(3, stride=1, padding=1)])
+def test_channels_last_pool_equals_torch(mod):
+    g = torch.Generator().manual_seed(0)
+    if isinstance(mod, torch.nn.MaxPool2d):
+        x = torch.randn(5, 4, 8, 7, generator=g)
+        h = x.permute(0, 2, 3, 1).contiguous()                 # (M, H, W, C)
+        ref = mod(x).permute(0, 2, 3, 1)
+    else:
+        x = torch.randn(5, 4, 11, generator=g)
+        h = x.permute(0, 2, 1).contiguous().unsqueeze(1)      # (M, 1, L, C)
+        ref = mod(x).permute(0, 2, 1).unsqueeze(1)
+    out = S._Chain._pool_nhwc(h, mod)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_point_threads_equal_loop():
+    """With several torch threads the CPU chain shares points among Python threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, y = _data(n=300)
+        m = _cnn()
+        d1, d2 = D.orthogonal_pair(m, 5)
+        srf = S.plane(m, d1, d2, x, y, grid=3, chunk_points=9, evaluator="linear-first", device="cpu")
+        assert torch.get_num_threads() == 2   # the caller's setting survives the worker threads
+    finally:
+        torch.set_num_threads(n)
     ref = _loop_grid(m, d1, d2, srf.xs, srf.ys, x, y)
     assert _rel(srf.values["train_loss"], ref["loss"]) < 1e-5
     np.testing.assert_array_equal(srf.values["train_acc"], ref["accuracy"])
