@@ -387,3 +387,27 @@ def test_point_threads_equal_loop():
     ref = _loop_grid(m, d1, d2, srf.xs, srf.ys, x, y)
     assert _rel(srf.values["train_loss"], ref["loss"]) < 1e-5
     np.testing.assert_array_equal(srf.values["train_acc"], ref["accuracy"])
+
+
+@pytest.mark.parametrize("maker,shape", [(_chain1d, (1, 20)), (_chain2d, (1, 8, 8)),
+                                         (lambda: _cnn(bn=True), (1, 8, 8))])
+def test_grouped_chain_equals_point_chain(maker, shape):
+    """The GPU layout (all points as one grouped convolution) equals the CPU point-by-point path."""
+    torch.manual_seed(0)
+    m = maker().eval()
+    lf = S._LinearFirst(m)
+    assert lf.chain is not None
+    x, _ = _data(n=20, shape=shape)
+    g = torch.Generator().manual_seed(1)
+    first = {n: p for n, p in P.get_params(m).items() if n.startswith(lf.prefix + ".")}
+    dirs = [{n: torch.randn(p.shape, generator=g) for n, p in first.items()} for _ in range(2)]
+    zs = [lf.first_out(first, x)] + [lf.first_out(d, x) for d in dirs]
+    ct = torch.randn(5, 2, generator=g, dtype=torch.float32)
+    rest = {n: t.detach().unsqueeze(0).repeat(5, *[1] * t.dim()) + 0.01 * torch.randn(5, *t.shape, generator=g)
+            for n, t in lf.rest.named_parameters()}
+    shared = dict(lf.rest.named_buffers())
+    from topoland.landscape.surfaces import _combine_first
+    a = lf.chain.run(_combine_first([z.clone() for z in zs], ct, 5), 5, rest, shared, flat=False)
+    b = lf.chain.run_points(zs, ct, rest, shared)
+    assert a.shape == b.shape == (5, 20, 3)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -12,10 +12,12 @@ Evaluators (``evaluator=``):
   applied to the input and nothing else) is linear in its weights and bias jointly:
   ``layer(x; W0 + sum_j c_j D_j) = layer(x; W0) + sum_j c_j layer(x; D_j)``. The k + 1 first-layer
   outputs are computed once per data batch and shared by all points of a chunk. When the rest
-  of the network is a plain chain (ReLU, Conv, MaxPool, Flatten, Linear, eval BatchNorm) it runs
-  for all P points of a chunk at once (one grouped convolution per conv layer, one bmm per
-  linear layer, channels-last activations); otherwise the rest runs per point via
-  ``torch.func.functional_call``.
+  of the network is a plain chain (ReLU, Conv, MaxPool, Flatten, Linear, eval BatchNorm), on a
+  GPU it runs for all P points of a chunk at once (one grouped convolution per conv layer, one
+  bmm per linear layer, channels-last activations); on the CPU the convolutional part runs
+  point by point as plain channels-last ops on cache-sized blocks of samples, the points shared
+  among the torch threads (``_Chain.run_points``), and the linear tail as one bmm. Otherwise the
+  rest runs per point via ``torch.func.functional_call``.
 - ``"auto"`` (default): ``"linear-first"`` when it applies (weights-only directions,
   ``bn="eval"``, a traceable model with such a first layer), else ``"batched"``. The choice
   is recorded in ``Surface.meta["evaluator"]``.
