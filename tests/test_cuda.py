@@ -4,7 +4,6 @@ Every batched path is already tested against its plain loop on the CPU; these te
 the same code gives the same numbers on a GPU. TF32 is switched off for the comparisons: with
 it, cuDNN convolutions round their inputs to 10-bit mantissas (about 1e-3 relative).
 """
-import math
 import re
 
 import numpy as np
@@ -13,7 +12,6 @@ import torch
 
 from topoland import directions as D
 from topoland import params as P
-from topoland.data import DataSplits
 from topoland.embedding import cosine_distances, cosine_distances_reference
 from topoland.landscape import curvature as C
 from topoland.landscape import surfaces as S
@@ -21,6 +19,7 @@ from topoland.models import build_model
 from topoland.sampling import jump_and_retrain
 
 from tests.helpers import cli
+from tests.test_sampling import _data, _trained_bn_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -34,26 +33,12 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _splits(shape, n_train=70, n_val=20, n_test=24, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = 2.0 * torch.randn(classes, math.prod(shape), generator=g)
-
-    def draw(n):
-        y = torch.randint(0, classes, (n,), generator=g)
-        return (centres[y] + torch.randn(n, math.prod(shape), generator=g)).reshape(n, *shape), y
-
-    (xtr, ytr), (xva, yva), (xte, yte) = draw(n_train), draw(n_val), draw(n_test)
-    kind = {1: "vector", 2: "signal", 3: "image"}[len(shape)]
-    return DataSplits("toy", xtr, ytr, xva, yva, xte, yte, tuple(shape), classes, kind, ytr.clone())
+def _splits(shape):
+    return _data(shape=shape)
 
 
 def _bn_model(data, name, **kw):
-    model = build_model(name, data.input_shape, data.num_classes, seed=1, batchnorm=True, **kw)
-    model.train()
-    with torch.no_grad():
-        model(data.x_train[:32])
-        model(data.x_train[32:64])
-    return model.eval()
+    return _trained_bn_model(data, name, **kw)
 
 
 def test_cosine_distances_on_gpu_equal_the_float64_reference():

@@ -284,10 +284,8 @@ class _Chain:
                 t = conv(t, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1),
                          mod.stride, mod.padding, mod.dilation, mod.groups * npts)
             elif kind == "bn":
-                rm, rv = get(f"{name}.running_mean"), get(f"{name}.running_var")
-                w, bias = get(f"{name}.weight"), get(f"{name}.bias")
-                scale = torch.rsqrt(rv + mod.eps) * (w if w is not None else 1.0)
-                shift = (bias if bias is not None else 0.0) - rm * scale
+                scale, shift = _bn_fold(get(f"{name}.running_mean"), get(f"{name}.running_var"),
+                                        get(f"{name}.weight"), get(f"{name}.bias"), mod.eps)
                 if flat:
                     t = torch.addcmul(shift.unsqueeze(1), t, scale.unsqueeze(1))
                 else:
@@ -411,12 +409,8 @@ class _Chain:
                 if not h.is_contiguous():
                     h = h.contiguous()
             elif kind == "bn":
-                scale = torch.rsqrt(get(f"{name}.running_var") + mod.eps)
-                if get(f"{name}.weight") is not None:
-                    scale = scale * get(f"{name}.weight")
-                shift = -get(f"{name}.running_mean") * scale
-                if get(f"{name}.bias") is not None:
-                    shift = shift + get(f"{name}.bias")
+                scale, shift = _bn_fold(get(f"{name}.running_mean"), get(f"{name}.running_var"),
+                                        get(f"{name}.weight"), get(f"{name}.bias"), mod.eps)
                 h = torch.addcmul(shift, h, scale)
             i += 1
         return h
@@ -457,12 +451,8 @@ class _Chain:
             if kind == "relu":
                 t = t.clamp_min_(0)
             elif kind == "bn":
-                scale = torch.rsqrt(get("running_var") + mod.eps)
-                if get("weight") is not None:
-                    scale = scale * get("weight")
-                shift = -get("running_mean") * scale
-                if get("bias") is not None:
-                    shift = shift + get("bias")
+                scale, shift = _bn_fold(get("running_mean"), get("running_var"), get("weight"),
+                                        get("bias"), mod.eps)
                 t = torch.addcmul(shift.unsqueeze(1), t, scale.unsqueeze(1))
             elif kind == "linear":
                 w = get("weight")
@@ -510,6 +500,15 @@ class _Chain:
     def _pool(t, mod):
         pool = F.max_pool2d if isinstance(mod, nn.MaxPool2d) else F.max_pool1d
         return pool(t, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode)
+
+
+def _bn_fold(mean: Tensor, var: Tensor, weight, bias, eps: float) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``x * scale + shift`` (any matching leading shapes)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    return scale, (shift + bias if bias is not None else shift)
 
 
 _CPU_ROWS = 256  # samples per pass of the CPU point-by-point chain (activations stay in cache)
