@@ -66,7 +66,8 @@ def cosine_distances(X, *, block_size: int = 256, chunk_size: int | None = None,
         return np.zeros((0, 0))
     if chunk_size is None:  # float64 chunk buffer of about 256 MB (plus 128 MB float32)
         chunk_size = max(1024, (1 << 25) // max(n, 1))
-    # preallocated chunk buffers (fresh N x chunk allocations each chunk cost page faults)
+    # preallocated chunk buffers (fresh N x chunk allocations each chunk cost page faults);
+    # every elementwise pass below runs in one dtype (mixed-dtype torch ops are 10x slower)
     width = min(chunk_size, d)
     buf = torch.empty((n, width), dtype=torch.float64, device=dev)
     work = torch.float64 if X.dtype == torch.float64 else torch.float32
@@ -76,7 +77,7 @@ def cosine_distances(X, *, block_size: int = 256, chunk_size: int | None = None,
     for c0 in range(0, d, chunk_size):
         b = buf[:, :min(chunk_size, d - c0)]
         b.copy_(X[:, c0:c0 + chunk_size])
-        sq += b.square_().sum(dim=1)
+        sq += torch.linalg.vector_norm(b, dim=1).square_()
     if not torch.isfinite(sq).all():
         bad = torch.nonzero(~torch.isfinite(sq)).flatten()[:5].tolist()
         raise DataError(f"X rows {bad} contain non-finite values; cosine distance is undefined.")
@@ -90,8 +91,9 @@ def cosine_distances(X, *, block_size: int = 256, chunk_size: int | None = None,
     for c0 in range(0, d, chunk_size):
         w = min(chunk_size, d - c0)
         b = buf[:, :w]
-        b.copy_(X[:, c0:c0 + chunk_size]).mul_(inv)
-        b.sub_(b.mean(dim=0, keepdim=True))
+        b.copy_(X[:, c0:c0 + chunk_size])
+        m = (inv.T @ b) / n                                  # (1, w): the mean unit vector
+        torch.addcmul(-m, b, inv, out=b)                     # v = x * inv - m, in float64
         v = vbuf[:, :w]
         if v is not b:
             v.copy_(b)
