@@ -5,6 +5,7 @@ the same code gives the same numbers on a GPU. TF32 is switched off for the comp
 it, cuDNN convolutions round their inputs to 10-bit mantissas (about 1e-3 relative).
 """
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_hessian_on_gpu_equals_cpu_float64():
 
 def test_pipeline_runs_on_gpu(tmp_path):
     cfg = (tmp_path / "gpu.toml")
-    text = open(__file__.replace("test_cuda.py", "data/tiny_pipeline.toml")).read()
+    text = (Path(__file__).parent / "data" / "tiny_pipeline.toml").read_text()
     cfg.write_text(re.sub(r'name = "tiny"', 'name = "tiny_gpu"\ndevice = "cuda"', text, count=1))
     run = tmp_path / "run"
     r = cli("run", cfg, "--out", run, "--quiet", "--only", "train,sample,topology")
