@@ -329,6 +329,13 @@ def _chain1d():
         nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)))
 
 
+def _chain1d_same():
+    """Conv1d chain with padding="same" after the first layer."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv1d(3, 4, 5, padding="same"),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(80, 3))
+
+
 def _chain2d():
     """Conv2d chain: groups, stride, BN, padded max pool."""
     nn = torch.nn
@@ -338,7 +345,7 @@ def _chain2d():
 
 
 @pytest.mark.parametrize("maker,shape", [(_Odd, (1, 8, 8)), (_Lin, (10,)), (_chain1d, (1, 20)),
-                                         (_chain2d, (1, 8, 8))])
+                                         (_chain1d_same, (1, 20)), (_chain2d, (1, 8, 8))])
 def test_linear_first_other_models_equal_loop(maker, shape):
     torch.manual_seed(0)
     m = maker().eval()
@@ -349,7 +356,7 @@ def test_linear_first_other_models_equal_loop(maker, shape):
     ref = _loop_grid(m, d1, d2, srf.xs, srf.ys, x, y)
     assert _rel(srf.values["train_loss"], ref["loss"]) < 1e-5
     np.testing.assert_array_equal(srf.values["train_acc"], ref["accuracy"])
-    if maker in (_chain1d, _chain2d):  # the channels-last point-by-point chain, not the fallback
+    if maker in (_chain1d, _chain1d_same, _chain2d):  # the point-by-point chain, not the fallback
         assert S._LinearFirst(m).chain is not None
 
 

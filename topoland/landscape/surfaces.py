@@ -444,10 +444,7 @@ class _Chain:
         in (H, W, C) order, the next linear's columns in (C, H, W) order."""
         for kind, name, mod in self.ops:
             def get(k):
-                v = p.get(f"{name}.{k}")
-                if v is None and shared.get(f"{name}.{k}") is not None:
-                    v = shared[f"{name}.{k}"].unsqueeze(0).expand(npts, *shared[f"{name}.{k}"].shape)
-                return v
+                return _stacked(p, shared, f"{name}.{k}", npts)
             if kind == "relu":
                 t = t.clamp_min_(0)
             elif kind == "bn":
@@ -472,8 +469,9 @@ class _Chain:
     def _conv2d(h: Tensor, mod, w: Tensor, b: Tensor | None) -> Tensor:
         if isinstance(mod, nn.Conv2d):
             return F.conv2d(h, w, b, mod.stride, mod.padding, mod.dilation, mod.groups)
-        return F.conv2d(h, w.unsqueeze(2), b, (1, mod.stride[0]), (0, mod.padding[0]),
-                        (1, mod.dilation[0]), mod.groups)
+        pad = mod.padding if isinstance(mod.padding, str) else (0, mod.padding[0])
+        return F.conv2d(h, w.unsqueeze(2), b, (1, mod.stride[0]), pad, (1, mod.dilation[0]),
+                        mod.groups)
 
     @staticmethod
     def _pool2d(h: Tensor, mod) -> Tensor:
