@@ -1,6 +1,6 @@
 """Benchmark: a filter-normalized 2-D loss plane of the small CNN on sklearn digits, three ways.
 
-    PYTHONPATH=. python experiments/benchmarks/bench_surface.py [--steps 21] [--threads 2]
+    PYTHONPATH=. python experiments/benchmarks/bench_surface.py [--steps 21] [--threads 2] [--device cuda]
 
 Model: build_model("cnn", (1, 8, 8), 10): conv3x3 1->16, ReLU, conv3x3 16->32, ReLU, maxpool 2,
 linear 512->64, ReLU, linear 64->10 (38,282 parameters). Data: all 1,797 digits images, one
@@ -27,14 +27,23 @@ import numpy as np
 import torch
 
 
-def matmul_gflops(n=1024, reps=10) -> float:
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(n=1024, reps=10, device=torch.device("cpu")) -> float:
+    if device.type == "cuda":
+        n = 8192
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
     a @ b
     best = float("inf")
     for _ in range(reps):
+        _sync(device)
         t = time.perf_counter()
         a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -53,11 +62,9 @@ def main():
     ap.add_argument("--steps", type=int, default=21)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (all three run there)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    import loss_landscapes
-    import loss_landscapes.metrics
 
     from topoland import directions as D
     from topoland import params as P
@@ -68,6 +75,7 @@ def main():
     data = load_dataset("digits", val_fraction=0.0)
     x = torch.cat([data.x_train, data.x_val, data.x_test])
     y = torch.cat([data.y_train, data.y_val, data.y_test])
+    device = torch.device(args.device)
     model = build_model("cnn", (1, 8, 8), 10, seed=0).eval()
     n_pts = args.steps ** 2
     print(f"data: {tuple(x.shape)}, model params: {sum(p.numel() for p in model.parameters())}, "
@@ -77,11 +85,12 @@ def main():
     d1, d2 = D.orthogonal_pair(model, 0, exact=False)
     t = time.perf_counter()
     srf = S.plane(model, d1, d2, x, y, grid=args.steps, range=(-1, 1), metrics=("loss",),
-                  chunk_points=16, batch_size=x.shape[0], device="cpu")
+                  chunk_points=16, batch_size=x.shape[0], device=device)
+    _sync(device)
     t_topo = time.perf_counter() - t
     print(f"topoland ({srf.meta['evaluator']}): {t_topo:.1f} s, {n_pts / t_topo:.2f} points/s")
 
-    gf = matmul_gflops()
+    gf = matmul_gflops(device=device)
     flops_pt = cnn_forward_flops(x.shape[0])
     achieved = flops_pt * n_pts / t_topo / 1e9
     print(f"matmul float32: {gf:.1f} GFLOP/s; CNN forward {flops_pt / 1e9:.3f} GFLOP per point; "
@@ -96,20 +105,26 @@ def main():
     v2 = P.flatten(d2, names).double()
     pts = torch.stack([th + a * v1 + b * v2 for b in srf.ys for a in srf.xs]).float()
     t = time.perf_counter()
-    ref = P.evaluate_loop(model, pts, x, y, metrics=("loss",), batch_size=x.shape[0], device="cpu")
+    ref = P.evaluate_loop(model, pts, x, y, metrics=("loss",), batch_size=x.shape[0], device=device)
+    _sync(device)
     t_loop = time.perf_counter() - t
     ref_loss = ref["loss"].reshape(args.steps, args.steps)
     rel = float(np.max(np.abs(srf.values["train_loss"] - ref_loss) / np.abs(ref_loss)))
     print(f"plain loop: {t_loop:.1f} s, {n_pts / t_loop:.2f} points/s; "
           f"max rel diff topoland vs loop {rel:.2e}")
 
-    # loss-landscapes
+    # loss-landscapes (pip install -e ".[bench]")
+    import loss_landscapes
+    import loss_landscapes.metrics
+
     crit = torch.nn.CrossEntropyLoss()
-    metric = loss_landscapes.metrics.Loss(crit, x, y)
+    model = model.to(device)
+    metric = loss_landscapes.metrics.Loss(crit, x.to(device), y.to(device))
     t = time.perf_counter()
     with torch.no_grad():
         ll = loss_landscapes.random_plane(model, metric, distance=1, steps=args.steps,
                                           normalization="filter", deepcopy_model=True)
+    _sync(device)
     t_ll = time.perf_counter() - t
     assert ll.shape == (args.steps, args.steps) and np.all(np.isfinite(ll))
     print(f"loss-landscapes: {t_ll:.1f} s, {n_pts / t_ll:.2f} points/s")
