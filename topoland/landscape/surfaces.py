@@ -15,8 +15,8 @@ Evaluators (``evaluator=``):
   of the network is a plain chain (ReLU, Conv, MaxPool, Flatten, Linear, eval BatchNorm), on a
   GPU it runs for all P points of a chunk at once (one grouped convolution per conv layer, one
   bmm per linear layer, channels-last activations); on the CPU the convolutional part runs
-  point by point as plain channels-last ops on cache-sized blocks of samples, the points shared
-  among the torch threads (``_Chain.run_points``), and the linear tail as one bmm. Otherwise the
+  point by point as plain channels-last ops on cache-sized blocks of samples
+  (``_Chain.run_points``), and the linear tail as one bmm. Otherwise the
   rest runs per point via ``torch.func.functional_call``.
 - ``"auto"`` (default): ``"linear-first"`` when it applies (weights-only directions,
   ``bn="eval"``, a traceable model with such a first layer), else ``"batched"``. The choice
@@ -329,9 +329,7 @@ class _Chain:
         the ops up to ``flatten`` and the first linear layer after it run as plain
         channels-last (NHWC) ops on activations that stay in the core's cache: oneDNN's
         channels-last convolutions are 3-4x its grouped or channels-first ones at these sizes.
-        1-D layers run as 2-D layers of height 1. Points are shared among
-        ``torch.get_num_threads()`` Python threads of one torch thread each (about 1.7x the
-        speed of two-thread ops at these sizes). The remaining linear layers run as one bmm.
+        1-D layers run as 2-D layers of height 1. The remaining linear layers run as one bmm.
         """
         npts, k = ct.shape
         if zs[0].dim() == 4:
@@ -370,19 +368,7 @@ class _Chain:
                 parts.append(h)
             return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-        workers = min(torch.get_num_threads(), npts) if zl[0].device.type == "cpu" else 1
-        if workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            def run(w0):
-                torch.set_num_threads(1)  # per thread (OpenMP): the caller's setting is kept
-                return [(q, features(q)) for q in range(w0, npts, workers)]
-
-            with ThreadPoolExecutor(workers) as ex:
-                done = dict(kv for part in ex.map(run, range(workers)) for kv in part)
-            feats = [done[q] for q in range(npts)]
-        else:
-            feats = [features(q) for q in range(npts)]
+        feats = [features(q) for q in range(npts)]
         out = torch.stack(feats)
         rest = _Chain(tail[1:] if lin is not None else tail)
         return rest._run_flat(out, npts, p, shared, perm=None if lin is not None else shapes[0])
