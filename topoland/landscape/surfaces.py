@@ -341,12 +341,10 @@ class _Chain:
         seg, tail = self.ops[:stop], self.ops[stop + 1:]
         lin = tail[0][1] if tail and tail[0][0] == "linear" else None
         c = ct.tolist()
-        shapes = {}
-
-        def features(q: int) -> Tensor:
-            n = zl[0].shape[0]
-            buf = torch.empty((min(n, _CPU_ROWS), *zl[0].shape[1:]), dtype=zl[0].dtype,
-                              device=zl[0].device)
+        n = zl[0].shape[0]
+        buf = torch.empty((min(n, _CPU_ROWS), *zl[0].shape[1:]), dtype=zl[0].dtype, device=zl[0].device)
+        feats, shape = [], None
+        for q in range(npts):
             w = b = None
             parts = []
             for r0 in range(0, n, _CPU_ROWS):
@@ -356,22 +354,20 @@ class _Chain:
                 for j in range(1, k):
                     h.add_(zl[j + 1][rows], alpha=c[q][j])
                 h = self._segment_nhwc(h, seg, q, p, shared)
-                m, hh, ww, cc = h.shape
-                shapes[q] = (cc, hh, ww)
+                m, hh, ww, cc = shape = h.shape
                 h = h.reshape(m, -1)
                 if lin is not None:
                     if w is None:   # (F', C*H*W) with columns reordered to (H, W, C)
-                        w = p[f"{lin}.weight"][q] if f"{lin}.weight" in p else shared[f"{lin}.weight"]
+                        w = _stacked(p, shared, f"{lin}.weight", npts)[q]
                         w = w.reshape(-1, cc, hh, ww).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
-                        b = p[f"{lin}.bias"][q] if f"{lin}.bias" in p else shared.get(f"{lin}.bias")
+                        b = _stacked(p, shared, f"{lin}.bias", npts)
+                        b = None if b is None else b[q]
                     h = torch.addmm(b, h, w.T) if b is not None else h @ w.T
                 parts.append(h)
-            return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-        feats = [features(q) for q in range(npts)]
-        out = torch.stack(feats)
+            feats.append(torch.cat(parts) if len(parts) > 1 else parts[0])
         rest = _Chain(tail[1:] if lin is not None else tail)
-        return rest._run_flat(out, npts, p, shared, perm=None if lin is not None else shapes[0])
+        perm = None if lin is not None else (shape[3], shape[1], shape[2])
+        return rest._run_flat(torch.stack(feats), npts, p, shared, perm=perm)
 
     def _segment_nhwc(self, h: Tensor, seg, q: int, p, shared) -> Tensor:
         """Run the spatial ops ``seg`` of point ``q`` on h (M, H, W, C) (modified in place)."""
