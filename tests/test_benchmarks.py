@@ -24,6 +24,23 @@ def test_bench_topology_runs():
     assert "ours total" in out and "paper-scale target" in out
 
 
+def test_bench_topology_large_case_paths(capsys):
+    """Both kinds of distances, the agreement lines and two baselines, at a tiny size."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location(
+        "bench_topology", ROOT / "experiments" / "benchmarks" / "bench_topology.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    totals, base = mod.run_case("tiny", 8, 10, 400, 30, 10, 6, "flag", torch.float16,
+                                baselines=("exact", "landmarks"), methods=("exact", "sketch"),
+                                sketch_dim=64)
+    out = capsys.readouterr().out
+    assert set(totals) == {"exact", "sketch"} and set(base) == {"exact", "landmarks"}
+    assert out.count("edge Jaccard") == 3 and "ours (sketch) whole stage" in out
+
+
 def test_bench_sampler_runs():
     out = _bench("bench_sampler.py", "--model", "quickstart", "--directions", "1", "--steps", "0.5", "1.0",
                  "--epochs", "1", "--n-train", "256", "--repeat", "1", "--threads", "1")

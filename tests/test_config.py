@@ -1,4 +1,6 @@
 """Config validation and grid expansion."""
+from pathlib import Path
+
 import pytest
 
 from topoland.config import expand_grid, load_config, to_toml, validate
@@ -34,6 +36,11 @@ def test_defaults_fill_every_section():
     (_cfg(grid={"train.lr": [0.1, -1.0]}), "grid.train.lr[1]"),
     (_cfg(bogus={"x": 1}), "[bogus]"),
     (_cfg(sample={"storage": "zip"}), "sample.storage"),
+    (_cfg(topology={"distances": "pca"}), "topology.distances"),
+    (_cfg(topology={"sketch_dim": 0}), "topology.sketch_dim"),
+    (_cfg(sample={"storage": "sketch"}, topology={"distances": "sketch"}), "topology.distances"),
+    (_cfg(sample={"storage": "sketch"}, grid={"topology.distances": ["exact", "sketch"]}),
+     "topology.distances"),
 ])
 def test_bad_values_name_the_key(raw, culprit):
     with pytest.raises(ConfigError, match=__import__("re").escape(culprit)):
@@ -51,6 +58,21 @@ def test_grid_is_product_plus_cells_with_stable_ids():
     again = expand_grid(validate(raw))
     assert [c.cell_id for c in cells] == [c.cell_id for c in again]
     assert len({c.cell_id for c in cells}) == 5
+
+
+def test_keys_added_later_keep_old_cell_ids():
+    """Cell ids of configs that leave the later keys at their defaults do not change, so run
+    directories made before those keys existed are resumed, not redone."""
+    from topoland.config import _cell_settings, cell_id
+    cfg = validate(_cfg())
+    cell = expand_grid(cfg)[0]
+    old = _cell_settings(cell.config)
+    assert "distances" not in old["topology"] and "sketch_dim" not in old["topology"]
+    assert cell.cell_id == cell_id(old)
+    # the quickstart's first cell id, computed before the later keys were added
+    assert expand_grid(load_config(Path(__file__).parents[1] / "experiments" / "quickstart.toml"))[0].cell_id == "923a69fffd"
+    changed = expand_grid(validate(_cfg(topology={"distances": "sketch"})))[0]
+    assert changed.cell_id != cell.cell_id
 
 
 def test_duplicate_cells_refused():

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from topoland.embedding import (alpha_decay_affinity, cosine_distances, cosine_distances_from_gram,
-                                cosine_distances_reference, phate_embedding)
+from topoland.embedding import (_sketch_layout, alpha_decay_affinity, cosine_distances,
+                                cosine_distances_from_gram, cosine_distances_reference,
+                                cosine_sketch, phate_embedding, sketch_cosine_distances)
 from topoland.errors import ConfigError, DataError
 
 
@@ -116,3 +117,110 @@ def test_phate_t_auto_recorded_and_input_checks():
         phate_embedding()
     with pytest.raises(ConfigError):
         phate_embedding(np.zeros((20, 20)), t=0)
+
+
+def _dense_alpha_decay(D, knn, decay, thresh):
+    """The kernel as a dense formula over every entry (the reference for the sparse one)."""
+    bw = np.partition(D, knn, axis=1)[:, knn]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        K = np.exp(-np.power(D / bw[:, None], decay))
+    K = np.where(np.isnan(K), 1.0, K)
+    K[K < thresh] = 0.0
+    return K
+
+
+@pytest.mark.parametrize("thresh", [1e-4, 1e-12, 0.0, 0.5])
+@pytest.mark.parametrize("decay", [40, 2])
+def test_affinity_evaluates_only_reachable_entries_exactly(thresh, decay):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 4))
+    D = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    D[7, :] = D[:, 7] = 0.0  # a point at distance 0 from all: zero bandwidth (0 / 0) in row 7
+    D[7, 7] = 0.0
+    K = alpha_decay_affinity(D, knn=5, decay=decay, thresh=thresh, block_size=16)
+    ref = _dense_alpha_decay(D, 5, decay, thresh)
+    np.testing.assert_array_equal(K.toarray(), ref)
+    assert K.nnz == np.count_nonzero(ref)
+
+
+# ---------------------------------------------------------------- count-sketch distances
+
+def _sketch_loop_reference(X, dim, seed):
+    """The count sketch as an explicit (dim, D) matrix built slot by slot, applied to the
+    float64 unit rows, then centred: the plain reference for :func:`cosine_sketch`."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    reps, src, sign = _sketch_layout(d, dim, seed)
+    S = np.zeros((dim, d))
+    for slot in range(reps * dim):
+        if sign[slot] != 0:
+            S[slot % dim, int(src[slot])] += float(sign[slot])
+    assert np.count_nonzero(S) == d and np.all(np.abs(S).sum(0) == 1)  # one bucket per coordinate
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Y = U @ S.T
+    return Y - Y.mean(0)
+
+
+@pytest.mark.parametrize("n, d, dim, block", [(13, 300, 64, 5), (9, 257, 256, 256), (6, 40, 97, 2)])
+def test_cosine_sketch_matches_explicit_matrix_loop(n, d, dim, block):
+    X = np.random.default_rng(4).normal(size=(n, d)).astype(np.float32) + 1
+    Y = cosine_sketch(X, dim, seed=3, block_size=block, device="cpu")
+    assert Y.shape == (n, dim) and Y.dtype == torch.float32
+    np.testing.assert_allclose(Y.numpy(), _sketch_loop_reference(X, dim, 3), atol=2e-6)
+
+
+def test_sketch_distances_exact_when_every_coordinate_has_its_own_bucket():
+    X = _trajectories(4, 6, 150)
+    D = sketch_cosine_distances(X, dim=150, device="cpu")
+    np.testing.assert_allclose(D, cosine_distances_reference(X), atol=1e-6)
+    assert np.array_equal(D, D.T) and np.all(np.diag(D) == 0)
+    np.testing.assert_allclose(sketch_cosine_distances(X, dim=4096, device="cpu"), D, atol=1e-6)
+
+
+def test_sketch_distance_error_is_relative_to_each_pair():
+    """Near-parallel snapshots (cosine distances ~1e-4): the estimate's relative error stays
+    about sqrt(2 / dim) and unbiased, as for far-apart ones."""
+    rng = np.random.default_rng(0)
+    d, dim = 20000, 256
+    base = rng.normal(size=d)
+    for spread in (0.01, 1.0):
+        X = base + spread * rng.normal(size=(30, d))
+        ref = cosine_distances_reference(X)
+        off = ~np.eye(30, dtype=bool)
+        rels = []
+        for seed in range(4):
+            D = sketch_cosine_distances(X.astype(np.float32), dim, seed=seed, device="cpu")
+            rels.append(D[off] / ref[off] - 1)
+        rel = np.concatenate(rels)
+        assert 0.6 * np.sqrt(2 / dim) < rel.std() < 1.3 * np.sqrt(2 / dim)
+        assert abs(rel.mean()) < 0.02
+
+
+def test_sketch_scale_invariant_seeded_and_half_precision():
+    X = _trajectories(3, 5, 400)
+    scales = np.random.default_rng(1).uniform(0.1, 10, size=(len(X), 1)).astype(np.float32)
+    D = sketch_cosine_distances(X, 64, seed=2, device="cpu")
+    np.testing.assert_allclose(sketch_cosine_distances(X * scales, 64, seed=2, device="cpu"), D,
+                               atol=1e-6)
+    np.testing.assert_array_equal(sketch_cosine_distances(X, 64, seed=2, device="cpu"), D)
+    assert not np.allclose(sketch_cosine_distances(X, 64, seed=3, device="cpu"), D, atol=1e-6)
+    X16 = torch.from_numpy(X).to(torch.float16)
+    np.testing.assert_allclose(sketch_cosine_distances(X16, 64, seed=2, device="cpu"),
+                               sketch_cosine_distances(X16.float(), 64, seed=2, device="cpu"),
+                               atol=1e-7)
+
+
+def test_sketch_bad_input_names_the_culprit():
+    X = np.ones((4, 10), dtype=np.float32)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="sketch dim"):
+            cosine_sketch(X, bad, device="cpu")
+    X[2] = 0
+    with pytest.raises(DataError, match=r"rows \[2\] are all zeros"):
+        sketch_cosine_distances(X, 8, device="cpu")
+    X[2] = 1
+    X[1, 3] = np.nan
+    with pytest.raises(DataError, match=r"rows \[1\] contain non-finite"):
+        sketch_cosine_distances(X, 8, device="cpu")
+    with pytest.raises(DataError, match="shape"):
+        sketch_cosine_distances(np.ones(5, dtype=np.float32), 8, device="cpu")

@@ -266,6 +266,30 @@ def test_pipeline_outputs_gram_path_and_diverged_samples():
         topology_of_samples(table, params=X, complex="alpha", **OPTS)
 
 
+def test_pipeline_sketch_distances():
+    X, table = _samples()
+    exact = topology_of_samples(table, params=X, **OPTS)
+    # a sketch with a bucket per coordinate is exact up to float32 rounding
+    full = topology_of_samples(table, params=X, distances="sketch", sketch_dim=X.shape[1], **OPTS)
+    assert full.settings["distances"] == "sketch" and full.settings["sketch_dim"] == X.shape[1]
+    for key in ("total_persistence_h0", "total_persistence_h1", "n_edges"):
+        assert full.features[key] == pytest.approx(exact.features[key], rel=1e-6)
+    small = topology_of_samples(table, params=X, distances="sketch", sketch_dim=32, **OPTS)
+    assert small.edges.shape[1] > 0 and np.isfinite(small.features["total_persistence_h0"])
+    G = X.astype(np.float64) @ X.astype(np.float64).T
+    with pytest.raises(ConfigError, match="Gram"):
+        topology_of_samples(table, gram=G, distances="sketch", **OPTS)
+    with pytest.raises(ConfigError, match="distances"):
+        topology_of_samples(table, params=X, distances="pca", **OPTS)
+    with pytest.raises(ConfigError, match="sketch_dim"):
+        LossTopology(distances="sketch", sketch_dim=0).fit([])
+    est = LossTopology(k=6, phate_kwargs={"t": 10}, distances="sketch", sketch_dim=X.shape[1],
+                       device="cpu")
+    row = est.fit_transform([{"table": table, "params": X}]).iloc[0]
+    assert row["total_persistence_h1"] == pytest.approx(exact.features["total_persistence_h1"],
+                                                        rel=1e-6)
+
+
 def test_loss_topology_estimator():
     X, table = _samples()
     est = LossTopology(k=6, phate_kwargs={"t": 10}, device="cpu")

@@ -174,6 +174,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "decay": _Key(_NUM, 40, _pos, "PHATE alpha decay"),
         "t": _Key((int, str), 20, None, "PHATE diffusion time (fixed so runs compare)"),
         "n_landmark": _Key((int,), 0, _nonneg, "PHATE landmarks (0 = none)"),
+        "distances": _Key((str,), "exact", _one_of("exact", "sketch"), "cosine distances of the snapshots: exact, or estimated from a count sketch (large N)"),
+        "sketch_dim": _Key((int,), 4096, _pos, "buckets of the count sketch (relative error about sqrt(2 / sketch_dim))"),
     },
     "surface": {
         "kind": _Key((str,), "plane", _one_of("plane", "line", "none"), "surface around each minimum"),
@@ -291,6 +293,14 @@ def _model_kwargs_check(model: dict, where="model"):
             raise ConfigError(f"config key '{where}.depth' = {depth!r}: a CIFAR ResNet needs depth with (depth - 2) % 6 == 0, e.g. 20, 56, 110")
 
 
+def _cross_check(cfg: dict, where: str = "config"):
+    """Checks that span sections (each key was already checked on its own)."""
+    if cfg["sample"]["storage"] == "sketch" and cfg["topology"]["distances"] == "sketch":
+        raise ConfigError(f"{where}: 'topology.distances' = 'sketch' estimates cosines from stored "
+                          "snapshots, but 'sample.storage' = 'sketch' keeps no snapshots (its Gram "
+                          "gives exact cosines cheaply): set topology.distances = 'exact'")
+
+
 def defaults() -> dict:
     """The default config, every section filled."""
     return {s: {k: copy.deepcopy(spec.default) for k, spec in keys.items()} for s, keys in SCHEMA.items()}
@@ -341,6 +351,7 @@ def validate(raw: dict) -> dict:
             else:
                 cfg[section].update(raw[section])
     _model_kwargs_check(cfg["model"])
+    _cross_check(cfg)
     grid = raw.get("grid", {})
     if not isinstance(grid, dict):
         raise ConfigError("config section '[grid]' must be a table of 'section.key' = [values]")
@@ -387,14 +398,23 @@ def cell_id(settings: dict) -> str:
     return hashlib.sha1(blob).hexdigest()[:10]
 
 
+#: keys added after run directories existed: they count in a cell id only when they differ
+#: from their defaults, so the ids of older configs (and of their run directories) stay the same
+_LATER_KEYS = (("topology", "distances"), ("topology", "sketch_dim"))
+
+
 def _cell_settings(cfg: dict) -> dict:
     # The settings that define a minimum and its analysis; the run/report sections do not.
     # Optional stages' sections count only when they differ from the defaults, so the cell ids
     # of configs written before those stages existed (and of their run directories) stay the same.
     base = defaults()
-    return ({s: cfg[s] for s in SCHEMA if s not in ("run", "report", "analysis") + OPTIONAL_STAGES}
-            | {s: cfg[s] for s in OPTIONAL_STAGES if s in cfg and cfg[s] != base[s]}
-            | {"seed": cfg["run"]["seed"]})
+    out = ({s: dict(cfg[s]) for s in SCHEMA if s not in ("run", "report", "analysis") + OPTIONAL_STAGES}
+           | {s: cfg[s] for s in OPTIONAL_STAGES if s in cfg and cfg[s] != base[s]}
+           | {"seed": cfg["run"]["seed"]})
+    for section, key in _LATER_KEYS:
+        if section in out and out[section].get(key, base[section][key]) == base[section][key]:
+            out[section].pop(key, None)
+    return out
 
 
 def expand_grid(cfg: dict) -> list[Cell]:
@@ -414,6 +434,7 @@ def expand_grid(cfg: dict) -> list[Cell]:
             section, name = key.split(".")
             c[section][name] = v
         _model_kwargs_check(c["model"], where="model")
+        _cross_check(c, where=f"cell {pos} ({ov})")
         cid = cell_id(_cell_settings(c))
         if cid in seen:
             raise ConfigError(f"duplicate cells: cell {pos} ({ov}) has the same settings as cell {seen[cid]}")

@@ -145,7 +145,9 @@ def stage_topology(ctx: CellContext, out: Path) -> dict:
                     "n_landmark": opts["n_landmark"] or None, "seed": ctx.config["run"]["seed"]}
     res = topology_of_samples(s.table, params=s.params, gram=s.gram, k=opts["k"], value=opts["value"],
                               complex=opts["complex"], p=opts["p"], essential=opts["essential"],
-                              graph_on=opts["graph_on"], phate_kwargs=phate_kwargs, device=ctx.device)
+                              graph_on=opts["graph_on"], phate_kwargs=phate_kwargs,
+                              distances=opts["distances"], sketch_dim=opts["sketch_dim"],
+                              sketch_seed=ctx.config["run"]["seed"], device=ctx.device)
     import numpy as np
     import torch
     arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "edges": res.edges, "values": res.values}

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from topoland.errors import ConfigError, DataError
 
 __all__ = [
-    "COMPLEXES", "DEFAULT_COMPLEX", "DEFAULT_ESSENTIAL", "GRAPH_ON", "VALUES",
+    "COMPLEXES", "DEFAULT_COMPLEX", "DISTANCES", "DEFAULT_ESSENTIAL", "GRAPH_ON", "VALUES",
     "TrajectorySet", "TopologyResult", "LossTopology",
     "knn_graph", "knn_graph_reference", "potential_distances", "euclidean_distances",
     "to_networkx", "vertex_values", "lower_star_persistence", "extended_diagrams",
@@ -41,6 +41,7 @@ DEFAULT_ESSENTIAL = "cap"
 GRAPH_ON = ("potential", "embedding", "cosine")
 ESSENTIAL = ("drop", "cap")
 VALUES = ("val_loss", "train_loss", "test_loss")
+DISTANCES = ("exact", "sketch")
 
 
 # --------------------------------------------------------------------------- graphs
@@ -470,7 +471,11 @@ class TopologyResult:
     settings: dict = field(default_factory=dict)
 
 
-def _check_options(k, value, complex, p, essential, graph_on):
+def _check_options(k, value, complex, p, essential, graph_on, distances="exact", sketch_dim=4096):
+    if distances not in DISTANCES:
+        raise ConfigError(f"topology distances must be one of {DISTANCES}, got {distances!r}.")
+    if not isinstance(sketch_dim, (int, np.integer)) or isinstance(sketch_dim, bool) or sketch_dim < 1:
+        raise ConfigError(f"topology sketch_dim must be a positive integer, got {sketch_dim!r}.")
     if complex not in COMPLEXES:
         raise ConfigError(f"topology complex must be one of {COMPLEXES}, got {complex!r}.")
     if essential not in ESSENTIAL:
@@ -489,20 +494,29 @@ def topology_of_samples(table: pd.DataFrame, params=None, gram=None, *, k: int =
                         value: str = "val_loss", complex: str = DEFAULT_COMPLEX, p: float = 2,
                         essential: str = DEFAULT_ESSENTIAL, graph_on: str = "potential",
                         phate_kwargs: dict | None = None, drop_diverged: bool = True,
+                        distances: str = "exact", sketch_dim: int = 4096, sketch_seed: int = 0,
                         device="auto") -> TopologyResult:
     """Snapshots (or their Gram) -> cosine distances -> PHATE -> k-NN graph -> lower-star
     persistence -> features, for the samples around one minimum.
 
     ``params``: ``(N, D)`` snapshots (row ``i`` = ``sample_id`` ``i``) or ``gram`` ``(N, N)``.
+    ``distances``: ``"exact"`` (:func:`~topoland.embedding.cosine_distances`, ``N^2 D / 2``
+    products) or ``"sketch"`` (:func:`~topoland.embedding.sketch_cosine_distances`: one
+    ``O(N D)`` pass and ``N^2 sketch_dim`` products; each distance within a relative
+    ``sqrt(2 / sketch_dim)`` standard deviation), for snapshots only: a Gram's cosines are exact.
     ``drop_diverged``: remove samples flagged ``diverged`` or with a non-finite value
     (otherwise they raise). The essential cap is the largest vertex value.
     """
     from topoland.embedding import (cosine_distances, cosine_distances_from_gram,
-                                    phate_embedding)
+                                    phate_embedding, sketch_cosine_distances)
 
-    _check_options(k, value, complex, p, essential, graph_on)
+    _check_options(k, value, complex, p, essential, graph_on, distances, sketch_dim)
     if (params is None) == (gram is None):
         raise ConfigError("topology_of_samples needs exactly one of params= or gram=.")
+    if gram is not None and distances == "sketch":
+        raise ConfigError("topology distances='sketch' estimates cosines from snapshots, but these "
+                          "samples hold the sampler's Gram (storage='sketch'), whose cosines are "
+                          "exact and cheap: use distances='exact'.")
     n = int((params if params is not None else gram).shape[0])
     if "sample_id" not in table.columns:
         raise DataError("trajectory table has no 'sample_id' column.")
@@ -526,7 +540,10 @@ def topology_of_samples(table: pd.DataFrame, params=None, gram=None, *, k: int =
         cos = cosine_distances_from_gram(G[np.ix_(keep, keep)])
     else:
         X = params if len(keep) == n else params[keep]
-        cos = cosine_distances(X, device=device)
+        if distances == "sketch":
+            cos = sketch_cosine_distances(X, sketch_dim, seed=sketch_seed, device=device)
+        else:
+            cos = cosine_distances(X, device=device)
     if len(keep) <= k:
         raise DataError(f"only {len(keep)} usable samples for a {k}-NN graph.")
     ph = phate_embedding(cos, **(phate_kwargs or {}))
@@ -547,7 +564,9 @@ def topology_of_samples(table: pd.DataFrame, params=None, gram=None, *, k: int =
     feats["phate_t"] = float(ph.t_used)
     settings = dict(k=k, value=value, complex=complex, p=p, essential=essential,
                     graph_on=graph_on, phate_kwargs=dict(phate_kwargs or {}),
-                    drop_diverged=drop_diverged)
+                    drop_diverged=drop_diverged, distances=distances)
+    if distances == "sketch":
+        settings |= dict(sketch_dim=int(sketch_dim), sketch_seed=int(sketch_seed))
     return TopologyResult(sample_ids=keep, coords=ph.coords, potential=ph.potential,
                           edges=edges, values=values, diagrams=diagrams, features=feats,
                           t_used=ph.t_used, settings=settings)
@@ -574,7 +593,8 @@ class LossTopology(TransformerMixin, BaseEstimator):
 
     def __init__(self, k: int = 20, value: str = "val_loss", complex: str = DEFAULT_COMPLEX,
                  p: float = 2, essential: str = DEFAULT_ESSENTIAL, graph_on: str = "potential",
-                 phate_kwargs: dict | None = None, drop_diverged: bool = True, device="auto"):
+                 phate_kwargs: dict | None = None, drop_diverged: bool = True,
+                 distances: str = "exact", sketch_dim: int = 4096, device="auto"):
         self.k = k
         self.value = value
         self.complex = complex
@@ -583,10 +603,13 @@ class LossTopology(TransformerMixin, BaseEstimator):
         self.graph_on = graph_on
         self.phate_kwargs = phate_kwargs
         self.drop_diverged = drop_diverged
+        self.distances = distances
+        self.sketch_dim = sketch_dim
         self.device = device
 
     def fit(self, X, y=None):
-        _check_options(self.k, self.value, self.complex, self.p, self.essential, self.graph_on)
+        _check_options(self.k, self.value, self.complex, self.p, self.essential, self.graph_on,
+                       self.distances, self.sketch_dim)
         return self
 
     def transform(self, X) -> pd.DataFrame:
@@ -597,7 +620,9 @@ class LossTopology(TransformerMixin, BaseEstimator):
                                       value=self.value, complex=self.complex, p=self.p,
                                       essential=self.essential, graph_on=self.graph_on,
                                       phate_kwargs=self.phate_kwargs,
-                                      drop_diverged=self.drop_diverged, device=self.device)
+                                      drop_diverged=self.drop_diverged,
+                                      distances=self.distances, sketch_dim=self.sketch_dim,
+                                      device=self.device)
             rows.append(res.features)
             names.append(name)
         return pd.DataFrame(rows, index=pd.Index(names, name="set"))

@@ -1,8 +1,11 @@
 """Benchmark: snapshots -> cosine distances -> PHATE -> k-NN graph -> persistence.
 
-Compares topoland's path (blockwise torch cosine distances, PHATE on the precomputed
-distances, landmarks for large N) with PHATE's own cosine path on the raw snapshots
-(``knn_dist="cosine", n_pca=None``, no landmarks), timing each stage.
+Compares topoland's path (blockwise torch cosine distances, or their count-sketch estimate,
+PHATE on the precomputed distances, landmarks for large N) with PHATE's own cosine path on
+the raw snapshots (``knn_dist="cosine", n_pca=None``, no landmarks; optionally with
+landmarks or with PHATE's defaults), timing each stage. With both kinds of distances, it
+also prints how far the sketch moves the graph and total persistence, next to how far
+PHATE's landmark seed alone moves them.
 
     python experiments/benchmarks/bench_topology.py --case both          # N=640,D=1.1M; N=10k,D=100k
     python experiments/benchmarks/bench_topology.py --quick --case both  # small sizes
@@ -27,7 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from topoland.embedding import cosine_distances, phate_embedding  # noqa: E402
+from topoland.embedding import (cosine_distances, phate_embedding,  # noqa: E402
+                                sketch_cosine_distances)
 from topoland.topology import (COMPLEXES, diagram_features, knn_graph,  # noqa: E402
                                lower_star_persistence, potential_distances,
                                total_persistence)
@@ -82,14 +86,9 @@ def _quiet_phate():
     warnings.simplefilter("ignore")
 
 
-def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseline=True,
-             device="cpu", baselines=("exact",)):
-    print(f"\n== case {name}: N={n_traj * n_points}, D={d:,}, snapshots {dtype}, distances on {device}, "
-          f"landmarks={n_landmark}, t={t}, k={k}, complex={complex}", flush=True)
-    t0 = time.perf_counter()
-    X, table = simulate_snapshots(n_traj, n_points, d, dtype=dtype)
-    print(f"simulate      {time.perf_counter() - t0:8.2f} s  (not timed below)", flush=True)
-    values = table.sort_values("sample_id")["val_loss"].to_numpy()
+def _ours(X, values, method, n_landmark, t, k, complex, device, sketch_dim, seed=0, keep=None):
+    """topoland's stage on snapshots ``X``: returns (wall times, cpu times, features, edges);
+    the cosine distances are left in ``keep["cos"]`` when ``keep`` is a dict."""
     times, cpu = {}, {}
     # wall time, and CPU seconds of this process (on a shared machine CPU / threads is the
     # better estimate of the wall time on 2 dedicated cores)
@@ -97,11 +96,16 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
     if device != "cpu":  # snapshots live on the device, as the sampler leaves them there
         X = X.to(device)
         torch.cuda.synchronize()
-    cos = cosine_distances(X, device=device)
+    if method == "sketch":
+        cos = sketch_cosine_distances(X, sketch_dim, seed=seed, device=device)
+    else:
+        cos = cosine_distances(X, device=device)
     times["distances"], cpu["distances"] = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
-    ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=0)
+    ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=seed)
     times["phate"], cpu["phate"] = time.perf_counter() - t0, time.process_time() - c0
+    if keep is not None:
+        keep["cos"] = cos
     del cos
     t0, c0 = time.perf_counter(), time.process_time()
     edges = knn_graph(potential_distances(ph.potential), k=k)
@@ -110,19 +114,62 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
     dg = lower_star_persistence(edges, values, complex=complex)
     feats = diagram_features(dg, p=2, essential="cap", cap=values.max())
     times["persistence"], cpu["persistence"] = time.perf_counter() - t0, time.process_time() - c0
-    ours = sum(times.values())
-    for s, v in times.items():
-        print(f"{s:13s} {v:8.2f} s wall {cpu[s]:8.2f} s cpu", flush=True)
-    print(f"ours total    {ours:8.2f} s wall {sum(cpu.values()):8.2f} s cpu  (edges {edges.shape[1]}, "
-          f"TP_H0={feats['total_persistence_h0']:.4g}, TP_H1={feats['total_persistence_h1']:.4g}, "
-          f"peak RSS {_rss_gb():.2f} GB)", flush=True)
+    return times, cpu, feats, edges
+
+
+def _agreement(name, feats, edges, ref_feats, ref_edges):
+    a, b = set(map(tuple, edges.T.tolist())), set(map(tuple, ref_edges.T.tolist()))
+    tp = [abs(feats[f"total_persistence_h{d}"] - ref_feats[f"total_persistence_h{d}"])
+          / max(abs(ref_feats[f"total_persistence_h{d}"]), 1e-300) for d in (0, 1)]
+    print(f"  {name:34s} vs exact distances (landmark seed 0): edge Jaccard {len(a & b) / len(a | b):.3f}, "
+          f"|TP_H0 rel diff| {tp[0]:.4f}, |TP_H1 rel diff| {tp[1]:.4f}", flush=True)
+
+
+def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseline=True,
+             device="cpu", baselines=("exact",), methods=("exact",), sketch_dim=4096):
+    print(f"\n== case {name}: N={n_traj * n_points}, D={d:,}, snapshots {dtype}, distances on {device}, "
+          f"landmarks={n_landmark}, t={t}, k={k}, complex={complex}", flush=True)
+    t0 = time.perf_counter()
+    X, table = simulate_snapshots(n_traj, n_points, d, dtype=dtype)
+    print(f"simulate      {time.perf_counter() - t0:8.2f} s  (not timed below)", flush=True)
+    values = table.sort_values("sample_id")["val_loss"].to_numpy()
+    runs, totals, kept = {}, {}, {}
+    for method in methods:
+        if method not in ("exact", "sketch"):
+            raise SystemExit(f"unknown distances {method!r}: use exact or sketch")
+        label = "exact" if method == "exact" else f"sketch (dim {sketch_dim})"
+        times, cpu, feats, edges = _ours(X, values, method, n_landmark, t, k, complex, device,
+                                         sketch_dim, keep=kept if method == "exact" else None)
+        runs[method] = (times, cpu, feats, edges)
+        totals[method] = sum(times.values())
+        print(f"-- ours, {label} cosine distances", flush=True)
+        for s, v in times.items():
+            print(f"{s:13s} {v:8.2f} s wall {cpu[s]:8.2f} s cpu", flush=True)
+        print(f"ours total    {totals[method]:8.2f} s wall {sum(cpu.values()):8.2f} s cpu  (edges "
+              f"{edges.shape[1]}, TP_H0={feats['total_persistence_h0']:.4g}, "
+              f"TP_H1={feats['total_persistence_h1']:.4g}, peak RSS {_rss_gb():.2f} GB)", flush=True)
+    if "exact" in runs and "sketch" in runs:
+        # how far the sketch moves the result, next to how far PHATE's landmark seed alone does
+        ref = runs["exact"]
+        print("-- agreement", flush=True)
+        _agreement(f"sketch distances (dim {sketch_dim})", runs["sketch"][2], runs["sketch"][3],
+                   ref[2], ref[3])
+        if n_landmark is not None:
+            cos = kept.pop("cos")
+            for seed in (1, 2):
+                _, _, f2, e2 = _ours_from_distances(cos, values, n_landmark, t, k, complex, seed)
+                _agreement(f"exact distances, landmark seed {seed}", f2, e2, ref[2], ref[3])
+            del cos
+    kept.clear()
     if not baseline:
-        return ours, None
+        return totals, None
     import phate
 
     _quiet_phate()
     Xb = X.float().cpu().numpy()
     del X
+    times = runs[methods[0]][0]
+    cpu = runs[methods[0]][1]
     base_total = {}
     for which in baselines:
         # "exact": PHATE's cosine path on the raw snapshots, no landmarks; "landmarks": the same
@@ -145,15 +192,21 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
         base_total[which] = total
         label = f"n_landmark={nl}" if which == "defaults" else f"n_pca=None, n_landmark={nl}"
         print(f"baseline {which}: PHATE(knn_dist='cosine', {label}) {tb:8.2f} s wall "
-              f"{cb:8.2f} s cpu (peak RSS {_rss_gb():.2f} GB)", flush=True)
-        print(f"  ratio by cpu seconds: PHATE stage {cb / (cpu['distances'] + cpu['phate']):.2f}x, "
-              f"whole stage {(cb + cpu['graph'] + cpu['persistence']) / sum(cpu.values()):.2f}x",
-              flush=True)
-        print(f"  ratio: PHATE stage {tb / (times['distances'] + times['phate']):.2f}x, "
-              f"whole stage {total / ours:.2f}x (baseline + same graph/persistence times)",
-              flush=True)
+              f"{cb:8.2f} s cpu (peak RSS {_rss_gb():.2f} GB); with the graph and persistence "
+              f"steps {total:.2f} s", flush=True)
+        for method, (tm, cp, _, _) in runs.items():
+            print(f"  ours ({method}) whole stage {total / sum(tm.values()):.2f}x wall, "
+                  f"{(cb + cpu['graph'] + cpu['persistence']) / sum(cp.values()):.2f}x cpu seconds; "
+                  f"PHATE step alone {tb / (tm['distances'] + tm['phate']):.2f}x", flush=True)
         del op
-    return ours, base_total
+    return totals, base_total
+
+
+def _ours_from_distances(cos, values, n_landmark, t, k, complex, seed):
+    ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=seed)
+    edges = knn_graph(potential_distances(ph.potential), k=k)
+    dg = lower_star_persistence(edges, values, complex=complex)
+    return None, None, diagram_features(dg, p=2, essential="cap", cap=values.max()), edges
 
 
 def compare_complexes(n_traj=16, n_points=41, d=5000, k=20, t=20, seeds=(0, 1, 2)):
@@ -202,6 +255,10 @@ def main(argv=None):
                     help="comma-separated PHATE baselines on the raw snapshots: exact (no "
                          "landmarks), landmarks (topoland's landmark count), defaults (PHATE's "
                          "defaults: PCA to 100 dimensions first, 2000 landmarks)")
+    ap.add_argument("--distances", default="exact,sketch",
+                    help="comma-separated ways to get the large case's cosine distances: exact "
+                         "(blockwise N^2 D / 2 products), sketch (count sketch, --sketch-dim)")
+    ap.add_argument("--sketch-dim", type=int, default=4096)
     a = ap.parse_args(argv)
     import gudhi  # noqa: F401  (imports are not part of the timed stages)
     import phate  # noqa: F401
@@ -217,16 +274,19 @@ def main(argv=None):
         ours, _ = run_case("paper" + (" (quick)" if a.quick else ""), n_traj, n_points, d, None,
                            a.t, a.k, a.complex, torch.float32, baseline=not a.no_baseline,
                            device=a.device)
+        ours = ours["exact"]
         print(f"paper-scale target < 30 s: {'met' if ours < 30 else 'NOT met'} ({ours:.1f} s wall; "
-          "see cpu seconds above on a shared machine)")
+              "see cpu seconds above on a shared machine)")
     if a.case in ("large", "both"):
         n_traj, n_points, d, nl = (100, 40, 10_000, 1000) if a.quick else (250, 40, 100_000, 2000)
         ours, base = run_case("large" + (" (quick)" if a.quick else ""), n_traj, n_points, d, nl,
                               a.t, a.k, a.complex, torch.float16, baseline=not a.no_baseline,
-                              device=a.device, baselines=a.baselines.split(","))
+                              device=a.device, baselines=a.baselines.split(","),
+                              methods=a.distances.split(","), sketch_dim=a.sketch_dim)
         for which, b in (base or {}).items():
-            print(f"large target >= 3x vs the {which} baseline: "
-                  f"{'met' if b / ours >= 3 else 'NOT met'} ({b / ours:.2f}x)")
+            for method, o in ours.items():
+                print(f"large target >= 3x vs the {which} baseline, ours with {method} distances: "
+                      f"{'met' if b / o >= 3 else 'NOT met'} ({b / o:.2f}x)")
 
 
 if __name__ == "__main__":
