@@ -39,6 +39,7 @@ def test_bench_topology_large_case_paths(capsys):
     out = capsys.readouterr().out
     assert set(totals) == {"exact", "sketch"} and set(base) == {"exact", "landmarks"}
     assert out.count("edge Jaccard") == 3 and "ours (sketch) whole stage" in out
+    assert "5-NN kept" in out
 
 
 def test_bench_sampler_runs():

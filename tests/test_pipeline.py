@@ -135,3 +135,24 @@ def test_connect_grows_a_spanning_tree(tiny_run):
     pairs = pd.read_csv(run / "run" / "paths" / "pairs.csv")
     assert pairs["in_mst"].sum() == 9  # a spanning tree of 10 minima
     assert cli("verify", run).returncode == 0
+
+
+def test_topology_stage_with_sketched_distances(tiny_run, tmp_path):
+    """`topoland topology RUN --set distances=sketch` recomputes every minimum's topology from
+    a count sketch and records the choice; the default run stays exact."""
+    import json
+    work, _ = tiny_run
+    run = tmp_path / "tiny"
+    shutil.copytree(work / "runs" / "tiny", run)
+    files = sorted(run.rglob("topology.safetensors"))
+    assert files
+    r = cli("topology", run, "--set", "distances=sketch", "--set", "sketch_dim=64", "--force",
+            "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    from safetensors import safe_open
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            settings = json.loads(fh.metadata()["settings"])
+        assert settings["distances"] == "sketch" and settings["sketch_dim"] == 64
+    bad = cli("topology", run, "--set", "distances=pca", "--force", "--quiet")
+    assert bad.returncode != 0 and "topology.distances" in bad.stderr

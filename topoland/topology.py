@@ -71,10 +71,14 @@ def knn_graph(distances, k: int = 20, *, block_size: int = 1024) -> np.ndarray:
         r = np.arange(b1 - b0)
         blk[r, b0 + r] = np.inf  # no self-loops
         kth = np.partition(blk, k - 1, axis=1)[:, k - 1:k]
-        lt = blk < kth
-        need = k - lt.sum(axis=1, keepdims=True)
-        eq = blk == kth
-        take = lt | (eq & (np.cumsum(eq, axis=1) <= need))  # ties: lowest indices first
+        take = blk <= kth
+        tied = np.flatnonzero(take.sum(axis=1) > k)  # more than k within the k-th distance
+        if tied.size:  # ties at the k-th distance: lowest indices first
+            sub, kt = blk[tied], kth[tied]
+            lt = sub < kt
+            eq = sub == kt
+            need = k - lt.sum(axis=1, keepdims=True)
+            take[tied] = lt | (eq & (np.cumsum(eq, axis=1) <= need))
         ri, ci = np.nonzero(take)
         rows.append(ri + b0)
         cols.append(ci)
@@ -106,19 +110,20 @@ def euclidean_distances(Y) -> np.ndarray:
     mu = Y.mean(axis=0, keepdims=True)  # centring reduces cancellation; distances unchanged
     Z = Y - mu
     sq = np.einsum("ij,ij->i", Z, Z)
-    D = Z @ Z.T
-    D *= -2.0
-    D += sq[:, None]
-    D += sq[None, :]
-    np.maximum(D, 0.0, out=D)
-    np.sqrt(D, out=D)
-    np.fill_diagonal(D, 0.0)
+    D = Z @ Z.T  # numpy runs Z @ Z.T as a symmetric rank-k update (half the products)
     n, bs = len(D), 1024
-    for a0 in range(0, n, bs):  # exact symmetry (BLAS need not give it), block by block
-        for b0 in range(a0, n, bs):
-            m = 0.5 * (D[a0:a0 + bs, b0:b0 + bs] + D[b0:b0 + bs, a0:a0 + bs].T)
-            D[a0:a0 + bs, b0:b0 + bs] = m
-            D[b0:b0 + bs, a0:a0 + bs] = m.T
+    for a0 in range(0, n, bs):  # in place, row block by row block (no N x N temporaries)
+        blk = D[a0:a0 + bs]
+        blk *= -2.0
+        blk += sq[a0:a0 + bs, None] + sq[None, :]  # (sq_i + sq_j) as one sum: symmetric
+        np.maximum(blk, 0.0, out=blk)
+        np.sqrt(blk, out=blk)
+    np.fill_diagonal(D, 0.0)
+    for a0 in range(0, n, bs):  # exact symmetry (BLAS need not give it): mirror the upper part
+        d = D[a0:a0 + bs, a0:a0 + bs]
+        d[np.tril_indices_from(d, -1)] = d.T[np.tril_indices_from(d, -1)]
+        for b0 in range(a0 + bs, n, bs):
+            D[b0:b0 + bs, a0:a0 + bs] = D[a0:a0 + bs, b0:b0 + bs].T
     return D
 
 

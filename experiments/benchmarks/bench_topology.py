@@ -125,6 +125,21 @@ def _agreement(name, feats, edges, ref_feats, ref_edges):
           f"|TP_H0 rel diff| {tp[0]:.4f}, |TP_H1 rel diff| {tp[1]:.4f}", flush=True)
 
 
+def _distance_agreement(approx, exact, sketch_dim, k=20, k_recall=5):
+    """Relative error of the sketched distances over each point's k nearest (exact)
+    neighbours, and how many of its k_recall nearest neighbours the sketch keeps."""
+    n = len(exact)
+    big = np.diag(np.full(n, np.inf))
+    nn = np.argpartition(exact + big, k, axis=1)[:, :k]
+    rel = np.take_along_axis(approx, nn, 1) / np.take_along_axis(exact, nn, 1) - 1
+    a = np.argpartition(exact + big, k_recall, axis=1)[:, :k_recall]
+    b = np.argpartition(approx + big, k_recall, axis=1)[:, :k_recall]
+    recall = np.mean([len(np.intersect1d(x, y)) / k_recall for x, y in zip(a, b)])
+    print(f"  sketched distances to each point's {k} nearest: relative error std {rel.std():.4f} "
+          f"(sqrt(2/dim) = {np.sqrt(2 / sketch_dim):.4f}), mean {rel.mean():+.4f}; "
+          f"{k_recall}-NN kept {recall:.3f}", flush=True)
+
+
 def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseline=True,
              device="cpu", baselines=("exact",), methods=("exact",), sketch_dim=4096):
     print(f"\n== case {name}: N={n_traj * n_points}, D={d:,}, snapshots {dtype}, distances on {device}, "
@@ -138,8 +153,9 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
         if method not in ("exact", "sketch"):
             raise SystemExit(f"unknown distances {method!r}: use exact or sketch")
         label = "exact" if method == "exact" else f"sketch (dim {sketch_dim})"
+        keep = kept.setdefault(method, {})
         times, cpu, feats, edges = _ours(X, values, method, n_landmark, t, k, complex, device,
-                                         sketch_dim, keep=kept if method == "exact" else None)
+                                         sketch_dim, keep=keep)
         runs[method] = (times, cpu, feats, edges)
         totals[method] = sum(times.values())
         print(f"-- ours, {label} cosine distances", flush=True)
@@ -152,10 +168,11 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
         # how far the sketch moves the result, next to how far PHATE's landmark seed alone does
         ref = runs["exact"]
         print("-- agreement", flush=True)
+        _distance_agreement(kept["sketch"].pop("cos"), kept["exact"]["cos"], sketch_dim)
         _agreement(f"sketch distances (dim {sketch_dim})", runs["sketch"][2], runs["sketch"][3],
                    ref[2], ref[3])
         if n_landmark is not None:
-            cos = kept.pop("cos")
+            cos = kept["exact"].pop("cos")
             for seed in (1, 2):
                 _, _, f2, e2 = _ours_from_distances(cos, values, n_landmark, t, k, complex, seed)
                 _agreement(f"exact distances, landmark seed {seed}", f2, e2, ref[2], ref[3])
