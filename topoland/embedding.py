@@ -44,6 +44,16 @@ def _as_2d_tensor(X, name: str) -> torch.Tensor:
     return X
 
 
+def _check_squared_norms(sq: torch.Tensor):
+    """Rows whose squared norm is non-finite or zero have no cosine distance: name them."""
+    if not torch.isfinite(sq).all():
+        bad = torch.nonzero(~torch.isfinite(sq)).flatten()[:5].tolist()
+        raise DataError(f"X rows {bad} contain non-finite values; cosine distance is undefined.")
+    if (sq == 0).any():
+        bad = torch.nonzero(sq == 0).flatten()[:5].tolist()
+        raise DataError(f"X rows {bad} are all zeros; cosine distance is undefined.")
+
+
 def cosine_distances(X, *, block_size: int = 256, chunk_size: int | None = None,
                      device="auto") -> np.ndarray:
     """Cosine distances ``1 - <x_i, x_j> / (|x_i| |x_j|)`` between the rows of ``X``.
@@ -80,12 +90,7 @@ def cosine_distances(X, *, block_size: int = 256, chunk_size: int | None = None,
         b = buf[:, :min(chunk_size, d - c0)]
         b.copy_(X[:, c0:c0 + chunk_size])
         sq += torch.linalg.vector_norm(b, dim=1).square_()
-    if not torch.isfinite(sq).all():
-        bad = torch.nonzero(~torch.isfinite(sq)).flatten()[:5].tolist()
-        raise DataError(f"X rows {bad} contain non-finite values; cosine distance is undefined.")
-    if (sq == 0).any():
-        bad = torch.nonzero(sq == 0).flatten()[:5].tolist()
-        raise DataError(f"X rows {bad} are all zeros; cosine distance is undefined.")
+    _check_squared_norms(sq)
     inv = (1.0 / torch.sqrt(sq))[:, None]
     # pass 2: Gram of the centred unit vectors, upper block triangle, float64 accumulation
     G = torch.zeros((n, n), dtype=torch.float64, device=dev)
@@ -183,12 +188,7 @@ def cosine_sketch(X, dim: int = 4096, *, seed: int = 0, block_size: int = 256,
         # is far below the sketch's own sqrt(2 / dim)
         sq[b0:b1] = torch.linalg.vector_norm(w, dim=1).to(torch.float64).square()
         Y[b0:b1] = w.view(b1 - b0, reps, dim).sum(1)
-    if not torch.isfinite(sq).all():
-        bad = torch.nonzero(~torch.isfinite(sq)).flatten()[:5].tolist()
-        raise DataError(f"X rows {bad} contain non-finite values; cosine distance is undefined.")
-    if (sq == 0).any():
-        bad = torch.nonzero(sq == 0).flatten()[:5].tolist()
-        raise DataError(f"X rows {bad} are all zeros; cosine distance is undefined.")
+    _check_squared_norms(sq)
     Y.mul_((1.0 / sq.sqrt()).to(torch.float32)[:, None])
     Y.sub_(Y.mean(0, dtype=torch.float64).to(torch.float32))
     return Y
