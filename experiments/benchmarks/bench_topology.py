@@ -86,20 +86,23 @@ def _quiet_phate():
     warnings.simplefilter("ignore")
 
 
-def _ours(X, values, method, n_landmark, t, k, complex, device, sketch_dim, seed=0, keep=None):
-    """topoland's stage on snapshots ``X``: returns (wall times, cpu times, features, edges);
-    the cosine distances are left in ``keep["cos"]`` when ``keep`` is a dict."""
+def _ours(X, values, method, n_landmark, t, k, complex, device, sketch_dim, seed=0, keep=None,
+          cos=None):
+    """topoland's stage on snapshots ``X`` (or from given distances ``cos``): returns (wall
+    times, cpu times, features, edges); the cosine distances are left in ``keep["cos"]`` when
+    ``keep`` is a dict."""
     times, cpu = {}, {}
     # wall time, and CPU seconds of this process (on a shared machine CPU / threads is the
     # better estimate of the wall time on 2 dedicated cores)
     t0, c0 = time.perf_counter(), time.process_time()
-    if device != "cpu":  # snapshots live on the device, as the sampler leaves them there
-        X = X.to(device)
-        torch.cuda.synchronize()
-    if method == "sketch":
-        cos = sketch_cosine_distances(X, sketch_dim, seed=seed, device=device)
-    else:
-        cos = cosine_distances(X, device=device)
+    if cos is None:
+        if device != "cpu":  # snapshots live on the device, as the sampler leaves them there
+            X = X.to(device)
+            torch.cuda.synchronize()
+        if method == "sketch":
+            cos = sketch_cosine_distances(X, sketch_dim, seed=seed, device=device)
+        else:
+            cos = cosine_distances(X, device=device)
     times["distances"], cpu["distances"] = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
     ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=seed)
@@ -174,7 +177,8 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
         if n_landmark is not None:
             cos = kept["exact"].pop("cos")
             for seed in (1, 2):
-                _, _, f2, e2 = _ours_from_distances(cos, values, n_landmark, t, k, complex, seed)
+                _, _, f2, e2 = _ours(None, values, "exact", n_landmark, t, k, complex, device,
+                                     sketch_dim, seed=seed, cos=cos)
                 _agreement(f"exact distances, landmark seed {seed}", f2, e2, ref[2], ref[3])
             del cos
     kept.clear()
@@ -217,13 +221,6 @@ def run_case(name, n_traj, n_points, d, n_landmark, t, k, complex, dtype, baseli
                   f"PHATE step alone {tb / (tm['distances'] + tm['phate']):.2f}x", flush=True)
         del op
     return totals, base_total
-
-
-def _ours_from_distances(cos, values, n_landmark, t, k, complex, seed):
-    ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=seed)
-    edges = knn_graph(potential_distances(ph.potential), k=k)
-    dg = lower_star_persistence(edges, values, complex=complex)
-    return None, None, diagram_features(dg, p=2, essential="cap", cap=values.max()), edges
 
 
 def compare_complexes(n_traj=16, n_points=41, d=5000, k=20, t=20, seeds=(0, 1, 2)):
