@@ -106,7 +106,7 @@ def test_signal_near_perfect_noise_near_chance_all_eleven():
     assert sig.attrs["chance_uniform"] == 0.5 and "independent" in sig.attrs["assumptions"]
     assert abs(noise.attrs["mean"] - noise.attrs["chance_majority"]) < 0.15
     se = sig["accuracy"].std(ddof=1) / np.sqrt(11)
-    assert sig.attrs["se"] == pytest.approx(se)
+    assert sig.attrs["se_across_classifiers"] == pytest.approx(se)
 
 
 def test_permutation_p_values_match():
@@ -158,7 +158,10 @@ def test_nan_rows_dropped_and_counted_and_split_reduction():
     with pytest.raises(NotEnoughSamplesError, match="single class"):
         classify(df.iloc[:10], "weight_decay", ["noise.b"], classifiers=FAST)
     with pytest.raises(AnalysisError, match="also among the features"):
-        classify(df, "test_acc", ["test_acc"])
+        classify(df, "noise.a", ["noise.a"])
+    # a test-split value is a target only, never a feature
+    with pytest.raises(AnalysisError, match=r"\['test_acc'\] come from the test split"):
+        classify(df, "weight_decay", ["noise.a", "test_acc"])
 
 
 def test_classifier_table_and_heatmap():

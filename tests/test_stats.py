@@ -173,6 +173,10 @@ def test_batched_rank_correlations_vs_scipy_loop():
     assert np.isnan(const).all() and np.isnan(_kendall_rows(np.ones((1, 5)), y[:1, :5])).all()
 
 
+def mono_finding(res):
+    return res.set_index(["feature", "target"]).loc[("topology.mono", "gap"), "finding"]
+
+
 def test_correlations_table():
     rng = np.random.default_rng(4)
     n = 40
@@ -196,11 +200,21 @@ def test_correlations_table():
     assert noise["kendall_p"] == pytest.approx(kref.pvalue)
     assert noise["spearman_ci_low"] < noise["spearman_rho"] < noise["spearman_ci_high"]
     flat = r.loc[("topology.flat", "gap")]
-    assert np.isnan(flat["spearman_rho"]) and "constant" in flat["note"] and np.isnan(flat["spearman_p_bh"])
-    for t in ("gap", "test_acc"):
-        sel = res[(res.target == t) & res.spearman_p.notna()]
-        np.testing.assert_allclose(sel["spearman_p_bh"], benjamini_hochberg(sel["spearman_p"]))
-    assert "Benjamini-Hochberg" in res.attrs["assumptions"]
+    assert np.isnan(flat["spearman_rho"]) and "constant" in flat["note"] and np.isnan(flat["spearman_p_adj"])
+    # one family over every feature and target: Holm by default, BH on request
+    sel = res[res.spearman_p.notna()]
+    assert len(sel) == 4 and (res["p_adjust"] == "holm").all()
+    np.testing.assert_allclose(sel["spearman_p_adj"], holm(sel["spearman_p"]))
+    np.testing.assert_allclose(sel["kendall_p_adj"], holm(sel["kendall_p"]))
+    assert (res["finding"] == (res["spearman_p_adj"] < 0.05)).all() and bool(mono_finding(res))
+    bh = correlations(ft, n_boot=20, seed=0, p_adjust="bh")
+    sel = bh[bh.spearman_p.notna()]
+    np.testing.assert_allclose(sel["spearman_p_adj"], sps.false_discovery_control(sel["spearman_p"], method="bh"))
+    assert "Benjamini-Hochberg" in res.attrs["assumptions"] and "Holm" in res.attrs["assumptions"]
+    with pytest.raises(AnalysisError, match="'sidak' is unknown"):
+        correlations(ft, n_boot=10, p_adjust="sidak")
+    with pytest.raises(AnalysisError, match=r"\['test_loss'\] come from the test split"):
+        correlations(ft.frame, ["topology.mono", "test_loss"], targets="gap", n_boot=10)
     with pytest.raises(NotEnoughSamplesError, match="3 complete rows; needs at least 5"):
         correlations(ft.frame.iloc[:3], ["topology.mono"], n_boot=10)
 

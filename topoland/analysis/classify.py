@@ -11,20 +11,31 @@ The protocol (the reference study's classifier table, made reproducible):
   median ``SimpleImputer`` first only when ``impute=True``; then no row is dropped for NaN
   features), evaluated by ``RepeatedStratifiedKFold(n_splits, n_repeats, random_state=seed)``.
   A classifier's accuracy is its mean over all folds and repeats.
-- Summary: mean accuracy across the classifiers, and its standard error
-  ``std(ddof=1) / sqrt(n_classifiers)``.
+- Two uncertainties, named apart. The *across-classifier standard error*
+  ``std(ddof=1) / sqrt(n_classifiers)`` of the per-classifier accuracies (the reference
+  study's statistic) says how far the classifiers agree; it is not sampling error. The
+  *cross-validation standard error* (``cv_se``, per classifier and for the mean over the
+  classifiers) is the Nadeau-Bengio corrected standard error of the repeated CV estimate,
+  ``sqrt((1 / J + n_test / n_train) * s^2)`` with ``s^2`` the variance of the ``J = n_splits *
+  n_repeats`` fold accuracies (for the mean: of the per-fold means over classifiers); the
+  ``n_test / n_train`` term accounts for the overlap of training sets between folds.
 - Chance: ``chance_majority`` is the majority-class rate among the used rows (the accuracy of
   always guessing the largest class); ``chance_uniform`` is ``1 / n_classes_present``.
 - Permutation test: the target is permuted ``n_permutations`` times (numpy Generator seeded
   by ``seed``); each time the whole protocol is rerun and the mean-over-classifiers accuracy
-  recorded. ``p = (1 + #{null >= observed}) / (1 + n_permutations)``.
+  recorded. ``p = (1 + #{null >= observed}) / (1 + n_permutations)``; the smallest attainable
+  p is ``p_min = 1 / (1 + n_permutations)``. :func:`classifier_table` adjusts the p-values of
+  its cells as one family (Holm by default, BH on request); a cell is a ``finding`` only at
+  adjusted p < 0.05, which needs ``p_min * family_size < 0.05``: its default
+  ``n_permutations="auto"`` takes the fewest permutations that allow it
+  (:func:`~topoland.analysis.stats.permutations_for_family`).
 - When the smallest class has fewer than ``n_splits`` members, ``n_splits`` is reduced to that
   size and a note is recorded; with fewer than 2 members, or fewer than 10 usable rows,
   :class:`~topoland.errors.NotEnoughSamplesError` is raised.
 
 Defaults: ``n_splits=5``, ``n_repeats=2``; ``classify`` runs no permutation test unless asked
-(``n_permutations=0``); ``classifier_table`` uses ``n_permutations=49`` (smallest attainable
-p = 0.02). Each permutation costs as much as the observed fit, so the table costs about
+(``n_permutations=0``); ``classifier_table`` uses ``n_permutations="auto"`` (``20 *`` the number
+of cells, e.g. 300 for 5 groups x 3 targets). Each permutation costs as much as the observed fit, so the table costs about
 ``(1 + n_permutations) * n_groups * n_targets`` protocol runs of ``11 * n_splits * n_repeats``
 fits (ensembles dominate: 30 trees for the forests, 20 stages for the boosters). Use
 ``n_jobs`` to spread the permutations over cores; the result does not depend on it.
@@ -53,7 +64,15 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
-from topoland.analysis.features import KNOWN_GROUPS, METRIC_COLUMNS, AnalysisError, FeatureTable, as_frame
+from topoland.analysis.features import (
+    KNOWN_GROUPS,
+    METRIC_COLUMNS,
+    AnalysisError,
+    FeatureTable,
+    as_frame,
+    check_feature_columns,
+)
+from topoland.analysis.stats import adjust_p, permutation_p_min, permutations_for_family
 from topoland.errors import NotEnoughSamplesError
 
 __all__ = [
@@ -65,14 +84,17 @@ __all__ = [
     "classifier_table",
     "pivot_classifier_table",
     "format_classifier_table",
+    "cv_standard_error",
 ]
 
 ASSUMPTIONS = (
     "Rows (minima) are independent and exchangeable under the null. Accuracy is estimated by "
     "repeated stratified k-fold cross-validation (fixed seed), standardization fitted on each "
-    "training fold only. The standard error is across the classifiers, not across folds: it "
-    "describes agreement between classifiers, not sampling error. The permutation p-value tests "
-    "whether the mean accuracy exceeds what the same protocol reaches on permuted targets."
+    "training fold only. Two standard errors: across the classifiers (agreement between "
+    "classifiers, not sampling error) and of the cross-validation estimate (Nadeau-Bengio "
+    "corrected for overlapping training folds). The permutation p-value tests whether the mean "
+    "accuracy exceeds what the same protocol reaches on permuted targets; the table's p-values are "
+    "adjusted over all its cells."
 )
 
 #: Fewest complete rows ``classify`` accepts (k-NN needs 5 neighbours in every training fold).
@@ -162,6 +184,7 @@ def _resolve_features(table, features) -> list[str]:
     bad = [c for c in cols if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         raise AnalysisError(f"feature columns must be numeric: {bad}")
+    check_feature_columns(cols, where="classify")
     return cols
 
 
@@ -202,6 +225,22 @@ def _prepare(table, target, features, n_classes, target_kind, impute):
         y = np.array([lookup[v] for v in tv], dtype=np.int64)
         classes = [str(u) for u in uniq]
     return X, y, classes, kind, n_dropped, cols
+
+
+def cv_standard_error(fold_acc, test_fraction: float) -> np.ndarray:
+    """Nadeau-Bengio corrected standard error of repeated-CV accuracy.
+
+    Args:
+        fold_acc: ``(..., J)`` accuracies of the ``J`` folds (all repeats).
+        test_fraction: ``n_test / n_train`` of one fold (``1 / (n_splits - 1)`` when even).
+
+    Returns ``(...)``: ``sqrt((1 / J + test_fraction) * var(fold_acc, ddof=1))``; 0 for ``J = 1``.
+    """
+    a = np.asarray(fold_acc, dtype=float)
+    J = a.shape[-1]
+    if J < 2:
+        return np.zeros(a.shape[:-1])
+    return np.sqrt((1.0 / J + test_fraction) * a.var(axis=-1, ddof=1))
 
 
 def _cv_accuracy(X, y, names, n_splits, n_repeats, seed, impute) -> np.ndarray:
@@ -245,9 +284,11 @@ def classify(
 
     Returns:
         DataFrame indexed by classifier with ``accuracy`` (mean over folds, fraction),
-        ``accuracy_sd`` (std over folds) and ``n_folds``. ``.attrs`` holds the summary:
-        ``mean``, ``se``, ``chance_majority``, ``chance_uniform``, ``p_value`` (NaN only when
-        ``n_permutations == 0``), ``null`` (list), ``n_used``, ``n_dropped``, ``n_classes``,
+        ``accuracy_sd`` (std over folds), ``cv_se`` (cross-validation standard error) and
+        ``n_folds``. ``.attrs`` holds the summary: ``mean``, ``se_across_classifiers``,
+        ``cv_se`` (of the mean over classifiers), ``chance_majority``, ``chance_uniform``,
+        ``p_value`` and ``p_min`` (NaN only when ``n_permutations == 0``), ``null`` (list),
+        ``n_used``, ``n_dropped``, ``n_classes``,
         ``classes``, ``n_splits`` (as used), ``n_repeats``, ``target``, ``target_kind``,
         ``features``, ``notes``, ``assumptions``.
     """
@@ -289,6 +330,10 @@ def classify(
     per_clf = acc.mean(axis=1)
     mean = float(per_clf.mean())
     se = float(per_clf.std(ddof=1) / np.sqrt(len(names))) if len(names) > 1 else 0.0
+    n_test = n / splits
+    test_fraction = n_test / (n - n_test)
+    cv_se = cv_standard_error(acc, test_fraction)
+    cv_se_mean = float(cv_standard_error(acc.mean(axis=0), test_fraction))
     if len(names) == 1:
         notes.append("one classifier: se across classifiers is 0 by definition")
 
@@ -304,11 +349,13 @@ def classify(
         p_value = (1 + int(np.sum(np.asarray(null) >= mean - 1e-12))) / (1 + n_permutations)
 
     out = pd.DataFrame(
-        {"accuracy": per_clf, "accuracy_sd": acc.std(axis=1, ddof=1) if acc.shape[1] > 1 else 0.0, "n_folds": acc.shape[1]},
+        {"accuracy": per_clf, "accuracy_sd": acc.std(axis=1, ddof=1) if acc.shape[1] > 1 else 0.0,
+         "cv_se": cv_se, "n_folds": acc.shape[1]},
         index=pd.Index(names, name="classifier"),
     )
     out.attrs.update(
-        target=target, target_kind=kind, features=cols, mean=mean, se=se,
+        target=target, target_kind=kind, features=cols, mean=mean, se_across_classifiers=se,
+        cv_se=cv_se_mean, p_min=permutation_p_min(n_permutations) if n_permutations else float("nan"),
         chance_majority=float(counts.max() / n), chance_uniform=1.0 / present,
         p_value=p_value, n_permutations=int(n_permutations), null=null,
         n_used=n, n_dropped=n_dropped, n_classes=present, classes=classes,
@@ -318,7 +365,8 @@ def classify(
     return out
 
 
-_SUMMARY = ("mean", "se", "chance_majority", "chance_uniform", "p_value", "n_permutations",
+_SUMMARY = ("mean", "se_across_classifiers", "cv_se", "chance_majority", "chance_uniform", "p_value",
+            "p_min", "n_permutations",
             "n_used", "n_dropped", "n_classes", "n_splits", "n_repeats", "target_kind", "notes")
 
 
@@ -333,7 +381,8 @@ def classifier_table(
     n_splits: int = 5,
     n_repeats: int = 2,
     seed: int = 0,
-    n_permutations: int = 49,
+    n_permutations: int | str = "auto",
+    p_adjust: str = "holm",
     classifiers=None,
     impute: bool = False,
     n_jobs: int | None = 1,
@@ -350,13 +399,17 @@ def classifier_table(
         target_kinds: ``{target: "quantile"|"categorical"}`` overrides of "auto".
         on_error: "raise" (default) or "record": a cell that raises
             :class:`NotEnoughSamplesError` gets NaN accuracy and the message in ``notes``.
+        n_permutations: per cell; "auto" = ``permutations_for_family(n_cells)``, the fewest
+            for which a cell can be a finding after adjustment.
+        p_adjust: "holm" (default) or "bh", over the cells' permutation p-values.
 
     Returns:
-        Tidy DataFrame, one row per (group, target), columns ``group, target, mean, se,
-        chance_majority, chance_uniform, p_value, n_permutations, n_used, n_dropped,
-        n_classes, n_splits, n_repeats, target_kind, notes`` and one ``acc_<classifier>``
-        column per classifier. :func:`pivot_classifier_table` gives rows = groups,
-        columns = targets.
+        Tidy DataFrame, one row per (group, target), columns ``group, target, mean,
+        se_across_classifiers, cv_se, chance_majority, chance_uniform, p_value, p_min,
+        n_permutations, n_used, n_dropped, n_classes, n_splits, n_repeats, target_kind, notes,
+        p_adjusted, p_adjust, finding`` (``p_adjusted < 0.05``), one ``acc_<classifier>`` and
+        one ``cv_se_<classifier>`` column per classifier. :func:`pivot_classifier_table` gives
+        rows = groups, columns = targets.
     """
     if groups is None:
         if not isinstance(table, FeatureTable):
@@ -374,6 +427,10 @@ def classifier_table(
     targets = [targets] if isinstance(targets, str) else list(targets)
     kinds = target_kinds or {}
     names = list(classifiers) if classifiers is not None else list(CLASSIFIERS)
+    if n_permutations == "auto":
+        n_permutations = permutations_for_family(len(groups) * len(targets))
+    elif isinstance(n_permutations, bool) or not isinstance(n_permutations, int):
+        raise AnalysisError(f"n_permutations must be an integer >= 0 or 'auto', got {n_permutations!r}")
     rows = []
     for g, cols in groups.items():
         for t in targets:
@@ -393,8 +450,12 @@ def classifier_table(
                 continue
             row.update({k: res.attrs[k] for k in _SUMMARY})
             row.update({f"acc_{c}": a for c, a in res["accuracy"].items()})
+            row.update({f"cv_se_{c}": a for c, a in res["cv_se"].items()})
             rows.append(row)
     out = pd.DataFrame(rows)
+    out["p_adjusted"] = adjust_p(out["p_value"].to_numpy(dtype=float), p_adjust)
+    out["p_adjust"] = p_adjust
+    out["finding"] = out["p_adjusted"] < 0.05
     out.attrs["assumptions"] = ASSUMPTIONS
     return out
 
@@ -406,14 +467,16 @@ def pivot_classifier_table(result: pd.DataFrame, value: str = "mean") -> pd.Data
 
 
 def format_classifier_table(result: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """Strings ``"mean ± se (p=...)"`` with rows = groups, columns = targets; a last row
+    """Strings ``"mean ± se_clf / ± se_cv (p_adj=..., p_min=...)"`` with rows = groups, columns =
+    targets: the across-classifier and the cross-validation standard errors; a last row
     ``chance (majority)`` gives, per target, the largest majority-class rate over the groups
     (groups may use different rows when features are missing)."""
     def cell(r):
         if pd.isna(r["mean"]):
             return "n/a"
-        p = "" if pd.isna(r["p_value"]) else f" (p={r['p_value']:.3g})"
-        return f"{r['mean']:.{digits}f} ± {r['se']:.{digits}f}{p}"
+        p = "" if pd.isna(r["p_value"]) else f" (p_adj={r['p_adjusted']:.3g}, p_min={r['p_min']:.2g})"
+        return (f"{r['mean']:.{digits}f} ± {r['se_across_classifiers']:.{digits}f} clf"
+                f" / ± {r['cv_se']:.{digits}f} cv{p}")
 
     r = result.assign(_cell=result.apply(cell, axis=1))
     wide = pivot_classifier_table(r, "_cell")

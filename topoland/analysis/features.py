@@ -17,11 +17,23 @@ Metrics (:data:`METRIC_COLUMNS`): ``train/val/test_loss`` (mean cross-entropy, n
 ``train/val/test_acc`` (fraction in [0, 1]), ``gap = test_loss - train_loss`` (nats) and
 ``acc_gap = train_acc - test_acc`` (positive when the minimum over-fits). ``gap`` and
 ``acc_gap`` are derived when absent and their inputs are present.
+
+No feature from the test split
+------------------------------
+Test-split values may be targets (:data:`TEST_TARGETS`), never features. A feature column is
+*test-derived* when its name carries the token ``test`` between ``.``/``_`` or the ends of the
+name (:func:`is_test_derived`: ``trajectory.final_test_acc_mean``, ``paths.linear.test_loss.max``),
+or when the caller declares it so (``feature_table(..., test_derived={"topology": "all"})`` for
+a topology filtered by test loss). :func:`feature_table` leaves such columns out (or raises with
+``on_test="raise"``) and lists them in :attr:`FeatureTable.excluded` (saved in
+``features.json``); a :class:`FeatureTable` refuses to hold one, and :func:`check_feature_columns`
+lets classifiers and correlations refuse them too.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +46,9 @@ __all__ = [
     "AnalysisError",
     "FeatureTable",
     "METRIC_COLUMNS",
+    "TEST_TARGETS",
+    "check_feature_columns",
+    "is_test_derived",
     "feature_table",
     "save_feature_table",
     "load_feature_table",
@@ -44,6 +59,11 @@ __all__ = [
 METRIC_COLUMNS: tuple[str, ...] = (
     "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "gap", "acc_gap",
 )
+
+#: Test-split columns allowed as targets only (``gen_label`` is ``test_acc`` binned).
+TEST_TARGETS: tuple[str, ...] = ("test_loss", "test_acc", "gap", "acc_gap", "gen_label")
+
+_TEST_TOKEN = re.compile(r"(?:^|[._])test(?:[._]|$)")
 
 #: Conventional feature groups (others are allowed).
 KNOWN_GROUPS: tuple[str, ...] = ("topology", "trajectory", "surface", "curvature", "paths")
@@ -66,6 +86,10 @@ class FeatureTable:
         settings: names of the settings columns.
         metrics: names of the metric columns present.
         missing: ``{group: [cell_id, ...]}``: cells with at least one NaN in that group.
+        excluded: ``{column: reason}``: feature columns left out because they come from the
+            test split.
+
+    Raises :class:`AnalysisError` when a group holds a test-derived column.
     """
 
     frame: pd.DataFrame
@@ -73,6 +97,10 @@ class FeatureTable:
     settings: list[str]
     metrics: list[str]
     missing: dict[str, list] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_feature_columns([c for cols in self.groups.values() for c in cols], where="FeatureTable")
 
     def columns(self, groups=None) -> list[str]:
         """Feature columns of ``groups`` (a name or list of names; default: all), in order."""
@@ -89,6 +117,42 @@ class FeatureTable:
 
     def __len__(self) -> int:
         return len(self.frame)
+
+
+def is_test_derived(name: str) -> bool:
+    """True when ``name`` marks a value of the test split: a target of :data:`TEST_TARGETS`, or
+    the token ``test`` delimited by ``.``, ``_`` or the ends (``final_test_acc_mean``: yes;
+    ``contest_score``: no)."""
+    return name in TEST_TARGETS or bool(_TEST_TOKEN.search(name))
+
+
+def check_feature_columns(columns, *, where: str = "features") -> None:
+    """Raise :class:`AnalysisError` naming every test-derived column among ``columns``."""
+    bad = [c for c in columns if isinstance(c, str) and is_test_derived(c)]
+    if bad:
+        raise AnalysisError(
+            f"{where}: {bad} come from the test split and may only be targets, never features "
+            f"(allowed targets: {', '.join(TEST_TARGETS)})")
+
+
+def _split_test_columns(group: str, columns, declared) -> tuple[list[str], dict[str, str]]:
+    """Feature names of one group kept, and ``{"<group>.<name>": reason}`` for those left out."""
+    if declared not in (None, "all") and not isinstance(declared, (list, tuple, set)):
+        raise AnalysisError(f"test_derived[{group!r}] must be 'all' or a list of feature names, got {declared!r}")
+    named = set(columns) if declared == "all" else set(declared or ())
+    unknown = named - set(columns)
+    if unknown:
+        raise AnalysisError(f"test_derived[{group!r}] names {sorted(unknown)}, which the group does not have")
+    keep, out = [], {}
+    for c in columns:
+        full = f"{group}.{c}"
+        if c in named:
+            out[full] = "declared computed from the test split"
+        elif is_test_derived(full):
+            out[full] = "name marks the test split"
+        else:
+            keep.append(c)
+    return keep, out
 
 
 def as_frame(table) -> pd.DataFrame:
@@ -125,7 +189,8 @@ def _with_derived_metrics(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = None) -> FeatureTable:
+def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = None, *,
+                  test_derived: dict | None = None, on_test: str = "drop") -> FeatureTable:
     """Assemble the feature table.
 
     Args:
@@ -134,11 +199,17 @@ def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = 
             setting).
         groups: ``{group: DataFrame indexed by cell_id}`` with numeric feature columns. ``None``
             or an empty frame means the group is absent.
+        test_derived: ``{group: "all" | [feature, ...]}``: columns the caller knows were computed
+            on the test split, whatever their names.
+        on_test: "drop" (leave test-derived columns out, listed in ``excluded``) or "raise".
 
     Returns:
         A :class:`FeatureTable`; cells lacking a group's features get NaN there and are listed
-        in ``missing``.
+        in ``missing``. A group left with no column is absent.
     """
+    if on_test not in ("drop", "raise"):
+        raise AnalysisError(f"on_test must be 'drop' or 'raise', got {on_test!r}")
+    declared = dict(test_derived or {})
     if not isinstance(cells, pd.DataFrame):
         raise AnalysisError(f"cells must be a DataFrame, got {type(cells).__name__}")
     base = cells.copy()
@@ -159,6 +230,7 @@ def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = 
 
     group_cols: dict[str, list[str]] = {}
     missing: dict[str, list] = {}
+    excluded: dict[str, str] = {}
     parts = [base]
     for g, gdf in (groups or {}).items():
         if gdf is None or (isinstance(gdf, pd.DataFrame) and gdf.shape[1] == 0):
@@ -177,6 +249,13 @@ def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = 
         bad = [c for c in gdf.columns if not pd.api.types.is_numeric_dtype(gdf[c])]
         if bad:
             raise AnalysisError(f"feature group {g!r} has non-numeric columns {bad}")
+        keep, out = _split_test_columns(g, list(gdf.columns), declared.pop(g, None))
+        if out and on_test == "raise":
+            raise AnalysisError(f"feature group {g!r}: {sorted(out)} come from the test split; features may not")
+        excluded.update(out)
+        if not keep:
+            continue
+        gdf = gdf[keep]
         renamed = gdf.rename(columns=lambda c: f"{g}.{c}").astype(float)
         aligned = renamed.reindex(base.index)
         group_cols[g] = list(renamed.columns)
@@ -191,7 +270,8 @@ def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = 
     if frame.columns.has_duplicates:
         raise AnalysisError(f"duplicated columns in the feature table: {frame.columns[frame.columns.duplicated()].tolist()}")
     frame.index.name = "cell_id"
-    return FeatureTable(frame=frame, groups=group_cols, settings=settings, metrics=metrics, missing=missing)
+    return FeatureTable(frame=frame, groups=group_cols, settings=settings, metrics=metrics, missing=missing,
+                        excluded=excluded)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -216,6 +296,10 @@ def save_feature_table(ft: FeatureTable, directory) -> dict[str, Path]:
         "metrics": ft.metrics,
         "missing": {g: [_jsonable(c) for c in ids] for g, ids in ft.missing.items()},
         "column_naming": "<group>.<feature>",
+        "excluded": dict(ft.excluded),
+        "test_split_rule": ("a feature whose name carries the token 'test' (between '.', '_' or the ends) "
+                            "or that its stage declares computed on the test split is left out; test-split "
+                            f"values are targets only: {', '.join(TEST_TARGETS)}"),
     }
     _atomic_write(paths["csv"], lambda p: ft.frame.to_csv(p, index=True))
     _atomic_write(paths["parquet"], lambda p: ft.frame.to_parquet(p, index=True))
@@ -251,10 +335,19 @@ def load_feature_table(directory, *, prefer: str = "parquet") -> FeatureTable:
             f"missing {sorted(expected - cols)})"
         )
     frame.index.name = "cell_id"
+    # a table stored before the test-split rule may hold test-derived features: leave them out
+    groups, excluded = {}, dict(meta.get("excluded", {}))
+    for g, cs in meta["groups"].items():
+        keep = [c for c in cs if not is_test_derived(c)]
+        excluded.update({c: "name marks the test split (left out on loading)" for c in cs if c not in keep})
+        if keep:
+            groups[g] = keep
+    frame = frame.drop(columns=[c for c in excluded if c in frame.columns])
     return FeatureTable(
         frame=frame,
-        groups={g: list(c) for g, c in meta["groups"].items()},
+        groups=groups,
         settings=list(meta["settings"]),
         metrics=list(meta["metrics"]),
-        missing={g: list(ids) for g, ids in meta.get("missing", {}).items()},
+        missing={g: list(ids) for g, ids in meta.get("missing", {}).items() if g in groups},
+        excluded=excluded,
     )

@@ -11,6 +11,16 @@ Conventions:
   observed labelling included); otherwise ``p = (1 + #{T* >= t}) / (1 + n_permutations)``
   with labellings drawn by a numpy Generator seeded by ``seed``. Ties are counted with a
   relative tolerance of ``100 * eps * |t|``, as scipy does.
+- Stratified comparisons (``compare(..., strata=[...])``) permute the labels only within
+  strata (rows equal on every strata column): two groups, the statistic is the mean over strata
+  of ``mean(a) - mean(b)`` within the stratum; more groups, the sum over strata of the
+  between-group sum of squares. Strata lacking a group are dropped (counted). Every distinct
+  within-strata relabelling is enumerated when there are at most ``n_permutations``.
+- ``p_min`` is the smallest p-value a permutation test could return: ``1 / (1 + n_permutations)``
+  for random relabellings, and for an enumeration the share of relabellings that reach the
+  largest statistic (2 / 2^k for k matched pairs: a labelling and its mirror tie).
+- Families of tests are adjusted by :func:`adjust_p`: Holm (family-wise error) or
+  Benjamini-Hochberg (false discovery rate); NaN p-values stay NaN and do not count.
 - Bootstrap intervals are percentile intervals.
 - Every result has an ``assumptions`` text. Too few samples raise
   :class:`~topoland.errors.NotEnoughSamplesError` naming the given and needed counts.
@@ -26,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from topoland.analysis.features import AnalysisError, FeatureTable, as_frame, resolve_column
+from topoland.analysis.features import AnalysisError, FeatureTable, as_frame, check_feature_columns, resolve_column
 from topoland.errors import NotEnoughSamplesError
 
 __all__ = [
@@ -39,6 +49,11 @@ __all__ = [
     "cliffs_delta",
     "holm",
     "benjamini_hochberg",
+    "adjust_p",
+    "P_ADJUST_METHODS",
+    "permutation_p_min",
+    "permutations_for_family",
+    "stratified_permutation_test",
     "permutation_test_means",
     "bootstrap_mean_diff_ci",
 ]
@@ -64,8 +79,9 @@ ASSUMPTIONS_CORR = (
     "are used. Spearman's rho and Kendall's tau-b measure monotone association (ties handled); "
     "p-values from scipy (asymptotic for large n). Confidence intervals: percentile bootstrap "
     "over rows; resamples in which a variable is constant are discarded (n_boot_valid). "
-    "Benjamini-Hochberg adjusts p-values across features, separately per target and method; "
-    "it controls the false discovery rate under independence or positive dependence."
+    "p-values are adjusted over the whole table (every feature and target), separately per "
+    "method: Holm (family-wise error, any dependence) by default, or Benjamini-Hochberg (false "
+    "discovery rate, independence or positive dependence)."
 )
 ASSUMPTIONS_DIAGRAM = (
     "Diagrams of different minima are independent. Statistic: the mean distance between a "
@@ -112,6 +128,37 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     out = np.empty(k)
     out[order] = np.minimum(adj, 1.0)
     return out
+
+
+P_ADJUST_METHODS: tuple[str, ...] = ("holm", "bh")
+
+
+def adjust_p(pvalues, method: str = "holm") -> np.ndarray:
+    """Adjusted p-values ``(k,)`` of one family: ``"holm"`` (:func:`holm`) or ``"bh"``
+    (:func:`benjamini_hochberg`). NaN entries (tests not run) stay NaN and are not counted."""
+    if method not in P_ADJUST_METHODS:
+        raise AnalysisError(f"p-value adjustment {method!r} is unknown; choose from {P_ADJUST_METHODS}")
+    p = np.asarray(pvalues, dtype=float).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = (holm if method == "holm" else benjamini_hochberg)(p[ok])
+    return out
+
+
+def permutation_p_min(n_permutations: int) -> float:
+    """Smallest p of a test by ``n_permutations`` random relabellings: ``1 / (1 + n_permutations)``."""
+    if n_permutations < 1:
+        raise AnalysisError(f"a permutation test needs n_permutations >= 1, got {n_permutations}")
+    return 1.0 / (1 + n_permutations)
+
+
+def permutations_for_family(family_size: int, alpha: float = 0.05) -> int:
+    """Fewest random relabellings ``n`` with ``family_size / (1 + n) < alpha``: enough for the
+    smallest p to stay below ``alpha`` after Holm over ``family_size`` tests."""
+    if family_size < 1 or not 0 < alpha < 1:
+        raise AnalysisError(f"need family_size >= 1 and 0 < alpha < 1, got {family_size}, {alpha}")
+    return int(math.floor(family_size / alpha))
 
 
 def _check_p(pvalues) -> np.ndarray:
@@ -169,17 +216,134 @@ def bootstrap_mean_diff_ci(a, b, *, n_boot: int = 2000, level: float = 0.95, see
     return float(lo), float(hi)
 
 
+# --------------------------------------------------------------------------- stratified test
+
+
+def _arrangements(labels: np.ndarray) -> np.ndarray:
+    """Every distinct ordering ``(A, n)`` of the multiset ``labels`` (ints)."""
+    values, counts = np.unique(labels, return_counts=True)
+    out: list[list[int]] = []
+
+    def grow(prefix, left):
+        if len(prefix) == labels.size:
+            out.append(list(prefix))
+            return
+        for i, v in enumerate(values):
+            if left[i]:
+                left[i] -= 1
+                prefix.append(int(v))
+                grow(prefix, left)
+                prefix.pop()
+                left[i] += 1
+
+    grow([], list(counts))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _n_arrangements(labels: np.ndarray) -> int:
+    _, counts = np.unique(labels, return_counts=True)
+    total = math.factorial(labels.size)
+    for c in counts:
+        total //= math.factorial(int(c))
+    return total
+
+
+def _relabellings(labels, strata_idx, n_permutations, rng):
+    """Label matrices ``(P, n)`` permuted within strata; exact when affordable."""
+    n = labels.size
+    sizes = [_n_arrangements(labels[idx]) for idx in strata_idx]
+    total = math.prod(sizes)
+    if total <= n_permutations:
+        per = [_arrangements(labels[idx]) for idx in strata_idx]
+        out = np.empty((total, n), dtype=np.int64)
+        for r, combo in enumerate(itertools.product(*(range(len(a)) for a in per))):
+            for idx, arr, j in zip(strata_idx, per, combo):
+                out[r, idx] = arr[j]
+        return out, True
+    out = np.empty((n_permutations, n), dtype=np.int64)
+    for idx in strata_idx:
+        out[:, idx] = rng.permuted(np.tile(labels[idx], (n_permutations, 1)), axis=1)
+    return out, False
+
+
+def _stratified_stat(x, L, strata_idx, k):
+    """Statistic of each label row of ``L (P, n)``: two groups (codes 0, 1), the mean over
+    strata of mean(x | 0) - mean(x | 1); more, the summed within-stratum between-group SS."""
+    out = np.zeros(L.shape[0])
+    for idx in strata_idx:
+        xs, Ls = x[idx], L[:, idx]
+        if k == 2:
+            a = (Ls == 0).astype(float)
+            out += (a @ xs) / a.sum(axis=1) - ((1 - a) @ xs) / (1 - a).sum(axis=1)
+        else:
+            grand = xs.mean()
+            for g in range(k):
+                m = (Ls == g).astype(float)
+                cnt = m.sum(axis=1)
+                out += cnt * ((m @ xs) / cnt - grand) ** 2
+    return out / len(strata_idx) if k == 2 else out
+
+
+def stratified_permutation_test(values, labels, strata, *, n_permutations: int = 9999, seed: int = 0) -> dict:
+    """Permutation test of a group effect with labels permuted only within strata.
+
+    Args:
+        values: ``(n,)`` floats. labels: ``(n,)`` group codes ``0..k-1`` (every code present).
+        strata: ``(n,)`` stratum codes; every stratum must hold at least two groups.
+
+    Returns ``{"statistic", "p_value", "p_min", "exact", "n_relabellings"}``: for two groups
+    the mean within-stratum ``mean(0) - mean(1)``, tested two-sided on its absolute value; for
+    more, the summed between-group sum of squares (one-sided).
+    """
+    x = np.asarray(values, dtype=float)
+    lab = np.asarray(labels, dtype=np.int64)
+    st = np.asarray(strata)
+    if not (x.shape == lab.shape == st.shape) or x.ndim != 1:
+        raise AnalysisError(f"values, labels and strata must be 1-D of one length, got {x.shape}, {lab.shape}, {st.shape}")
+    k = int(lab.max()) + 1
+    strata_idx = [np.flatnonzero(st == s) for s in pd.unique(st)]
+    thin = [str(st[idx[0]]) for idx in strata_idx if np.unique(lab[idx]).size < 2]
+    if thin:
+        raise NotEnoughSamplesError(f"strata {thin} hold a single group; drop them before the test")
+    L, exact = _relabellings(lab, strata_idx, n_permutations, np.random.default_rng(seed))
+    obs = float(_stratified_stat(x, lab[None, :], strata_idx, k)[0])
+    null = _stratified_stat(x, L, strata_idx, k)
+    if k == 2:
+        t, null_t = abs(obs), np.abs(null)
+    else:
+        t, null_t = obs, null
+    p = _perm_p(t, null_t, exact)
+    top = float(null_t.max())
+    p_min = float(np.mean(null_t >= top - _EPS_TIE * abs(top))) if exact else permutation_p_min(n_permutations)
+    return {"statistic": obs, "p_value": p, "p_min": p_min, "exact": exact, "n_relabellings": int(null.size)}
+
+
 # --------------------------------------------------------------------------- compare
+
+
+ASSUMPTIONS_STRATIFIED = (
+    "Observations are independent (one per minimum). Strata are the rows that agree on every "
+    "other setting ({strata}); group labels are exchangeable within a stratum under the null, so "
+    "a setting's effect is never confused with another's. Two groups: the statistic is the mean "
+    "over strata of the within-stratum difference of means, tested two-sided by permuting labels "
+    "within strata; with exactly one minimum of each group per stratum the Wilcoxon signed-rank "
+    "test on the matched differences is given too. More groups: the summed within-stratum "
+    "between-group sum of squares, then pairwise stratified tests with Holm's correction. The "
+    "confidence interval is a percentile bootstrap over strata. Cliff's delta is averaged over strata."
+)
 
 
 @dataclass
 class CompareResult:
     """Result of :func:`compare`.
 
-    ``test`` is "mann-whitney" (two groups) or "kruskal-wallis" (more); ``statistic`` and
-    ``p_value`` belong to it. Two-group fields (``mean_diff``, ``ci_low``, ``ci_high``,
-    ``cliffs_delta``, ``perm_p_value``...) are None for more groups, where ``pairwise`` holds
-    one row per pair with Holm-adjusted p-values (``p_holm``).
+    ``test`` is "stratified-permutation" (strata given or found), else "mann-whitney" (two
+    groups) or "kruskal-wallis" (more); ``statistic`` and ``p_value`` belong to it. ``p_min``
+    is the smallest p the permutation test in the row could give (``perm_p_value`` unstratified,
+    ``p_value`` stratified). Two-group fields (``mean_diff``, ``ci_low``, ``ci_high``,
+    ``cliffs_delta``...) are None for more groups, where ``pairwise`` holds one row per pair with
+    Holm-adjusted p-values (``p_holm``). ``strata``: the columns stratified on; ``n_strata``:
+    strata used; ``n_strata_dropped``: strata lacking a group.
     """
 
     by: str
@@ -202,52 +366,82 @@ class CompareResult:
     n_boot: int | None = None
     pairwise: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    strata: list[str] = field(default_factory=list)
+    n_strata: int = 1
+    n_strata_dropped: int = 0
+    p_min: float | None = None
+    wilcoxon_statistic: float | None = None
+    wilcoxon_p: float | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per comparison: the two-group test, or the omnibus row then the pairs."""
+        common = {"strata": ", ".join(self.strata), "n_strata": self.n_strata,
+                  "n_strata_dropped": self.n_strata_dropped}
         if self.pairwise is None:
             a, b = self.groups
             return pd.DataFrame([{
                 "by": self.by, "metric": self.metric, "group_a": a, "group_b": b,
                 "n_a": self.n[a], "n_b": self.n[b], "test": self.test,
-                "statistic": self.statistic, "p_value": self.p_value,
-                "perm_p_value": self.perm_p_value, "mean_diff": self.mean_diff,
+                "statistic": self.statistic, "p_value": self.p_value, "p_min": self.p_min,
+                "perm_p_value": self.perm_p_value, "n_permutations": self.n_permutations,
+                "exact": self.perm_exact, "wilcoxon_p": self.wilcoxon_p, "mean_diff": self.mean_diff,
                 "ci_low": self.ci_low, "ci_high": self.ci_high, "cliffs_delta": self.cliffs_delta,
-            }])
+            } | common])
         head = pd.DataFrame([{
             "by": self.by, "metric": self.metric, "group_a": "all", "group_b": "",
             "n_a": sum(self.n.values()), "n_b": np.nan, "test": self.test,
-            "statistic": self.statistic, "p_value": self.p_value,
-        }])
-        pw = self.pairwise.assign(by=self.by, metric=self.metric, test="mann-whitney")
+            "statistic": self.statistic, "p_value": self.p_value, "p_min": self.p_min,
+            "n_permutations": self.n_permutations, "exact": self.perm_exact,
+        } | common])
+        pw = self.pairwise.assign(by=self.by, metric=self.metric)
+        if "test" not in pw:
+            pw = pw.assign(test="mann-whitney")
         return pd.concat([head, pw], ignore_index=True)
 
 
-def _groups(table, by: str, metric: str, order, min_samples: int):
+def _sort_labels(values):
+    return sorted(pd.unique(values), key=lambda v: (str(type(v)), v))
+
+
+def _size_message(where, groups, min_samples, n_dropped, extra=""):
+    sizes = ", ".join(f"{k}: {v.size}" for k, v in groups.items())
+    small = [str(k) for k, v in groups.items() if v.size < min_samples]
+    return (f"{where}: group(s) {', '.join(small)} have fewer than {min_samples} samples, "
+            f"the least each group needs (sizes given: {sizes}; {n_dropped} rows dropped for NaN{extra})")
+
+
+def _groups(table, by: str, metric: str, order, min_samples: int, strata=()):
     df = as_frame(table)
     if by not in df.columns:
         raise AnalysisError(f"compare: grouping column {by!r} is not in the table")
     metric = resolve_column(df, metric)
-    sub = df[[by, metric]]
+    absent = [c for c in strata if c not in df.columns]
+    if absent:
+        raise AnalysisError(f"compare(by={by!r}): strata columns {absent} are not in the table")
+    sub = df[[by, metric, *strata]]
     ok = sub.notna().all(axis=1)
     n_dropped = int((~ok).sum())
     sub = sub[ok]
-    labels = list(order) if order is not None else sorted(pd.unique(sub[by]), key=lambda v: (str(type(v)), v))
+    labels = list(order) if order is not None else _sort_labels(sub[by])
+    sub = sub[sub[by].isin(labels)]
     groups = {lab: sub.loc[sub[by] == lab, metric].to_numpy(dtype=float) for lab in labels}
     where = f"compare(by={by!r}, metric={metric!r})"
     if len(groups) < 2:
         raise NotEnoughSamplesError(f"{where}: {len(groups)} group(s) {labels} given; needs at least 2")
-    small = [k for k, v in groups.items() if v.size < min_samples]
-    if small:
-        sizes = ", ".join(f"{k}: {v.size}" for k, v in groups.items())
-        raise NotEnoughSamplesError(
-            f"{where}: group(s) {', '.join(map(str, small))} have fewer than {min_samples} samples, "
-            f"the least each group needs (sizes given: {sizes}; {n_dropped} rows dropped for NaN)"
-        )
+    if any(v.size < min_samples for v in groups.values()):
+        raise NotEnoughSamplesError(_size_message(where, groups, min_samples, n_dropped))
     allv = np.concatenate(list(groups.values()))
     if np.all(allv == allv[0]):
         raise AnalysisError(f"{where}: the metric is constant ({allv[0]}) over all {allv.size} rows; rank tests are undefined")
-    return metric, groups, n_dropped
+    return metric, groups, n_dropped, sub, labels
+
+
+def _auto_strata(table, by: str) -> list[str]:
+    """Other settings of a FeatureTable that vary (``run.seed`` replicates are not strata)."""
+    if not isinstance(table, FeatureTable):
+        return []
+    df = table.frame
+    return [c for c in table.settings if c not in (by, "run.seed") and df[c].nunique(dropna=True) > 1]
 
 
 def compare(
@@ -256,25 +450,37 @@ def compare(
     metric: str,
     *,
     order=None,
+    strata=None,
     n_permutations: int = 9999,
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
-    min_samples: int = 3,
+    min_samples: int | None = None,
 ) -> CompareResult:
     """Compare ``metric`` between the minima grouped by the setting ``by``.
 
     Args:
-        table: :class:`FeatureTable` or DataFrame; rows with NaN in ``by`` or ``metric`` are
-            dropped (counted in ``n_dropped``). ``metric`` may be a bare feature name that
-            matches one ``<group>.<name>`` column.
+        table: :class:`FeatureTable` or DataFrame; rows with NaN in ``by``, ``metric`` or a
+            strata column are dropped (counted in ``n_dropped``). ``metric`` may be a bare
+            feature name that matches one ``<group>.<name>`` column.
         order: group labels in order (default: sorted); also restricts the groups.
-        min_samples: fewest samples per group.
+        strata: columns to stratify on (the other grid axes). ``None``: every other setting of a
+            FeatureTable that varies (``run.seed`` excepted), none for a DataFrame; ``()``:
+            unstratified.
+        min_samples: fewest samples per group (default 2 stratified, 3 unstratified).
 
-    Two groups: Mann-Whitney U, permutation test on the difference of means, Cliff's delta and
-    a bootstrap CI. More groups: Kruskal-Wallis and pairwise Mann-Whitney with Holm correction.
+    Stratified: :func:`stratified_permutation_test`, Wilcoxon signed-rank when the strata are
+    matched pairs, stratum bootstrap CI. Unstratified, two groups: Mann-Whitney U, permutation
+    test on the difference of means, Cliff's delta and a bootstrap CI; more groups:
+    Kruskal-Wallis and pairwise Mann-Whitney with Holm correction.
     """
-    metric, groups, n_dropped = _groups(table, by, metric, order, min_samples)
+    strata = _auto_strata(table, by) if strata is None else [strata] if isinstance(strata, str) else list(strata)
+    if by in strata:
+        raise AnalysisError(f"compare: {by!r} cannot be both the grouping column and a stratum")
+    if strata:
+        return _compare_stratified(table, by, metric, order, strata, n_permutations, n_boot, level, seed,
+                                   2 if min_samples is None else min_samples)
+    metric, groups, n_dropped, _, _ = _groups(table, by, metric, order, 3 if min_samples is None else min_samples)
     labels = list(groups)
     n = {k: int(v.size) for k, v in groups.items()}
     if len(groups) == 2:
@@ -283,12 +489,14 @@ def compare(
         diff, perm_p, exact = permutation_test_means(a, b, n_permutations=n_permutations, seed=seed)
         lo, hi = bootstrap_mean_diff_ci(a, b, n_boot=n_boot, level=level, seed=seed)
         notes = [] if exact else [f"permutation p from {n_permutations} random relabellings"]
+        total = math.comb(a.size + b.size, a.size)
         return CompareResult(
             by=by, metric=metric, test="mann-whitney", groups=labels, n=n,
             statistic=float(mw.statistic), p_value=float(mw.pvalue), assumptions=ASSUMPTIONS_TWO,
             n_dropped=n_dropped, mean_diff=diff, ci_low=lo, ci_high=hi, ci_level=level,
             cliffs_delta=cliffs_delta(a, b), perm_p_value=perm_p, n_permutations=n_permutations,
             perm_exact=exact, n_boot=n_boot, notes=notes,
+            p_min=(2 if a.size == b.size else 1) / total if exact else permutation_p_min(n_permutations),
         )
     kw = sps.kruskal(*groups.values())
     rows = []
@@ -305,6 +513,71 @@ def compare(
         statistic=float(kw.statistic), p_value=float(kw.pvalue), assumptions=ASSUMPTIONS_MANY,
         n_dropped=n_dropped, pairwise=pw,
     )
+
+
+def _stratum_codes(sub: pd.DataFrame, strata: list[str]) -> np.ndarray:
+    keys = sub[strata].astype(str).agg("\x1f".join, axis=1)
+    return pd.factorize(keys)[0]
+
+
+def _compare_stratified(table, by, metric, order, strata, n_permutations, n_boot, level, seed, min_samples):
+    metric, groups, n_dropped, sub, labels = _groups(table, by, metric, order, min_samples, strata)
+    where = f"compare(by={by!r}, metric={metric!r}, strata={strata})"
+    codes = _stratum_codes(sub, strata)
+    lab = pd.Categorical(sub[by], categories=labels).codes.astype(np.int64)
+    keep = np.zeros(codes.size, dtype=bool)
+    for c in np.unique(codes):
+        m = codes == c
+        keep[m] = np.unique(lab[m]).size == len(labels)
+    n_strata_all = int(np.unique(codes).size)
+    x, lab, codes = sub[metric].to_numpy(dtype=float)[keep], lab[keep], codes[keep]
+    used = {la: x[lab == i] for i, la in enumerate(labels)}
+    n_used_strata = int(np.unique(codes).size)
+    if n_used_strata == 0:
+        sizes = ", ".join(f"{k}: {v.size}" for k, v in groups.items())
+        raise NotEnoughSamplesError(
+            f"{where}: no stratum of {strata} holds every group {labels} (group sizes: {sizes}); "
+            "the groups differ in the other settings too and cannot be compared fairly")
+    if any(v.size < min_samples for v in used.values()):
+        raise NotEnoughSamplesError(_size_message(
+            where, used, min_samples, n_dropped, f"; {n_strata_all - n_used_strata} strata lacking a group dropped"))
+    if np.all(x == x[0]):
+        raise AnalysisError(f"{where}: the metric is constant ({x[0]}) over the {x.size} rows used")
+    res = stratified_permutation_test(x, lab, codes, n_permutations=n_permutations, seed=seed)
+    n = {k: int(v.size) for k, v in used.items()}
+    notes = [] if res["exact"] else [f"permutation p from {n_permutations} random within-strata relabellings"]
+    if n_strata_all > n_used_strata:
+        notes.append(f"{n_strata_all - n_used_strata} of {n_strata_all} strata lack a group and are left out")
+    common = dict(by=by, metric=metric, test="stratified-permutation", groups=labels, n=n,
+                  statistic=res["statistic"], p_value=res["p_value"], n_dropped=n_dropped,
+                  assumptions=ASSUMPTIONS_STRATIFIED.format(strata=", ".join(strata)), n_permutations=n_permutations,
+                  perm_exact=res["exact"], notes=notes, strata=list(strata), n_strata=n_used_strata,
+                  n_strata_dropped=n_strata_all - n_used_strata, p_min=res["p_min"])
+    if len(labels) > 2:
+        rows = []
+        for la, lb in itertools.combinations(labels, 2):
+            r = _compare_stratified(sub, by, metric, [la, lb], strata, n_permutations, n_boot, level, seed, min_samples)
+            rows.append({"group_a": la, "group_b": lb, "n_a": r.n[la], "n_b": r.n[lb], "test": r.test,
+                         "statistic": r.statistic, "p_value": r.p_value, "p_min": r.p_min,
+                         "mean_diff": r.mean_diff, "cliffs_delta": r.cliffs_delta, "wilcoxon_p": r.wilcoxon_p,
+                         "n_strata": r.n_strata})
+        pw = pd.DataFrame(rows)
+        pw["p_holm"] = holm(pw["p_value"].to_numpy())
+        return CompareResult(**common, pairwise=pw)
+    strata_idx = [np.flatnonzero(codes == c) for c in np.unique(codes)]
+    diffs = np.array([x[i][lab[i] == 0].mean() - x[i][lab[i] == 1].mean() for i in strata_idx])
+    deltas = np.array([cliffs_delta(x[i][lab[i] == 0], x[i][lab[i] == 1]) for i in strata_idx])
+    rng = np.random.default_rng(seed)
+    boot = diffs[rng.integers(0, diffs.size, size=(n_boot, diffs.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    w_stat = w_p = None
+    if all(i.size == 2 for i in strata_idx) and np.any(diffs != 0):
+        w = sps.wilcoxon(diffs, alternative="two-sided")
+        w_stat, w_p = float(w.statistic), float(w.pvalue)
+    return CompareResult(**common, mean_diff=float(diffs.mean()), ci_low=float(lo), ci_high=float(hi),
+                         ci_level=level, cliffs_delta=float(deltas.mean()), n_boot=n_boot,
+                         wilcoxon_statistic=w_stat, wilcoxon_p=w_p)
 
 
 # --------------------------------------------------------------------------- correlations
@@ -354,6 +627,7 @@ def correlations(
     level: float = 0.95,
     seed: int = 0,
     min_samples: int = 5,
+    p_adjust: str = "holm",
 ) -> pd.DataFrame:
     """Spearman and Kendall correlation of every feature with every target.
 
@@ -362,13 +636,16 @@ def correlations(
         features: columns (default: every group column of a FeatureTable).
         targets: target columns (default ``("gap", "test_acc")``; ``gap`` in nats).
         min_samples: fewest complete rows per (feature, target) pair.
+        p_adjust: "holm" (default) or "bh": the adjustment over the table, per method.
 
     Returns:
         One row per (feature, target): ``n``, ``spearman_rho``, ``spearman_p``,
-        ``spearman_ci_low/high``, ``spearman_p_bh``, the same for ``kendall_*`` (tau-b),
-        ``n_boot_valid`` and ``note``. A constant feature gets NaN statistics with the note
-        "constant ..." and is left out of the BH adjustment. ``.attrs["assumptions"]`` states
-        the assumptions.
+        ``spearman_p_adj``, ``spearman_ci_low/high``, the same for ``kendall_*`` (tau-b),
+        ``n_boot_valid``, ``note``, ``p_adjust`` and ``finding`` (Spearman adjusted p < 0.05).
+        A constant feature gets NaN statistics with the note "constant ..." and is left out of
+        the adjustment. ``.attrs["assumptions"]`` states the assumptions.
+
+    Raises :class:`AnalysisError` when a feature comes from the test split.
     """
     df = as_frame(table)
     if features is None:
@@ -379,6 +656,9 @@ def correlations(
     targets = [resolve_column(df, t) for t in ([targets] if isinstance(targets, str) else targets)]
     if not features:
         raise AnalysisError("correlations got no feature columns")
+    check_feature_columns(features, where="correlations")
+    if p_adjust not in P_ADJUST_METHODS:
+        raise AnalysisError(f"p-value adjustment {p_adjust!r} is unknown; choose from {P_ADJUST_METHODS}")
     rng = np.random.default_rng(seed)
     alpha = (1 - level) / 2
     rows = []
@@ -421,15 +701,13 @@ def correlations(
             rows.append(row)
     out = pd.DataFrame(rows)
     for method in ("spearman", "kendall"):
-        out[f"{method}_p_bh"] = np.nan
-        for t in targets:
-            sel = (out["target"] == t) & out[f"{method}_p"].notna()
-            if sel.any():
-                out.loc[sel, f"{method}_p_bh"] = benjamini_hochberg(out.loc[sel, f"{method}_p"].to_numpy())
+        out[f"{method}_p_adj"] = adjust_p(out[f"{method}_p"].to_numpy(dtype=float), p_adjust)
+    out["p_adjust"] = p_adjust
+    out["finding"] = out["spearman_p_adj"] < 0.05
     cols = ["feature", "target", "n",
-            "spearman_rho", "spearman_p", "spearman_p_bh", "spearman_ci_low", "spearman_ci_high",
-            "kendall_tau", "kendall_p", "kendall_p_bh", "kendall_ci_low", "kendall_ci_high",
-            "n_boot_valid", "note"]
+            "spearman_rho", "spearman_p", "spearman_p_adj", "spearman_ci_low", "spearman_ci_high",
+            "kendall_tau", "kendall_p", "kendall_p_adj", "kendall_ci_low", "kendall_ci_high",
+            "n_boot_valid", "note", "p_adjust", "finding"]
     out = out[cols]
     out.attrs["assumptions"] = ASSUMPTIONS_CORR
     out.attrs["level"] = level

@@ -71,14 +71,17 @@ def plot_grouped(table, by: str, metric: str, *, ax=None, strip: bool = True, **
 
 def plot_classifier_table(result: pd.DataFrame, *, ax=None, cmap: str = "viridis", digits: int = 2, **kw):
     """Heat map of mean accuracy, rows = feature groups, columns = targets, each cell
-    annotated "mean ± se" (and "*" when the permutation p-value is < 0.05).
-    ``result``: the tidy frame of :func:`topoland.analysis.classifier_table`."""
-    need = {"group", "target", "mean", "se"}
+    annotated with the mean, "± <se> clf" (standard error across the classifiers), "± <se> cv"
+    (cross-validation standard error of the mean) and "*" when the adjusted permutation
+    p-value is < 0.05 (a finding). ``result``: the tidy frame of
+    :func:`topoland.analysis.classifier_table`."""
+    need = {"group", "target", "mean", "se_across_classifiers", "cv_se"}
     if not need <= set(result.columns):
         raise AnalysisError(f"plot_classifier_table needs columns {sorted(need)}, got {list(result.columns)}")
     mean = pivot_classifier_table(result, "mean")
-    se = pivot_classifier_table(result, "se")
-    p = pivot_classifier_table(result, "p_value") if "p_value" in result.columns else None
+    se = pivot_classifier_table(result, "se_across_classifiers")
+    cv = pivot_classifier_table(result, "cv_se")
+    p = pivot_classifier_table(result, "p_adjusted") if "p_adjusted" in result.columns else None
     annot = np.empty(mean.shape, dtype=object)
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
@@ -87,7 +90,8 @@ def plot_classifier_table(result: pd.DataFrame, *, ax=None, cmap: str = "viridis
                 annot[i, j] = "n/a"
                 continue
             star = "*" if p is not None and pd.notna(p.iat[i, j]) and p.iat[i, j] < 0.05 else ""
-            annot[i, j] = f"{m:.{digits}f}{star}\n± {se.iat[i, j]:.{digits}f}"
+            annot[i, j] = (f"{m:.{digits}f}{star}\n± {se.iat[i, j]:.{digits}f} clf\n"
+                           f"± {cv.iat[i, j]:.{digits}f} cv")
     ax = _ax(ax)
     sns.heatmap(mean.astype(float), annot=annot, fmt="", vmin=0.0, vmax=1.0, cmap=cmap, ax=ax,
                 cbar_kws={"label": "mean CV accuracy"}, **kw)
