@@ -128,9 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", default="reports", help="folder of the PDF")
 
     s = _sub(subs, "compare", "statistical comparison of minima by a setting", """\
-        Compare a metric or feature between the groups of minima that differ in one setting:
-        Mann-Whitney U, permutation test, Cliff's delta and a bootstrap CI for two groups;
-        Kruskal-Wallis and Holm-corrected pairwise tests for more.""",
+        Compare a metric or feature between the groups of minima that differ in one grid axis,
+        over the grid cells only, stratified on the other grid axes: a permutation test with
+        labels permuted within strata (Wilcoxon signed-rank too for matched pairs), Cliff's
+        delta and a bootstrap CI; pairwise stratified tests for more than two groups. --by a
+        setting of the extra cells ([[cells]], e.g. train.pretrain_random_epochs) compares them
+        with the grid cells, matched on the grid axes they share.""",
         """\
         examples:
           topoland compare runs/quickstart --by train.weight_decay --metric test_acc
@@ -138,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="run directory")
     s.add_argument("--by", required=True, help="setting column, e.g. train.weight_decay")
     s.add_argument("--metric", required=True, help="metric or feature column")
-    s.add_argument("--permutations", type=int, default=2000, help="permutations")
+    s.add_argument("--permutations", type=int, default=9999,
+                   help="random within-strata relabellings (all are enumerated when fewer)")
     s.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
 
     _add_extra_commands(subs)
@@ -285,18 +289,32 @@ def _cmd_compare(a):
     res = compare_in_dir(a.run_dir, by=a.by, metric=a.metric, n_permutations=a.permutations, seed=a.seed)
     sizes = ", ".join(f"{k}: {v}" for k, v in res.n.items())
     print(f"{res.metric} by {res.by} ({sizes} minima)")
+    if res.strata:
+        print(f"  stratified on {', '.join(res.strata)}: {res.n_strata} strata used"
+              + (f", {res.n_strata_dropped} lacking a group left out" if res.n_strata_dropped else ""))
+        kind = "exact relabellings" if res.perm_exact else "random within-strata relabellings"
+        print(f"  stratified permutation test: statistic = {res.statistic:.4g}, p = {res.p_value:.4g} "
+              f"({kind}; smallest attainable p = {res.p_min:.3g})")
     if res.pairwise is None:
         a_, b_ = res.groups
-        print(f"  Mann-Whitney U = {res.statistic:.4g}, p = {res.p_value:.4g}")
-        print(f"  permutation test on the difference of means: p = {res.perm_p_value:.4g} "
-              f"({res.n_permutations} {'exact relabellings' if res.perm_exact else 'permutations'})")
-        print(f"  mean({a_}) - mean({b_}) = {res.mean_diff:.4g}, "
+        if not res.strata:
+            print(f"  Mann-Whitney U = {res.statistic:.4g}, p = {res.p_value:.4g}")
+            print(f"  permutation test on the difference of means: p = {res.perm_p_value:.4g} "
+                  f"({res.n_permutations} {'exact relabellings' if res.perm_exact else 'permutations'}; "
+                  f"smallest attainable p = {res.p_min:.3g})")
+        if res.wilcoxon_p is not None:
+            print(f"  Wilcoxon signed-rank on {res.n_strata} matched pairs: p = {res.wilcoxon_p:.4g}")
+        print(f"  mean({a_}) - mean({b_}) = {res.mean_diff:.4g}{' (mean over strata)' if res.strata else ''}, "
               f"{100 * res.ci_level:.0f}% bootstrap CI [{res.ci_low:.4g}, {res.ci_high:.4g}]")
         print(f"  Cliff's delta = {res.cliffs_delta:.3f}")
     else:
-        print(f"  Kruskal-Wallis H = {res.statistic:.4g}, p = {res.p_value:.4g}; pairwise Mann-Whitney, Holm-corrected:")
+        if not res.strata:
+            print(f"  Kruskal-Wallis H = {res.statistic:.4g}, p = {res.p_value:.4g}")
+        print("  pairwise tests, Holm-corrected within this comparison:")
         with pd.option_context("display.width", 160, "display.max_columns", None):
             print(res.pairwise.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("  one test, unadjusted: the analysis stage adjusts every comparison of a run as one family "
+          "(run/analysis/comparisons.csv, p_adjusted)")
     for note in res.notes:
         print(f"  note: {note}")
     print(f"assumptions: {res.assumptions}")

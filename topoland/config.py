@@ -217,7 +217,14 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "targets": _Key(_LIST, ["gen_label"], None, "targets: gen_label and/or setting keys"),
         "n_splits": _Key((int,), 5, _pos, "folds"),
         "n_repeats": _Key((int,), 3, _pos, "repeats of the stratified k-fold"),
-        "n_permutations": _Key((int,), 50, _nonneg, "permutations of the classifier test"),
+        "n_permutations": _Key((int, str), "auto", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 0)
+                               else "must be an integer >= 0 or 'auto'",
+                               "permutations of each classifier-table cell ('auto' = 20 x the number of "
+                               "cells: the fewest for which a cell can be a finding after Holm)"),
+        "compare_permutations": _Key((int,), 9999, _pos, "random within-strata relabellings of each comparison "
+                                     "(every relabelling is enumerated when there are fewer)"),
+        "p_adjust": _Key((str,), "holm", _one_of("holm", "bh"), "multiple-comparison adjustment of every family "
+                         "(classifier cells, comparisons, correlations): Holm or Benjamini-Hochberg"),
         "n_boot": _Key((int,), 1000, _pos, "bootstrap resamples"),
         "n_classes": _Key((int,), 5, lambda v: None if v >= 2 else "must be >= 2", "quantile classes of gen_label"),
         "n_jobs": _Key((int,), 1, _pos, "processes for the classifier permutation test"),

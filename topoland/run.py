@@ -748,7 +748,46 @@ def analysis_table(store: RunStore):
     if "diverged" in cells:
         cells = cells[~cells["diverged"].astype(bool)].drop(columns=["diverged"])
     groups = {g: df[df.index.isin(cells.cell_id)] for g, df in feature_groups(store).items()}
-    return feature_table(cells.reset_index(drop=True), {g: df for g, df in groups.items() if len(df)})
+    return feature_table(cells.reset_index(drop=True), {g: df for g, df in groups.items() if len(df)},
+                         test_derived=_test_derived_groups(store, cells.cell_id))
+
+
+def _test_derived_groups(store: RunStore, cell_ids) -> dict:
+    """Groups computed on the test split whatever their column names: a topology filtered by
+    test loss (``topology.value = "test_loss"``) in any cell."""
+    from .config import defaults
+    base = defaults()["topology"]["value"]
+    values = {store.cell_config(c).get("topology", {}).get("value", base) for c in cell_ids}
+    return {"topology": "all"} if "test_loss" in values else {}
+
+
+def run_design(store: RunStore, cfg: dict):
+    """The :class:`~topoland.analysis.comparisons.Design` of a run: its grid axes and extra cells
+    (``[[cells]]``: the cells after the grid's product, by position)."""
+    import math
+
+    from .analysis.comparisons import Design
+    axes = tuple(cfg["grid"])
+    n_grid = math.prod(len(v) for v in cfg["grid"].values())
+    cells = store.cells()
+    return Design(axes=axes, extra=tuple(cells.loc[cells.position >= n_grid, "cell_id"]))
+
+
+def _config_settings(ft) -> list[str]:
+    """Settings columns that are config keys (``section.key``), not stage outcomes."""
+    return [c for c in ft.settings if "." in c]
+
+
+def _floor_note(what: str, table) -> list[str]:
+    """A note when no test of a family can reach adjusted p < 0.05 (p_min * family >= 0.05)."""
+    p = table["p_value"].notna()
+    if not p.any():
+        return []
+    p_min, m = float(table.loc[p, "p_min"].min()), int(p.sum())
+    if p_min * m < 0.05:
+        return []
+    return [f"{what}: the smallest attainable p is {p_min:.3g} and the family holds {m} tests, so "
+            f"p_min x {m} = {p_min * m:.3g} >= 0.05: none can be a finding after Holm"]
 
 
 def _diverged_cells(store: RunStore) -> list[str]:
@@ -767,14 +806,16 @@ def _targets(cfg: dict, ft) -> list[str]:
 def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     import pandas as pd
 
-    from .analysis import classifier_table, compare, correlations, save_feature_table
+    from .analysis import classifier_table, correlations, save_feature_table
+    from .analysis.comparisons import FLATNESS_MEASURES, comparison_table, flatness_ordering
     from .errors import NotEnoughSamplesError
     from .store import write_table
     ft = analysis_table(store)
     save_feature_table(ft, out)
     a = cfg["analysis"]
     seed = cfg["run"]["seed"]
-    notes = []
+    notes = [f"features: {col} left out ({why}); test-split values are targets only"
+             for col, why in ft.excluded.items()]
     diverged = _diverged_cells(store)
     if diverged:
         notes.append(f"{len(diverged)} minima left out because their training diverged: {', '.join(diverged)}")
@@ -782,8 +823,9 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     if ft.groups and targets:
         clf = classifier_table(ft, targets, n_classes=a["n_classes"], n_splits=a["n_splits"],
                                n_repeats=a["n_repeats"], seed=seed, n_permutations=a["n_permutations"],
-                               n_jobs=a["n_jobs"], on_error="record")
+                               p_adjust=a["p_adjust"], n_jobs=a["n_jobs"], on_error="record")
         write_table(clf, out / "classifiers")
+        notes += _floor_note("classifier table", clf)
     feature_cols = [c for g in ft.groups.values() for c in g]
     enough = [c for c in feature_cols if ft.frame[c].notna().sum() >= 5]
     for c in sorted(set(feature_cols) - set(enough)):
@@ -791,37 +833,51 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     try:
         if not enough:
             raise NotEnoughSamplesError("no feature has 5 or more values")
-        corr = correlations(ft, enough, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed)
+        corr = correlations(ft, enough, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed,
+                            p_adjust=a["p_adjust"])
         write_table(corr, out / "correlations")
     except NotEnoughSamplesError as e:
         notes.append(f"correlations: {e}")
-    comps = []
-    settings = [c for c in ft.settings if ft.frame[c].nunique() > 1 and c != "run.seed"]
-    for by in settings:
-        for metric in ["test_acc", "gap"] + [c for c in feature_cols if "total_persistence" in c]:
-            try:
-                r = compare(ft, by=by, metric=metric, n_permutations=999, n_boot=a["n_boot"], seed=seed)
-                df = r.to_frame()
-                for col, val in (("metric", metric), ("by", by)):
-                    if col not in df:
-                        df.insert(0, col, val)
-                comps.append(df)
-            except TopolandError as e:
-                notes.append(f"compare {metric} by {by}: {e}")
-    if comps:
-        write_table(pd.concat(comps, ignore_index=True), out / "comparisons")
+    # grid axes stratified on the others, extra cells (bad minima) on their own; one family
+    design = run_design(store, cfg)
+    metrics = (["test_acc", "gap"] + [c for c in feature_cols if "total_persistence" in c]
+               + [c for c in FLATNESS_MEASURES if c in feature_cols])
+    comps, comp_notes = comparison_table(ft, design, metrics, settings=_config_settings(ft), p_adjust=a["p_adjust"],
+                                         n_permutations=a["compare_permutations"], n_boot=a["n_boot"], seed=seed)
+    notes += comp_notes
+    if not comps.empty:
+        write_table(comps, out / "comparisons")
+        batch = next((ax for ax in design.axes if ax.endswith("batch_size")), None)
+        if batch:
+            write_table(flatness_ordering(comps, by=batch), out / "flatness")
     (out / "notes.json").write_text(json.dumps(notes, indent=1))
     return {"n_minima": len(ft.frame), "groups": list(ft.groups), "targets": targets, "notes": notes}
 
 
-def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=2000, seed=0):
-    """``topoland compare``: compare ``metric`` across the groups of ``by`` in a run."""
-    from .analysis import compare, resolve_column
+def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0):
+    """``topoland compare``: compare ``metric`` by the grid axis ``by`` over the grid cells,
+    stratified on the other axes; or, when ``by`` is the setting by which extra cells leave the
+    grid (``train.pretrain_random_epochs``), those extra cells vs the grid."""
+    from .analysis import resolve_column
+    from .analysis.comparisons import extra_comparison, extra_kinds, grid_comparison
     store = RunStore.open(run_dir)
+    cfg = _stored_config(store)
     ft = analysis_table(store)
-    if by not in ft.frame:
-        raise TopolandError(f"no setting column {by!r} in run '{run_dir}' (settings: {', '.join(ft.settings)})")
-    return compare(ft, by=by, metric=resolve_column(ft, metric), n_permutations=n_permutations, seed=seed)
+    design = run_design(store, cfg)
+    metric = resolve_column(ft, metric)
+    if by in design.axes:
+        return grid_comparison(ft, design, by, metric, n_permutations=n_permutations, seed=seed)
+    kinds = extra_kinds(ft, design, _config_settings(ft))
+    hits = {k: c for k, c in kinds.items() if by == k or by in [part.split("=")[0] for part in k.split(", ")]}
+    if len(hits) == 1:
+        (kind, cells), = hits.items()
+        return extra_comparison(ft, design, kind, cells, metric, n_permutations=n_permutations, seed=seed)
+    if hits:
+        raise TopolandError(f"several kinds of extra cells set {by!r} in run '{run_dir}': {', '.join(hits)}; "
+                            "give one of them in full as --by")
+    raise TopolandError(
+        f"setting {by!r} is not varied by the grid of run '{run_dir}' (grid axes: {', '.join(design.axes) or 'none'}; "
+        f"extra cells: {', '.join(f'{k} ({len(c)})' for k, c in kinds.items()) or 'none'})")
 
 
 def stage_report(store: RunStore, cfg: dict, out: Path) -> dict:

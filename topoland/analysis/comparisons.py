@@ -183,6 +183,7 @@ def comparison_table(table, design: Design, metrics, *, settings=None, p_adjust:
     if not rows:
         return pd.DataFrame(), notes
     out = pd.concat(rows, ignore_index=True)
+    out[["group_a", "group_b"]] = out[["group_a", "group_b"]].astype(str)  # setting values and labels mix types
     out["p_adjusted"] = adjust_p(out["p_value"].to_numpy(dtype=float), p_adjust)
     out["p_adjust"] = p_adjust
     out["finding"] = out["p_adjusted"] < alpha

@@ -9,8 +9,10 @@ Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
    1-D curves, eigenvalue density;
    then, when any cell ran the optional ensemble stage, fast geometric ensembles: ensemble test
    accuracy against the number of members, one line per minimum, and a table;
-4. across minima: total persistence vs generalization, metrics grouped by each grid setting,
-   the classifier table, statistical comparisons;
+4. across minima: total persistence vs generalization, rank correlations, metrics grouped by
+   each grid setting, the classifier table (both standard errors, adjusted p, smallest
+   attainable p), the comparisons (grid axes stratified, extra cells apart, adjusted p), the
+   flatness ordering by batch size; "finding" only at adjusted p < 0.05;
 5. paths: barrier profiles per pair and the disconnectivity graph (>= 3 connected minima);
 6. notes: diverged trajectories, failed or skipped stages, analysis notes, panels not drawn.
 
@@ -638,13 +640,83 @@ def _classifier_heatmap(clf: pd.DataFrame, ax) -> None:
                 ax.text(j + 0.5, i + 0.5, "n/a (see notes)", ha="center", va="center", color="0.4")
 
 
+def _adjust_name(table: pd.DataFrame) -> str:
+    method = str(table["p_adjust"].iloc[0]) if "p_adjust" in table and len(table) else "holm"
+    return {"holm": "Holm", "bh": "Benjamini–Hochberg"}.get(method, method)
+
+
+def _classifier_footer(clf: pd.DataFrame) -> str:
+    """Chance rates, the permutations and the smallest attainable p of the classifier table."""
+    parts = []
+    if "chance_majority" in clf:
+        chance = clf.groupby("target")["chance_majority"].max()
+        parts.append("majority-class chance: " + ", ".join(f"{k} {_fmt(v)}" for k, v in chance.items()))
+    if "p_min" in clf and clf["p_min"].notna().any():
+        m = int(clf["p_value"].notna().sum())
+        p_min = float(clf["p_min"].min())
+        n_perm = int(clf["n_permutations"].max())
+        verdict = ("no cell can be a finding" if p_min * m >= 0.05 else "a cell can be a finding")
+        parts.append(f"{n_perm} permutations per cell: smallest attainable p = 1/({n_perm}+1) = {p_min:.3g}; "
+                     f"{m} cells in the family, so {verdict} after {_adjust_name(clf)} "
+                     f"(p_min × {m} = {p_min * m:.3g})")
+    return "; ".join(parts)
+
+
+_CELLS_PER_PAGE = 6
+
+
+def _classifier_se_pages(w: _Writer, clf: pd.DataFrame) -> None:
+    """Per cell: the mean with both standard errors and the p-values; then, per classifier, its
+    accuracy ± cross-validation SE (rows = classifiers, columns = cells, a few cells a page)."""
+    ok = clf[clf["mean"].notna()]
+    if ok.empty:
+        return
+    summary = pd.DataFrame({
+        "group": ok["group"], "target": ok["target"], "mean": ok["mean"].map(_fmt),
+        "SE across classifiers": ok["se_across_classifiers"].map(_fmt), "CV SE of the mean": ok["cv_se"].map(_fmt),
+        "p": ok["p_value"].map(_fmt), "p_min": ok["p_min"].map(_fmt), "p_adjusted": ok["p_adjusted"].map(_fmt),
+        "finding": ok["finding"].map(_fmt)})
+    w.table_pages("Classifier table: both standard errors and adjusted p", summary, col_width=16,
+                  footer="SE across classifiers: std of the classifiers' accuracies / √(number of classifiers), "
+                         "the source study's statistic (agreement between classifiers). CV SE: standard error of "
+                         "the repeated-CV estimate (Nadeau–Bengio corrected for overlapping folds). "
+                         + _classifier_footer(clf))
+    names = [c[len("acc_"):] for c in ok.columns if c.startswith("acc_")]
+    cols = {f"{r.group} → {r.target}": [f"{_fmt(getattr(r, f'acc_{n}'))} ± {_fmt(getattr(r, f'cv_se_{n}', np.nan))}"
+                                         for n in names] + [f"{_fmt(r.mean)} ± {_fmt(r.cv_se)}"]
+            for r in ok.itertuples(index=False)}
+    keys = list(cols)
+    chunks = [keys[i:i + _CELLS_PER_PAGE] for i in range(0, len(keys), _CELLS_PER_PAGE)]
+    for k, chunk in enumerate(chunks):
+        t = "Accuracy ± cross-validation SE per classifier" + (f" ({k + 1}/{len(chunks)})" if len(chunks) > 1 else "")
+        df = pd.DataFrame({"classifier": names + ["mean of classifiers"]} | {c: cols[c] for c in chunk})
+        w.table_pages(t, df, col_width=18, footer="Each cell: accuracy ± cross-validation standard error of "
+                      "that classifier (repeated stratified k-fold, Nadeau–Bengio corrected); last row: the mean "
+                      "over the classifiers ± its cross-validation SE.")
+
+
+def _flatness_page(w: _Writer, flat: pd.DataFrame | None) -> None:
+    """The small- vs large-batch ordering of the curvature measures, with sign and adjusted p."""
+    title = "Flatness by batch size"
+    if flat is None or flat.empty:
+        w.note("Analysis", f"{title}: no batch-size grid axis with curvature measures compared")
+        return
+    show = flat.map(_fmt) if hasattr(flat, "map") else flat.applymap(_fmt)
+    w.table_pages(title, show, col_width=16,
+                  footer="mean_diff = small-batch minus large-batch mean, over strata of the other grid axes; "
+                         "sharpness, top eigenvalue and trace: larger = sharper; log-volume: larger = flatter. "
+                         "A reading is a finding only at adjusted p < 0.05; otherwise it is the direction of "
+                         "the sample means, not a result.")
+
+
 def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
     """Across-minima pages; returns the analysis tables to copy beside the PDF."""
     from ..analysis import load_feature_table
     from ..plots.analysis import plot_feature_vs_target, plot_grouped
 
     d = run.store.stage_dir(RUN_LEVEL, "analysis")
-    tables = {name: pd.read_csv(d / f"{name}.csv") for name in ("classifiers", "correlations", "comparisons")
+    tables = {name: pd.read_csv(d / f"{name}.csv")
+              for name in ("classifiers", "correlations", "comparisons", "flatness")
               if (d / f"{name}.csv").is_file()}
     ft = load_feature_table(d)
     names = {c: run.names.get(c, c) for c in ft.frame.index}
@@ -676,12 +748,13 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
     corr = tables.get("correlations")
     if corr is not None and not corr.empty:
         c = corr.assign(_order=-corr["spearman_rho"].abs().fillna(-1)).sort_values("_order")
-        cols = [x for x in ("feature", "target", "n", "spearman_rho", "spearman_p", "spearman_p_bh",
-                            "kendall_tau", "kendall_p", "kendall_p_bh", "note") if x in c.columns]
+        cols = [x for x in ("feature", "target", "n", "spearman_rho", "spearman_p", "spearman_p_adj",
+                            "kendall_tau", "kendall_p", "kendall_p_adj", "finding", "note") if x in c.columns]
         show = c[cols].map(_fmt) if hasattr(c, "map") else c[cols].applymap(_fmt)
         w.table_pages("Rank correlations with generalization", show, col_width=18,
                       footer="Spearman ρ and Kendall τ-b of every feature with each target, sorted by |ρ|; "
-                             "p_bh: Benjamini–Hochberg adjusted over the features.")
+                             f"p_adj: {_adjust_name(c)} over every feature and target, per method; "
+                             "finding: Spearman p_adj < 0.05 (no feature is computed on the test split).")
 
     # grouped by each grid setting
     settings = [s for s in ft.settings if s != "run.seed" and frame[s].astype(str).nunique() > 1]
@@ -711,13 +784,15 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
         fig = w.figure(t)
         ax = fig.add_axes((0.16, 0.1, 0.8, 0.78))
         w.panel(ax, "classifier table", lambda ax: _classifier_heatmap(clf, ax))
-        ax.set_title(f"cross-validated accuracy: mean ± SE over {n_clf} classifiers per feature group "
-                     "and target (* permutation p < 0.05)")
-        chance = clf.groupby("target")["chance_majority"].max() if "chance_majority" in clf else None
-        if chance is not None:
-            fig.text(0.01, 0.005, "majority-class chance: " + ", ".join(f"{k} {_fmt(v)}" for k, v in chance.items()),
-                     fontsize=MIN_FONT_PT, ha="left", va="bottom")
+        ax.set_title(textwrap.fill(
+            f"cross-validated accuracy, mean over {n_clf} classifiers per feature group and target; "
+            "± clf: standard error across the classifiers (their agreement, not sampling error); "
+            "± cv: cross-validation standard error of the mean (repeated CV, Nadeau–Bengio corrected); "
+            f"* finding: permutation p adjusted ({_adjust_name(clf)}) < 0.05", 150))
+        fig.text(0.01, 0.005, textwrap.fill(_classifier_footer(clf), 190), fontsize=MIN_FONT_PT,
+                 ha="left", va="bottom")
         w.save(fig, t)
+        _classifier_se_pages(w, clf)
         for r in clf.itertuples():
             notes = getattr(r, "notes", "")
             if isinstance(notes, str) and notes.startswith("not computed"):
@@ -727,14 +802,21 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
 
     comp = tables.get("comparisons")
     if comp is not None and not comp.empty:
-        cols = [c for c in ("by", "metric", "group_a", "group_b", "n_a", "n_b", "test", "statistic", "p_value",
-                            "p_holm", "perm_p_value", "mean_diff", "ci_low", "ci_high", "cliffs_delta")
-                if c in comp.columns]
+        cols = [c for c in ("family", "by", "metric", "group_a", "group_b", "n_a", "n_b", "n_strata", "p_value",
+                            "p_min", "p_adjusted", "finding", "wilcoxon_p", "mean_diff", "ci_low", "ci_high",
+                            "cliffs_delta") if c in comp.columns]
         show = comp[cols].map(_fmt) if hasattr(comp, "map") else comp[cols].applymap(_fmt)
         w.table_pages("Statistical comparisons by grid setting", show,
-                      footer="Mann–Whitney U for two groups (with permutation p-value, bootstrap CI of the mean "
-                             "difference, Cliff's δ); Kruskal–Wallis for more, then pairwise Mann–Whitney with "
-                             "Holm-adjusted p (p_holm).")
+                      footer="Grid axes: grid cells only, labels permuted within strata of the other grid axes "
+                             "(mean_diff: mean over strata of mean(a) − mean(b); Wilcoxon signed-rank for matched "
+                             "pairs). Extra cells vs grid: matched on the grid axes they share. p_min: the smallest "
+                             f"p the test can give. p_adjusted: {_adjust_name(comp)} over all rows; finding: "
+                             "p_adjusted < 0.05.")
+        if "notes" in comp:
+            for (by, note) in comp[["by", "notes"]].dropna().drop_duplicates().itertuples(index=False):
+                if note:
+                    w.note("Analysis", f"comparisons by {by}: {note}")
+        _flatness_page(w, tables.get("flatness"))
     else:
         w.note("Analysis", "no statistical comparisons (no grid setting with two or more groups of enough minima)")
 
