@@ -41,6 +41,18 @@ def test_defaults_fill_every_section():
     (_cfg(sample={"storage": "sketch"}, topology={"distances": "sketch"}), "topology.distances"),
     (_cfg(sample={"storage": "sketch"}, grid={"topology.distances": ["exact", "sketch"]}),
      "topology.distances"),
+    # "inherit" only where [train] has the retraining's counterpart
+    (_cfg(sample={"lr": "inherit"}), "'sample.lr' = 'inherit'"),
+    (_cfg(sample={"epochs": "inherit"}), "'sample.epochs' = 'inherit'"),
+    (_cfg(grid={"sample.directions": [4, "inherit"]}), "'grid.sample.directions[1]' = 'inherit'"),
+    (_cfg(cells=[{"sample.records_per_epoch": "inherit"}]), "'cells[0].sample.records_per_epoch' = 'inherit'"),
+    (_cfg(train={"lr": "inherit"}), "'train.lr' = 'inherit'"),
+    (_cfg(sample={"weight_decay": "inherited"}), "sample.weight_decay"),
+    (_cfg(train={"optimizer": "adam"}), "sample.momentum"),          # Adam has no SGD momentum
+    (_cfg(grid={"train.optimizer": ["sgd", "pal"]}), "sample.momentum"),
+    (_cfg(train={"target_loss": -0.1}), "train.target_loss"),
+    (_cfg(train={"target_acc": 1.5}), "train.target_acc"),
+    (_cfg(train={"optimizer": "swa", "target_acc": 0.9}), "train.target_acc"),
 ])
 def test_bad_values_name_the_key(raw, culprit):
     with pytest.raises(ConfigError, match=__import__("re").escape(culprit)):
@@ -69,10 +81,55 @@ def test_keys_added_later_keep_old_cell_ids():
     old = _cell_settings(cell.config)
     assert "distances" not in old["topology"] and "sketch_dim" not in old["topology"]
     assert cell.cell_id == cell_id(old)
-    # the quickstart's first cell id, computed before the later keys were added
-    assert expand_grid(load_config(Path(__file__).parents[1] / "experiments" / "quickstart.toml"))[0].cell_id == "923a69fffd"
+    assert "target_loss" not in old["train"] and "target_acc" not in old["train"]
+    # the quickstart's first cell id before the later keys (and the train target, and the
+    # retraining that inherits the minimum's weight decay) were added: the same computation,
+    # written out, keeps it
+    import tomllib
+    raw = tomllib.loads((Path(__file__).parents[1] / "experiments" / "quickstart.toml").read_text())
+    for k in ("target_loss", "target_acc", "milestones"):
+        raw["train"].pop(k, None)
+    raw["train"]["epochs"] = 30
+    raw["sample"] |= {"weight_decay": 1e-4, "batch_size": 128}
+    assert expand_grid(validate(raw))[0].cell_id == "923a69fffd"
+    # the quickstart itself retrains with each minimum's weight decay and trains to a target: new ids
+    assert expand_grid(load_config(Path(__file__).parents[1] / "experiments" / "quickstart.toml"))[0].cell_id == QUICKSTART_ID
     changed = expand_grid(validate(_cfg(topology={"distances": "sketch"})))[0]
     assert changed.cell_id != cell.cell_id
+    assert expand_grid(validate(_cfg(train={"target_acc": 0.9})))[0].cell_id != cell.cell_id
+
+
+#: the quickstart's first cell id (changed when its retraining began to inherit the minimum's weight
+#: decay and its training got a target)
+QUICKSTART_ID = "2ba694345a"
+
+
+def test_retraining_inherits_the_minimum_by_default():
+    from topoland.config import inheritable_keys, resolve_inherited
+    assert inheritable_keys() == ["sample.momentum", "sample.weight_decay", "sample.batch_size", "sample.augment"]
+    cfg = validate(_cfg(train={"epochs": 1, "weight_decay": 1e-3, "batch_size": 64, "momentum": 0.5,
+                               "augment": True}))
+    assert all(cfg["sample"][k] == "inherit" for k in ("momentum", "weight_decay", "batch_size", "augment"))
+    got = resolve_inherited(cfg["sample"], cfg["train"])
+    assert (got["weight_decay"], got["batch_size"], got["momentum"], got["augment"]) == (1e-3, 64, 0.5, True)
+    assert got["lr"] == 0.001 and cfg["sample"]["weight_decay"] == "inherit"   # a copy; the rest untouched
+    mine = resolve_inherited(dict(cfg["sample"], weight_decay=0.0, augment=False), cfg["train"])
+    assert (mine["weight_decay"], mine["augment"], mine["batch_size"]) == (0.0, False, 64)  # explicit wins
+    with pytest.raises(ConfigError, match="sample.momentum"):
+        resolve_inherited(cfg["sample"], dict(cfg["train"], optimizer="adam"))
+    with pytest.raises(ConfigError, match="sample.lr"):
+        resolve_inherited(dict(cfg["sample"], lr="inherit"), cfg["train"])
+
+
+def test_inherit_and_the_equal_explicit_value_share_a_cell_id():
+    grid = {"train.weight_decay": [0.0, 1e-3]}
+    inherit = expand_grid(validate(_cfg(grid=grid)))
+    explicit = expand_grid(validate(_cfg(grid=grid, sample={"weight_decay": 0.0})))
+    assert inherit[0].cell_id == explicit[0].cell_id       # both retrain with 0.0
+    assert inherit[1].cell_id != explicit[1].cell_id       # 1e-3 vs 0.0
+    # a config whose training uses Adam needs sample.momentum only when it samples
+    assert expand_grid(validate(_cfg(train={"optimizer": "adam"}, run={"stages": ["train"]})))
+    assert expand_grid(validate(_cfg(train={"optimizer": "adam"}, sample={"momentum": 0.9})))
 
 
 def test_duplicate_cells_refused():

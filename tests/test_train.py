@@ -130,3 +130,51 @@ def test_checkpoint_snapshots(tiny_data):
     assert all(not torch.equal(res.checkpoints[i], res.checkpoints[i + 1]) for i in range(6))
     none = train_minimum(model, tiny_data, TrainRecipe(epochs=1), device="cpu")
     assert none.checkpoints is None and math.isfinite(none.metrics["train_loss"])
+
+
+def test_target_met_needs_every_set_target():
+    from topoland.train import target_met
+    both = TrainRecipe(target_loss=0.1, target_acc=0.9)
+    assert target_met(both, 0.05, 0.95) and target_met(both, 0.1, 0.9)
+    assert not target_met(both, 0.2, 0.95) and not target_met(both, 0.05, 0.8)
+    assert target_met(TrainRecipe(target_loss=0.1), 0.05, 0.0)            # accuracy not asked for
+    assert target_met(TrainRecipe(target_acc=0.9), 5.0, 0.95)             # loss not asked for
+    assert not target_met(TrainRecipe(target_loss=0.1), float("nan"), 1.0)
+    assert not target_met(TrainRecipe(), 0.0, 1.0)                        # no target at all
+    for key, value in [("target_loss", -0.1), ("target_acc", 1.5), ("target_acc", True)]:
+        with pytest.raises(ConfigError, match=key):
+            TrainRecipe(**{key: value})
+    with pytest.raises(ConfigError, match="swa"):
+        TrainRecipe(optimizer="swa", target_acc=0.9)
+
+
+def test_training_stops_at_the_first_epoch_meeting_the_target(tiny_data):
+    def fit(**kw):
+        model = build_model("mlp", tiny_data.input_shape, tiny_data.num_classes, widths=(16,), seed=0)
+        return train_minimum(model, tiny_data, TrainRecipe(lr=0.01, epochs=40, batch_size=32, milestones=(), **kw),
+                             device="cpu")
+    free = fit(target_loss=1e-9)          # never met: the whole budget, with the tested values per epoch
+    assert free.reached_target is False and free.metrics["reached_target"] == 0.0
+    assert free.metrics["stop_epoch"] == 40 and len(free.history) == 40
+    target = float(free.history["train_loss"].iloc[9])      # the eval-mode train loss after epoch 10
+    first = int((free.history["train_loss"] <= target).to_numpy().argmax()) + 1
+    res = fit(target_loss=target)
+    assert res.reached_target is True and res.metrics["reached_target"] == 1.0
+    assert res.metrics["stop_epoch"] == first == len(res.history) <= 10
+    # the same iterate: the training stopped there, and its final metrics are the tested values
+    assert res.metrics["train_loss"] == pytest.approx(float(res.history["train_loss"].iloc[-1]), rel=1e-12)
+    assert res.metrics["train_loss"] <= target
+    assert res.history["train_loss"].iloc[:-1].gt(target).all()
+    plain = fit()                          # no target: no extra columns, no flag, the whole budget
+    assert plain.reached_target is None and "reached_target" not in plain.metrics
+    assert "train_loss" not in plain.history and plain.metrics["stop_epoch"] == 40
+
+
+def test_a_minimum_that_misses_its_target_is_flagged(tiny_data):
+    model = build_model("mlp", tiny_data.input_shape, tiny_data.num_classes, widths=(16,))
+    res = train_minimum(model, tiny_data, TrainRecipe(lr=0.01, epochs=2, batch_size=32, target_acc=1.0,
+                                                      target_loss=1e-6, pretrain_random_epochs=1), device="cpu")
+    assert res.reached_target is False and res.metrics["reached_target"] == 0.0
+    assert res.metrics["stop_epoch"] == 2 and res.metrics["epochs_run"] == 3   # pretraining is not checked
+    assert list(res.history["phase"]) == ["random", "train", "train"]
+    assert res.history["train_loss"].iloc[1:].gt(1e-6).all()

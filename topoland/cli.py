@@ -189,6 +189,10 @@ def _cmd_list(a):
     import pandas as pd
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", 500):
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if "reached_target" in df:
+        missed = df.loc[df["reached_target"].eq(False), "cell_id"].tolist()
+        print(f"training target missed by {len(missed)} of {int(df['reached_target'].notna().sum())} minima"
+              + (f": {', '.join(missed)}" if missed else ""))
     if a.csv:
         df.to_csv(a.csv, index=False)
         print(f"written: {a.csv}")

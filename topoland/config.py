@@ -38,6 +38,7 @@ class _Key:
     default: Any
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
     help: str = ""
+    inherit: str | None = None  # the [train] key whose value "inherit" takes (None: no "inherit")
 
 
 def _run_name(v):
@@ -145,6 +146,10 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "milestones": _Key(_LIST, [0.5, 0.75, 0.925], _each(_frac), "lr steps as fractions of epochs"),
         "gamma": _Key(_NUM, 0.1, _pos, "lr factor at each milestone"),
         "augment": _Key((bool,), False, None, "crop+flip (images) / circular shift (signals)"),
+        "target_loss": _Key(_NUM, 0.0, _nonneg, "stop at the first epoch end with train cross-entropy "
+                            "<= this (nats, eval mode, full training split; 0 = no target)"),
+        "target_acc": _Key(_NUM, 0.0, _unit, "stop at the first epoch end with train accuracy >= this "
+                           "(eval mode, full training split; 0 = no target); with target_loss both must hold"),
         "pretrain_random_epochs": _Key((int,), 0, _nonneg, "bad minima: epochs on random labels first"),
         "checkpoints_per_epoch": _Key((int,), 0, _nonneg, "snapshots per epoch for PCA trajectories"),
     },
@@ -153,11 +158,14 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _each(_pos), "jump sizes along each direction"),
         "epochs": _Key((int,), 40, _pos, "retraining epochs per jump"),
         "lr": _Key(_NUM, 0.001, _pos, "retraining learning rate"),
-        "momentum": _Key(_NUM, 0.9, _frac, "retraining momentum"),
-        "weight_decay": _Key(_NUM, 1e-4, _nonneg, "retraining weight decay"),
-        "batch_size": _Key((int,), 128, _pos, "retraining batch size"),
-        "augment": _Key((str, bool), "inherit", lambda v: None if v in (True, False, "inherit") else
-                        "must be true, false or 'inherit'", "augmentation while retraining ('inherit' = as trained)"),
+        "momentum": _Key(_NUM, "inherit", _frac, "retraining SGD momentum ('inherit' = train.momentum)",
+                         inherit="momentum"),
+        "weight_decay": _Key(_NUM, "inherit", _nonneg, "retraining weight decay ('inherit' = train.weight_decay)",
+                             inherit="weight_decay"),
+        "batch_size": _Key((int,), "inherit", _pos, "retraining batch size ('inherit' = train.batch_size)",
+                           inherit="batch_size"),
+        "augment": _Key((bool,), "inherit", None, "augmentation while retraining ('inherit' = train.augment)",
+                        inherit="augment"),
         "records_per_epoch": _Key((int,), 1, _pos, "recorded points per epoch"),
         "storage": _Key((str,), "full", _one_of("full", "half", "sketch"), "what is kept of the snapshots"),
         "sketch_dim": _Key((int,), 256, _pos, "random projection size of the sketch"),
@@ -263,7 +271,34 @@ def _type_name(types):
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
+#: why "inherit" is refused on [sample] keys that look like they could take it
+_NO_INHERIT_WHY = {
+    "sample.lr": "train.lr starts a schedule of a from-scratch training; the retraining rate is its own "
+                 "choice (the reference study: 0.001)",
+    "sample.epochs": "train.epochs is the budget of a from-scratch training; retraining epochs are their own "
+                     "choice (the reference study: 40)",
+}
+
+
+def inheritable_keys() -> list[str]:
+    """The ``section.key`` names that accept ``"inherit"`` (the minimum's own ``train.*`` value)."""
+    return [f"{s}.{k}" for s, keys in SCHEMA.items() for k, spec in keys.items() if spec.inherit]
+
+
+def _refuse_inherit(where: str):
+    import re
+    key = re.search(r"(\w+\.\w+)(\[\d+\])?$", where).group(1)  # 'grid.sample.lr[0]' -> 'sample.lr'
+    why = _NO_INHERIT_WHY.get(key, "it has no counterpart in [train]" if key.startswith("sample.") else
+                              "'inherit' takes the minimum's train.* value, which only retraining keys have")
+    raise ConfigError(f"config key '{where}' = 'inherit': {key} cannot inherit ({why}); give it a value. "
+                      f"Keys that take 'inherit': {', '.join(inheritable_keys())}")
+
+
 def _check_value(where: str, spec: _Key, value):
+    if isinstance(value, str) and value == "inherit" and str not in spec.types:
+        if spec.inherit:
+            return
+        _refuse_inherit(where)
     # bool is an int subclass: keep true/false out of numeric keys and vice versa
     ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
     if int in spec.types and float in spec.types and isinstance(value, float) and not math.isfinite(value):
@@ -300,8 +335,22 @@ def _model_kwargs_check(model: dict, where="model"):
             raise ConfigError(f"config key '{where}.depth' = {depth!r}: a CIFAR ResNet needs depth with (depth - 2) % 6 == 0, e.g. 20, 56, 110")
 
 
+#: training optimizers without an SGD momentum for 'sample.momentum = "inherit"' to take
+_NO_SGD_MOMENTUM = ("adam", "pal")
+
+
 def _cross_check(cfg: dict, where: str = "config"):
     """Checks that span sections (each key was already checked on its own)."""
+    opt = cfg["train"]["optimizer"]
+    if "sample" in cfg["run"]["stages"]:
+        try:
+            resolve_inherited(cfg["sample"], cfg["train"])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if opt == "swa" and (cfg["train"]["target_loss"] or cfg["train"]["target_acc"]):
+        raise ConfigError(f"{where}: 'train.target_loss'/'train.target_acc' stop training at the first epoch "
+                          "whose iterate meets the target, but train.optimizer = 'swa' returns the average "
+                          "of the last epochs' iterates: use another optimizer or no target")
     if cfg["sample"]["storage"] == "sketch" and cfg["topology"]["distances"] == "sketch":
         raise ConfigError(f"{where}: 'topology.distances' = 'sketch' estimates cosines from stored "
                           "snapshots, but 'sample.storage' = 'sketch' keeps no snapshots (its Gram "
@@ -407,7 +456,8 @@ def cell_id(settings: dict) -> str:
 
 #: keys added after run directories existed: they count in a cell id only when they differ
 #: from their defaults, so the ids of older configs (and of their run directories) stay the same
-_LATER_KEYS = (("topology", "distances"), ("topology", "sketch_dim"))
+_LATER_KEYS = (("topology", "distances"), ("topology", "sketch_dim"), ("train", "target_loss"),
+               ("train", "target_acc"))
 
 
 def _cell_settings(cfg: dict) -> dict:
@@ -421,6 +471,37 @@ def _cell_settings(cfg: dict) -> dict:
     for section, key in _LATER_KEYS:
         if section in out and out[section].get(key, base[section][key]) == base[section][key]:
             out[section].pop(key, None)
+    # the retraining's weight decay, batch size and momentum count by the values they resolve to:
+    # "inherit" and an explicit equal value retrain alike and share an id, and an id made when the
+    # defaults were 1e-4 / 128 / 0.9 stays where the minimum's values are those. sample.augment
+    # counts as written ("inherit" was its default before any run directory existed)
+    keys = [k for k in _ID_RESOLVED if k != "momentum" or cfg["train"]["optimizer"] not in _NO_SGD_MOMENTUM]
+    out["sample"] = resolve_inherited(out["sample"], cfg["train"], keys=keys)
+    return out
+
+
+_ID_RESOLVED = ("weight_decay", "batch_size", "momentum")
+
+
+def resolve_inherited(section: dict, train: dict, *, stage: str = "sample", keys=None) -> dict:
+    """A copy of a stage's config section with every ``"inherit"`` replaced by ``train``'s value.
+
+    ``train``: the cell's resolved [train] section. ``keys``: limit the replacement to these keys
+    (default: every key of the section that takes "inherit"). Raises :class:`ConfigError` when a
+    key holds "inherit" but cannot take it.
+    """
+    out = dict(section)
+    for k, v in section.items():
+        if not (isinstance(v, str) and v == "inherit") or (keys is not None and k not in keys):
+            continue
+        spec = SCHEMA[stage].get(k)
+        if spec is None or spec.inherit is None:
+            _refuse_inherit(f"{stage}.{k}")
+        if spec.inherit == "momentum" and train["optimizer"] in _NO_SGD_MOMENTUM:
+            raise ConfigError(f"'{stage}.momentum' = 'inherit' takes the minimum's SGD momentum, but "
+                              f"train.optimizer = {train['optimizer']!r} has none (train.momentum is unused "
+                              f"by it): give {stage}.momentum a number")
+        out[k] = train[spec.inherit]
     return out
 
 

@@ -104,34 +104,50 @@ def stage_train(ctx: CellContext, out: Path) -> dict:
     res.history.to_csv(out / "history.csv", index=False)
     if res.checkpoints is not None:
         save_tensors(out / "checkpoints.safetensors", {"checkpoints": res.checkpoints})
-    return dict(res.metrics) | {"diverged": bool(res.diverged)}
+    return train_summary(res.metrics, recipe)
 
 
-def _sample_augment(opts: dict, cfg: dict) -> bool:
-    a = opts["augment"]
-    if a == "inherit":
-        return bool(cfg["train"]["augment"])
-    if isinstance(a, bool):
-        return a
-    raise TopolandError(f"config key 'sample.augment' must be true, false or 'inherit', got {a!r}")
+def train_summary(metrics: dict, recipe) -> dict:
+    """The train stage's index summary: the metrics, ``diverged`` as a bool and, when the recipe
+    has a stopping criterion, ``target_loss``, ``target_acc``, ``reached_target`` (bool) and
+    ``stop_epoch`` (main-phase epochs trained; int)."""
+    out = dict(metrics) | {"diverged": bool(metrics.get("diverged", 0.0))}
+    out["stop_epoch"] = int(metrics["stop_epoch"])
+    if recipe.has_target:
+        out |= {"target_loss": float(recipe.target_loss), "target_acc": float(recipe.target_acc),
+                "reached_target": bool(metrics["reached_target"])}
+    return out
+
+
+def sample_options(ctx: CellContext) -> dict:
+    """The sample stage's options for this cell with every "inherit" resolved to the minimum's
+    own ``train.*`` value (weight decay, batch size, momentum, augmentation)."""
+    from .config import resolve_inherited
+    from .errors import ConfigError
+    try:
+        return resolve_inherited(stage_options(ctx, "sample"), ctx.config["train"])
+    except ConfigError as e:
+        raise ConfigError(f"cell {ctx.cell_id}: {e}") from None
 
 
 def stage_sample(ctx: CellContext, out: Path) -> dict:
     from .sampling import jump_and_retrain, save_samples, trajectory_features
 
-    opts = stage_options(ctx, "sample")
+    opts = sample_options(ctx)
+    inherited = [k for k, v in stage_options(ctx, "sample").items() if v == "inherit"]
     model = ctx.model()
     res = jump_and_retrain(
         model, None, ctx.data, directions=opts["directions"], steps=tuple(opts["steps"]),
         seed=ctx.config["run"]["seed"], lr=opts["lr"], momentum=opts["momentum"],
         weight_decay=opts["weight_decay"], batch_size=opts["batch_size"], epochs=opts["epochs"],
-        augment=_sample_augment(opts, ctx.config), records_per_epoch=opts["records_per_epoch"],
+        augment=bool(opts["augment"]), records_per_epoch=opts["records_per_epoch"],
         storage=opts["storage"], sketch_dim=opts["sketch_dim"], device=ctx.device,
         batched=opts["batched"])
     save_samples(res, out)
     feats = trajectory_features(res.table, theta_star=res.theta_star, params=res.params, gram=res.gram)
     n_div = int(res.table.groupby("trajectory")["diverged"].any().sum())
-    return feats | {"n_samples": len(res.table), "n_trajectories_diverged": n_div, "options": opts}
+    return feats | {"n_samples": len(res.table), "n_trajectories_diverged": n_div, "options": opts,
+                    "inherited": inherited}
 
 
 def stage_topology(ctx: CellContext, out: Path) -> dict:
@@ -455,8 +471,21 @@ def _flatten_settings(cfg: dict, overrides: dict) -> dict:
     return cols
 
 
+#: the stopping criterion's outcome per minimum (train summary; minima and analysis tables):
+#: ``reached_target`` (bool: the target was met within train.epochs) and ``stop_epoch`` (main-phase
+#: epochs trained). Present only for cells trained with train.target_loss or train.target_acc.
+TARGET_COLUMNS = ("reached_target", "stop_epoch")
+
+
+def missed_target(store: RunStore) -> list[str]:
+    """Cell ids whose training had a stopping criterion and did not meet it within its epochs."""
+    return [c for c in _done_cells(store, "train")
+            if store.summary(c, "train").get("reached_target") is False]
+
+
 def minima_table(run_dir) -> "pd.DataFrame":
-    """One row per cell: id, settings, the train stage's metrics and every stage's status."""
+    """One row per cell: id, settings, the train stage's metrics and every stage's status, and
+    :data:`TARGET_COLUMNS` where a stopping criterion was set (cells without one: NaN)."""
     import pandas as pd
     store = RunStore.open(run_dir)
     cells = store.cells()
@@ -468,6 +497,8 @@ def minima_table(run_dir) -> "pd.DataFrame":
             summ = store.summary(c.cell_id, "train")
             row |= {k: summ.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
                                             "test_acc", "gap", "acc_gap", "diverged") if k in summ}
+            if "reached_target" in summ:   # trained with a stopping criterion
+                row |= {k: summ[k] for k in TARGET_COLUMNS}
         st = stages[stages.cell_id == c.cell_id].set_index("stage")["status"].to_dict()
         row["stages"] = " ".join(f"{s}:{st[s][0]}" for s in CELL_STAGES if s in st) or "-"
         rows.append(row)
@@ -819,6 +850,11 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     diverged = _diverged_cells(store)
     if diverged:
         notes.append(f"{len(diverged)} minima left out because their training diverged: {', '.join(diverged)}")
+    missed = missed_target(store)
+    if missed:
+        notes.append(f"{len(missed)} minima missed the training target (train.target_loss / train.target_acc) "
+                     f"within train.epochs, so they are not comparable minima (column reached_target): "
+                     f"{', '.join(missed)}")
     targets = _targets(cfg, ft)
     if ft.groups and targets:
         clf = classifier_table(ft, targets, n_classes=a["n_classes"], n_splits=a["n_splits"],

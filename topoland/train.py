@@ -25,7 +25,7 @@ from topoland.optim import PAL, EntropySGD, SWAAverager, update_bn
 from topoland.utils import resolve_device
 
 __all__ = ["TrainRecipe", "REFERENCE_RECIPE", "TrainResult", "train_minimum", "evaluate_model",
-           "make_optimizer", "lr_at", "train_one_epoch", "evaluate_split"]
+           "make_optimizer", "lr_at", "train_one_epoch", "evaluate_split", "target_met"]
 
 _OPTIMIZERS = ("sgd", "adam", "swa", "entropy_sgd", "pal")
 
@@ -40,6 +40,12 @@ class TrainRecipe:
     first; the main phase then starts from those weights with a fresh optimizer.
     ``checkpoints_per_epoch`` > 0 records the flat parameter vector at the start and that many
     times per main-phase epoch (evenly spaced steps), for PCA trajectories.
+
+    Stopping criterion: with ``target_loss`` > 0 (nats) and/or ``target_acc`` > 0, the main
+    phase ends at the first epoch end where the full training split, in eval mode and against
+    the training labels, has cross-entropy <= ``target_loss`` and/or accuracy >= ``target_acc``
+    (both when both are set); ``epochs`` is then the budget. The milestone schedule stays a
+    function of ``epochs``. Not with ``"swa"`` (its result is an average, not the iterate tested).
 
     Optimizers (:mod:`topoland.optim`):
 
@@ -84,6 +90,13 @@ class TrainRecipe:
     pal_max_step: float = 1.0
     pal_momentum: float = 0.0
     pal_adapt: float = 1.0
+    target_loss: float = 0.0
+    target_acc: float = 0.0
+
+    @property
+    def has_target(self) -> bool:
+        """Whether a stopping criterion is set (``target_loss`` or ``target_acc`` > 0)."""
+        return self.target_loss > 0 or self.target_acc > 0
 
     def __post_init__(self):
         try:
@@ -121,10 +134,15 @@ class TrainRecipe:
             ("pal_max_step", _is_num(self.pal_max_step) and self.pal_max_step > 0, "a positive number"),
             ("pal_momentum", _is_num(self.pal_momentum) and 0 <= self.pal_momentum < 1, "in [0, 1)"),
             ("pal_adapt", _is_num(self.pal_adapt) and self.pal_adapt > 0, "a positive number"),
+            ("target_loss", _is_num(self.target_loss) and self.target_loss >= 0, "non-negative (0 = no target)"),
+            ("target_acc", _is_num(self.target_acc) and 0 <= self.target_acc <= 1, "in [0, 1] (0 = no target)"),
         ]
         for key, ok, what in checks:
             if not ok:
                 raise ConfigError(f"training recipe {key} must be {what}, got {getattr(self, key)!r}")
+        if self.optimizer == "swa" and self.has_target:
+            raise ConfigError("training recipe target_loss/target_acc cannot be used with optimizer 'swa': "
+                              "its result is the average of the last epochs, not the iterate the target tests")
 
     def replace(self, **changes) -> "TrainRecipe":
         """A copy with some fields changed (validated again)."""
@@ -151,8 +169,11 @@ class TrainResult:
     """Outcome of :func:`train_minimum`.
 
     ``params``/``buffers``: detached CPU copies keyed by name. ``metrics``: :func:`evaluate_model`
-    output plus ``epochs_run``, ``diverged`` (0/1) and ``num_params``. ``history``: one row per
-    epoch. ``checkpoints``: ``(T, D)`` float32 flat parameter snapshots, or None.
+    output plus ``epochs_run`` (pretraining included), ``stop_epoch`` (main-phase epochs trained),
+    ``diverged`` (0/1) and ``num_params``; with a stopping criterion also ``reached_target`` (0/1).
+    ``history``: one row per epoch (with a criterion also ``train_loss``/``train_acc``, the eval-mode
+    values it tested). ``checkpoints``: ``(T, D)`` float32 flat parameter snapshots, or None.
+    ``reached_target``: None without a criterion.
     ``seconds``: wall time (kept out of ``metrics`` so that metrics are reproducible).
     """
 
@@ -163,6 +184,20 @@ class TrainResult:
     checkpoints: Tensor | None = None
     diverged: bool = False
     seconds: float = 0.0
+    reached_target: bool | None = None
+
+
+def target_met(recipe: TrainRecipe, train_loss: float, train_acc: float) -> bool:
+    """Whether eval-mode train cross-entropy (nats) and accuracy meet ``recipe``'s target.
+
+    Every set target must hold (``target_loss``: loss <= it; ``target_acc``: accuracy >= it);
+    NaN never meets one. False when the recipe has no target.
+    """
+    if not recipe.has_target:
+        return False
+    ok_loss = recipe.target_loss <= 0 or train_loss <= recipe.target_loss
+    ok_acc = recipe.target_acc <= 0 or train_acc >= recipe.target_acc
+    return bool(ok_loss and ok_acc)
 
 
 def lr_at(epoch: int, recipe: TrainRecipe) -> float:
@@ -422,10 +457,13 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
     rows: list[dict] = []
     total = recipe.pretrain_random_epochs + recipe.epochs
     diverged = False
+    reached = False
     epoch_no = 0
+    stop_epoch = 0
+    check_target = recipe.has_target
 
     def run_phase(phase, epochs, labels, augment, lr_fn):
-        nonlocal diverged, epoch_no
+        nonlocal diverged, epoch_no, reached, stop_epoch
         opt = make_optimizer(model.parameters(), recipe, lr=lr_fn(0),
                              generator=_derived_generator(seed, 2 if phase == "train" else 3))
         use_swa = phase == "train" and recipe.optimizer == "swa" and epochs > 0
@@ -457,11 +495,18 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
             val_loss, val_acc = evaluate_split(model, data.x_val, data.y_val, device=dev)
             row = {"epoch": epoch_no, "phase": phase, "lr": lr, "loss": loss, "acc": acc,
                    "val_loss": val_loss, "val_acc": val_acc, "finite": finite}
+            if phase == "train":
+                stop_epoch = e + 1
+                if check_target:
+                    row["train_loss"], row["train_acc"] = evaluate_split(model, x_tr, labels, device=dev)
+                    reached = finite and target_met(recipe, row["train_loss"], row["train_acc"])
             rows.append(row)
             if progress is not None:
                 progress(epoch_no, total, dict(row))
             if not finite:
                 diverged = True
+                return
+            if reached:
                 return
 
     snapshots = _Snapshots(model, recipe.checkpoints_per_epoch)
@@ -479,17 +524,19 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
 
     metrics = evaluate_model(model, data, dev)
     model.eval()
-    metrics.update({"epochs_run": float(epoch_no), "diverged": float(diverged),
+    metrics.update({"epochs_run": float(epoch_no), "stop_epoch": float(stop_epoch), "diverged": float(diverged),
                     "num_params": float(sum(p.numel() for p in model.parameters()))})
+    if check_target:
+        metrics["reached_target"] = float(reached)
     if swa is not None:
         metrics["swa_n_averaged"] = float(swa.n_averaged)
-    history = pd.DataFrame(rows, columns=["epoch", "phase", "lr", "loss", "acc", "val_loss",
-                                          "val_acc", "finite"])
+    history = pd.DataFrame(rows, columns=["epoch", "phase", "lr", "loss", "acc", "val_loss", "val_acc", "finite"]
+                           + (["train_loss", "train_acc"] if check_target else []))
     return TrainResult(
         params={k: v.detach().cpu().clone() for k, v in model.named_parameters()},
         buffers={k: v.detach().cpu().clone() for k, v in model.named_buffers()},
         metrics=metrics, history=history, checkpoints=snapshots.result(), diverged=diverged,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, reached_target=bool(reached) if check_target else None)
 
 
 class _Snapshots:
