@@ -200,3 +200,61 @@ def test_classifier_table_on_error_record():
                            on_error="record", include_all=False)
     assert np.isnan(res.loc[0, "mean"]) and res.loc[0, "notes"].startswith("not computed")
     assert res.loc[1, "mean"] > 0.8
+
+
+# ------------------------------------------------------------------ named uncertainty, adjusted p
+
+
+def test_cv_standard_error_by_hand():
+    from topoland.analysis.classify import cv_standard_error
+    acc = np.array([[0.8, 0.6, 0.7, 0.9], [0.5, 0.5, 0.5, 0.5]])
+    # Nadeau-Bengio: sqrt((1/J + n_test/n_train) * s^2); s^2 of 0.8, 0.6, 0.7, 0.9 = 0.016667
+    np.testing.assert_allclose(cv_standard_error(acc, 0.25), [np.sqrt((0.25 + 0.25) * 0.05 / 3), 0.0])
+    assert cv_standard_error(np.array([0.7]), 0.25) == 0.0
+
+
+def test_classify_reports_both_standard_errors():
+    from topoland.analysis.classify import _cv_accuracy, cv_standard_error
+    ft = _synthetic(n=30)
+    res = classify(ft, "augment", ["noise.a", "noise.b"], classifiers=FAST, n_splits=3, n_repeats=2)
+    acc = _cv_accuracy(ft.frame[["noise.a", "noise.b"]].to_numpy(), ft.frame["augment"].to_numpy().astype(int),
+                       FAST, 3, 2, 0, False)
+    np.testing.assert_allclose(res["accuracy"], acc.mean(axis=1))
+    np.testing.assert_allclose(res["cv_se"], cv_standard_error(acc, 10 / 20))
+    assert res.attrs["cv_se"] == pytest.approx(float(cv_standard_error(acc.mean(axis=0), 10 / 20)))
+    assert res.attrs["se_across_classifiers"] == pytest.approx(acc.mean(axis=1).std(ddof=1) / 2)
+    assert res.attrs["cv_se"] > 0 and "across the classifiers" in res.attrs["assumptions"]
+    assert np.isnan(res.attrs["p_min"])  # no permutation test asked
+    perm = classify(ft, "augment", "signal", classifiers=["lda"], n_splits=3, n_repeats=1, n_permutations=9)
+    assert perm.attrs["p_min"] == pytest.approx(0.1) and perm.attrs["p_value"] == pytest.approx(0.1)
+
+
+def test_classifier_table_adjusts_its_cells_and_sizes_the_permutations():
+    ft = _synthetic(n=30)
+    kw = dict(n_splits=3, n_repeats=1, classifiers=["lda", "gaussian_nb"])
+    res = classifier_table(ft, ["augment", "test_acc"], n_permutations=9, **kw)
+    assert len(res) == 6 and np.allclose(res["p_min"], 0.1)
+    np.testing.assert_allclose(res["p_adjusted"], np.minimum(1, _holm_by_hand(res["p_value"].to_numpy())))
+    assert (res["finding"] == (res["p_adjusted"] < 0.05)).all() and not res["finding"].any()  # 6 x 0.1 >= 0.05
+    assert {"se_across_classifiers", "cv_se", "cv_se_lda", "cv_se_gaussian_nb"} <= set(res.columns)
+    bh = classifier_table(ft, ["augment", "test_acc"], n_permutations=9, p_adjust="bh", **kw)
+    from scipy.stats import false_discovery_control
+    np.testing.assert_allclose(bh["p_adjusted"], false_discovery_control(bh["p_value"], method="bh"))
+    # "auto": the fewest permutations with p_min x cells < 0.05 (1 cell: 20), so the signal is a finding
+    auto = classifier_table(ft, ["augment"], {"signal": ["signal.x"]}, **kw)
+    assert auto.loc[0, "n_permutations"] == 20 and auto.loc[0, "p_min"] == pytest.approx(1 / 21)
+    assert auto.loc[0, "finding"] and auto.loc[0, "p_adjusted"] == pytest.approx(1 / 21)
+    with pytest.raises(AnalysisError, match="n_permutations must be"):
+        classifier_table(ft, ["augment"], n_permutations="many", **kw)
+    text = format_classifier_table(res)
+    assert "clf" in text.loc["signal", "augment"] and "cv" in text.loc["signal", "augment"]
+    assert "p_min=0.1" in text.loc["signal", "augment"]
+
+
+def _holm_by_hand(p):
+    order = np.argsort(p, kind="stable")
+    out, running = np.empty(len(p)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (len(p) - rank) * p[i])
+        out[i] = running
+    return out

@@ -115,3 +115,63 @@ def test_resolve_column():
         resolve_column(df, "total_persistence_h1")
     with pytest.raises(AnalysisError, match="not in the feature table"):
         resolve_column(ft, "nope")
+
+
+# ------------------------------------------------------------------ no feature from the test split
+
+
+def test_test_split_name_rule():
+    from topoland.analysis.features import TEST_TARGETS, is_test_derived
+    for name in ("trajectory.final_test_acc_mean", "paths.linear.test_loss.max", "surface.test_rise",
+                 "ensemble.test_acc", "test_acc", "gen_label", "x.test"):
+        assert is_test_derived(name), name
+    for name in ("trajectory.final_val_acc_mean", "topology.total_persistence_h0", "surface.contest_score",
+                 "curvature.latest", "train_acc"):
+        assert not is_test_derived(name), name
+    assert set(TEST_TARGETS) == {"test_loss", "test_acc", "gap", "acc_gap", "gen_label"}
+
+
+def test_feature_table_leaves_out_test_split_features_with_a_note(tmp_path):
+    traj = pd.DataFrame({"final_val_acc_mean": [0.8, 0.7, 0.9, 0.6], "final_test_acc_mean": [0.7, 0.6, 0.8, 0.5]},
+                        index=pd.Index(["c0", "c1", "c2", "c3"], name="cell_id"))
+    ft = feature_table(_cells(), _groups() | {"trajectory": traj})
+    assert ft.groups["trajectory"] == ["trajectory.final_val_acc_mean"]
+    assert "trajectory.final_test_acc_mean" not in ft.frame.columns
+    assert ft.excluded == {"trajectory.final_test_acc_mean": "name marks the test split"}
+    # the test metrics stay, as targets
+    assert {"test_acc", "test_loss", "gap", "acc_gap"} <= set(ft.metrics)
+    paths = save_feature_table(ft, tmp_path)
+    meta = json.loads(paths["json"].read_text())
+    assert meta["excluded"] == ft.excluded and "targets only" in meta["test_split_rule"]
+    assert load_feature_table(tmp_path).excluded == ft.excluded
+    with pytest.raises(AnalysisError, match=r"'trajectory'.*trajectory.final_test_acc_mean.*test split"):
+        feature_table(_cells(), {"trajectory": traj}, on_test="raise")
+
+
+def test_declared_test_groups_and_no_table_holds_a_test_feature(tmp_path):
+    # a topology filtered by test loss carries no 'test' in its names: the caller declares it
+    ft = feature_table(_cells(), _groups(), test_derived={"topology": "all"})
+    assert "topology" not in ft.groups and set(ft.excluded) == {"topology.total_persistence_h0",
+                                                                "topology.total_persistence_h1"}
+    ft = feature_table(_cells(), _groups(), test_derived={"topology": ["total_persistence_h1"]})
+    assert ft.groups["topology"] == ["topology.total_persistence_h0"]
+    assert ft.excluded == {"topology.total_persistence_h1": "declared computed from the test split"}
+    with pytest.raises(AnalysisError, match="does not have"):
+        feature_table(_cells(), _groups(), test_derived={"topology": ["nope"]})
+    # a FeatureTable refuses a test-derived feature, however it is made
+    from topoland.analysis.features import FeatureTable
+    good = feature_table(_cells(), _groups())
+    with pytest.raises(AnalysisError, match="test_acc.*test split"):
+        FeatureTable(frame=good.frame, groups={"leak": ["test_acc"]}, settings=good.settings, metrics=good.metrics)
+    # a table stored before the rule: the leaking column is left out when it is read
+    save_feature_table(good, tmp_path)
+    frame = good.frame.assign(**{"topology.final_test_acc_mean": 0.5})
+    frame.to_csv(tmp_path / "features.csv")
+    frame.to_parquet(tmp_path / "features.parquet")
+    meta = json.loads((tmp_path / "features.json").read_text())
+    meta["groups"]["topology"].append("topology.final_test_acc_mean")
+    del meta["excluded"]
+    (tmp_path / "features.json").write_text(json.dumps(meta))
+    back = load_feature_table(tmp_path)
+    assert "topology.final_test_acc_mean" not in back.frame and back.groups == good.groups
+    assert "topology.final_test_acc_mean" in back.excluded

@@ -40,7 +40,7 @@ def _config(name, grid, **sections):
            "topology": {"k": K}, "surface": {"grid": 7},
            "paths": {"pairs": "all", "method": "neb"},
            "analysis": {"targets": ["gen_label", "train.batch_size"], "n_splits": 2, "n_repeats": 1,
-                        "n_permutations": 0, "n_boot": 50},
+                        "n_permutations": 1, "compare_permutations": 99, "n_boot": 50},
            "grid": grid} | sections
     cfg = validate(raw)
     return cfg, expand_grid(cfg)
@@ -128,7 +128,8 @@ def _surface(store, cid, i):
 
 def _curvature(store, cid, i):
     with store.stage(cid, "curvature") as box:
-        feats = {"top_eigenvalue": 2.0 + i, "trace": 10.0 + 2 * i}
+        feats = {"top_eigenvalue": 2.0 + i, "trace": 10.0 + 2 * i, "sharpness": 0.5 + 0.1 * (i % 3),
+                 "log_volume": -3.0 - 0.2 * i}
         (box["dir"] / "curvature.json").write_text(json.dumps(feats))
         grid = np.linspace(-1, 5 + i, 50)
         pd.DataFrame({"eigenvalue": grid, "density": np.exp(-grid ** 2) + 1e-3}).to_csv(
@@ -209,7 +210,9 @@ def test_report_pages_and_headings(full_report):
     expected = (["topoland report: tinyreport", "The minima: settings and metrics"] + minima
                 + ["Total persistence vs generalization"] + ["Rank correlations with generalization"] * corr
                 + ["Metrics by grid setting", "Classifier table",
-                   "Statistical comparisons by grid setting", "Paths: barrier profiles",
+                   "Classifier table: both standard errors and adjusted p",
+                   "Accuracy ± cross-validation SE per classifier",
+                   "Statistical comparisons by grid setting", "Flatness by batch size", "Paths: barrier profiles",
                    "Paths: disconnectivity graph", "Notes"])
     assert list(dict.fromkeys(_base(h) for h in out["headings"])) == expected
     texts = _page_texts(out["path"])
@@ -317,3 +320,28 @@ def test_metrics_by_setting_include_curvature_and_no_ensemble_noise(full_report)
         assert metric in grouped, metric
     assert "Fast geometric ensembles" not in out["headings"]
     assert "ensemble" not in " ".join(texts).lower()
+
+
+def test_report_names_uncertainty_adjusted_p_and_flatness(full_report):
+    """The classifier pages name both standard errors and the smallest attainable p; the
+    comparison pages give adjusted p and call nothing a finding above 0.05; the flatness page
+    gives each curvature measure's small-vs-large-batch sign and adjusted p."""
+    store, cells, out = full_report
+    texts = _page_texts(out["path"])
+    page = {_base(h): t for h, t in zip(out["headings"], texts)}
+    clf = page["Classifier table"]
+    assert "standard error across the classifiers" in clf and "cross-validation standard error" in clf
+    assert "smallest attainable p = 1/(1+1) = 0.5" in clf
+    se = page["Classifier table: both standard errors and adjusted p"]
+    assert "SE across classifiers" in se and "CV SE of the mean" in se and "p_adjusted" in se
+    assert "mean of classifiers" in page["Accuracy ± cross-validation SE per classifier"]
+    comp = page["Statistical comparisons by grid setting"]
+    assert "p_min" in comp and "p_adjusted" in comp and "Holm" in comp
+    table = pd.read_csv(store.stage_dir(RUN_LEVEL, "analysis") / "comparisons.csv")
+    assert (table["finding"] == (table["p_adjusted"] < 0.05)).all()
+    flat = pd.read_csv(store.stage_dir(RUN_LEVEL, "analysis") / "flatness.csv")
+    assert list(flat["measure"]) == ["curvature.sharpness", "curvature.top_eigenvalue", "curvature.trace",
+                                     "curvature.log_volume"]
+    fp = page["Flatness by batch size"]
+    for r in flat.itertuples():
+        assert r.sign in ("+", "-", "0") and r.reading in fp

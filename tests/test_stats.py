@@ -24,6 +24,18 @@ from topoland.analysis.stats import (
     diagram_permutation_test,
     holm,
     permutation_test_means,
+    adjust_p,
+    permutation_p_min,
+    permutations_for_family,
+    stratified_permutation_test,
+)
+from topoland.analysis.comparisons import (
+    Design,
+    comparison_table,
+    extra_comparison,
+    extra_kinds,
+    flatness_ordering,
+    grid_comparison,
 )
 from topoland.errors import NotEnoughSamplesError
 
@@ -288,3 +300,168 @@ def test_figures():
     ax = plot_grouped(df, "weight_decay", "tp_h1")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0\n(n=12)", "0.0001\n(n=12)"]
     plt.close("all")
+
+
+# ------------------------------------------------------------------ multiple comparisons
+
+
+def test_adjust_p_holm_by_hand_and_bh_against_scipy():
+    # Holm by hand: sorted 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 -> 0.04, 0.06, 0.06, 0.04 -> monotone
+    p = [0.03, 0.01, 0.04, 0.02]
+    np.testing.assert_allclose(adjust_p(p, "holm"), [0.06, 0.04, 0.06, 0.06])
+    rng = np.random.default_rng(0)
+    q = np.concatenate([rng.uniform(0, 0.05, 5), rng.uniform(size=15)])
+    np.testing.assert_allclose(adjust_p(q, "bh"), sps.false_discovery_control(q, method="bh"))
+    # NaN (a test not run) stays NaN and does not count in the family
+    with_nan = adjust_p([0.01, np.nan, 0.02], "holm")
+    assert np.isnan(with_nan[1])
+    np.testing.assert_allclose(with_nan[[0, 2]], [0.02, 0.02])
+    with pytest.raises(AnalysisError, match="'bonferroni' is unknown"):
+        adjust_p(p, "bonferroni")
+
+
+def test_smallest_p_and_permutations_for_the_family():
+    assert permutation_p_min(9) == pytest.approx(0.1)
+    for m in (1, 8, 15, 33):
+        n = permutations_for_family(m)
+        assert m * permutation_p_min(n) < 0.05 <= m * permutation_p_min(n - 1)
+    assert permutations_for_family(15) == 300
+    with pytest.raises(AnalysisError):
+        permutation_p_min(0)
+
+
+def test_stratified_permutation_exact_against_a_loop():
+    rng = np.random.default_rng(1)
+    strata = np.repeat([0, 1, 2], [4, 3, 5])
+    labels = np.array([0, 0, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1])
+    x = rng.normal(size=12) + 0.8 * (labels == 0)
+    res = stratified_permutation_test(x, labels, strata, n_permutations=10_000)
+    # brute force: every within-stratum arrangement, statistic = mean over strata of mean(0) - mean(1)
+    per = [sorted(set(itertools.permutations(labels[strata == s]))) for s in range(3)]
+    def stat(lab):
+        return np.mean([x[strata == s][np.array(lab[s]) == 0].mean() - x[strata == s][np.array(lab[s]) == 1].mean()
+                        for s in range(3)])
+    null = np.array([stat(c) for c in itertools.product(*per)])
+    assert res["exact"] and res["n_relabellings"] == len(null) == 6 * 3 * 10
+    obs = stat([labels[strata == s] for s in range(3)])
+    assert res["statistic"] == pytest.approx(obs)
+    assert res["p_value"] == pytest.approx(np.mean(np.abs(null) >= abs(obs) - 1e-12))
+    # matched pairs: a labelling and its mirror tie, so the floor is 2 / 2^k
+    pairs = stratified_permutation_test(np.arange(8.0), np.tile([0, 1], 4), np.repeat(np.arange(4), 2))
+    assert pairs["p_min"] == pytest.approx(2 / 16) and pairs["p_value"] == pytest.approx(2 / 16)
+    # random relabellings when there are too many: floor 1 / (1 + n)
+    big = stratified_permutation_test(x, labels, strata, n_permutations=50, seed=3)
+    assert not big["exact"] and big["p_min"] == pytest.approx(1 / 51)
+    with pytest.raises(NotEnoughSamplesError, match="single group"):
+        stratified_permutation_test(x[:4], [0, 0, 1, 1], [0, 0, 1, 1])
+
+
+AXES = ("train.weight_decay", "train.batch_size", "train.augment")
+
+
+def _design_table(n_seeds=3, n_extra=8, seed=0):
+    """A 2x2x2 grid with ``n_seeds`` replicates: weight decay adds 1.0, augmentation 0.3, batch
+    size nothing. The extra cells (bad minima) all sit at weight decay 1e-3 and batch 32 and
+    are far higher, so mixed into the grid they make batch 32 look worse and confound batch
+    size with weight decay."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for wd, bs, aug in itertools.product((0.0, 1e-3), (32, 256), (False, True)):
+        for s in range(n_seeds):
+            rows.append({"cell_id": f"g{len(rows)}", "train.weight_decay": wd, "train.batch_size": bs,
+                         "train.augment": aug, "train.pretrain_random_epochs": 0, "run.seed": s,
+                         "m": 1.0 * (wd > 0) + 0.3 * aug + rng.normal(0, 0.2)})
+    extra = []
+    for s in range(n_extra):
+        extra.append(f"x{s}")
+        rows.append({"cell_id": f"x{s}", "train.weight_decay": 1e-3, "train.batch_size": 32, "train.augment": False,
+                     "train.pretrain_random_epochs": 20, "run.seed": s, "m": 6.0 + rng.normal(0, 0.2)})
+    return pd.DataFrame(rows).set_index("cell_id"), Design(axes=AXES, extra=tuple(extra))
+
+
+SETTINGS = list(AXES) + ["train.pretrain_random_epochs", "run.seed"]
+
+
+def test_stratified_comparison_finds_the_planted_axis_despite_confounded_extra_cells():
+    df, design = _design_table()
+    # mixed in, the extra cells fake a batch-size effect: the unfair comparison is fooled
+    naive = compare(df, "train.batch_size", "m", strata=())
+    assert naive.perm_p_value < 0.05
+    wd = grid_comparison(df, design, "train.weight_decay", "m", seed=0)
+    bs = grid_comparison(df, design, "train.batch_size", "m", seed=0)
+    assert wd.test == bs.test == "stratified-permutation"
+    assert wd.strata == ["train.batch_size", "train.augment"] and wd.n_strata == 4
+    assert wd.n == {0.0: 12, 1e-3: 12}  # grid cells only: the 8 extra cells are not in
+    assert wd.p_value <= 1e-3 and wd.mean_diff == pytest.approx(-1.0, abs=0.15) and wd.ci_high < 0
+    assert bs.p_value > 0.05 and bs.ci_low < 0 < bs.ci_high
+    assert wd.p_min == pytest.approx(1 / 10_000) and not wd.perm_exact
+    # the extra cells are a comparison of their own, matched on every grid axis
+    kinds = extra_kinds(df, design, SETTINGS)
+    assert kinds == {"train.pretrain_random_epochs=20": [f"x{i}" for i in range(8)]}
+    ex = extra_comparison(df, design, "train.pretrain_random_epochs=20", kinds["train.pretrain_random_epochs=20"], "m")
+    assert ex.strata == list(AXES) and ex.n == {"extra": 8, "grid": 3} and ex.n_strata == 1
+    assert ex.mean_diff == pytest.approx(5.0, abs=0.4) and ex.p_value == pytest.approx(1 / 165)  # C(11, 3)
+    # the whole family: adjusted p, finding only at adjusted p < 0.05
+    table, notes = comparison_table(df, design, ["m"], settings=SETTINGS, seed=0)
+    assert list(table["family"]) == ["grid", "grid", "grid", "extra"]
+    np.testing.assert_allclose(table["p_adjusted"], holm(table["p_value"]))
+    assert list(table["finding"]) == [True, False, True, True] and (table["p_adjust"] == "holm").all()
+    bh, _ = comparison_table(df, design, ["m"], settings=SETTINGS, seed=0, p_adjust="bh")
+    np.testing.assert_allclose(bh["p_adjusted"], sps.false_discovery_control(bh["p_value"], method="bh"))
+
+
+def test_matched_pairs_give_wilcoxon_and_unmatched_axes_are_named():
+    df, design = _design_table(n_seeds=1, n_extra=2)
+    r = grid_comparison(df, design, "train.weight_decay", "m")
+    d = [df[(df["train.batch_size"] == b) & (df["train.augment"] == a) & ~df.index.isin(design.extra)]
+         .sort_values("train.weight_decay")["m"].to_numpy() for b in (32, 256) for a in (False, True)]
+    diffs = [v[0] - v[1] for v in d]
+    assert r.perm_exact and r.n_strata == 4 and r.p_min == pytest.approx(2 / 16)
+    assert r.wilcoxon_p == pytest.approx(sps.wilcoxon(diffs).pvalue)
+    assert r.mean_diff == pytest.approx(np.mean(diffs))
+    # extra cells at a batch size the grid lacks: matched on the other axes, the batch named
+    df.loc[list(design.extra), "train.batch_size"] = 128
+    ex = extra_comparison(df, design, "bad", list(design.extra), "m")
+    assert ex.strata == ["train.weight_decay", "train.augment"]
+    assert any("train.batch_size (extra: 128; grid: 32, 256)" in n for n in ex.notes)
+
+
+def test_comparison_bad_input_names_the_setting_and_sizes():
+    df, design = _design_table()
+    with pytest.raises(AnalysisError, match=r"setting 'train.lr' is not varied by the grid \(grid axes: "
+                                            r"train.weight_decay, train.batch_size, train.augment\)"):
+        grid_comparison(df.assign(**{"train.lr": 0.1}), design, "train.lr", "m")
+    # the extra cells' setting is not a grid axis either
+    with pytest.raises(AnalysisError, match="'train.pretrain_random_epochs' is not varied by the grid"):
+        grid_comparison(df, design, "train.pretrain_random_epochs", "m")
+    few = df.drop(index=[f"g{i}" for i in range(12) if i % 3])  # weight decay 0: 4 left, one per stratum
+    few = few.drop(index=["g12", "g13", "g14"])                 # and one stratum without weight decay 1e-3
+    with pytest.raises(NotEnoughSamplesError,
+                       match=r"compare\(by='train.weight_decay'.*group\(s\) 0.0 have fewer than 4 samples.*"
+                             r"sizes given: 0.0: 3, 0.001: 9.*1 strata lacking a group dropped"):
+        grid_comparison(few, design, "train.weight_decay", "m", min_samples=4)
+    one = df[df["train.weight_decay"] == 0.0]
+    with pytest.raises(NotEnoughSamplesError, match=r"1 group\(s\)"):
+        grid_comparison(one, design, "train.weight_decay", "m")
+    # groups that never share a stratum cannot be compared fairly
+    apart = df[~df.index.isin(design.extra)]
+    apart = apart[(apart["train.weight_decay"] == 0.0) == (apart["train.batch_size"] == 32)]
+    with pytest.raises(NotEnoughSamplesError, match="no stratum.*holds every group"):
+        compare(apart, "train.weight_decay", "m", strata=["train.batch_size"])
+
+
+def test_flatness_ordering_reads_sign_and_adjusted_p():
+    comps = pd.DataFrame({
+        "family": ["grid"] * 5, "by": ["train.batch_size"] * 4 + ["train.weight_decay"],
+        "metric": ["curvature.sharpness", "curvature.top_eigenvalue", "curvature.log_volume", "test_acc",
+                   "curvature.sharpness"],
+        "group_a": ["32", "32", "32", "32", "0.0"], "group_b": ["256", "256", "256", "256", "0.001"],
+        "mean_diff": [1.2, -5.0, 0.4, 0.1, 9.0], "p_adjusted": [0.01, 0.2, 0.5, 0.03, 0.01],
+        "finding": [True, False, False, True, True]})
+    flat = flatness_ordering(comps)
+    assert list(flat["measure"]) == ["curvature.sharpness", "curvature.top_eigenvalue", "curvature.log_volume"]
+    assert list(flat["sign"]) == ["+", "-", "+"]
+    assert list(flat["reading"]) == ["small batch_size sharper", "small batch_size flatter", "small batch_size flatter"]
+    assert list(flat["p_adjusted"]) == [0.01, 0.2, 0.5] and list(flat["finding"]) == [True, False, False]
+    assert (flat["small"] == 32).all() and (flat["large"] == 256).all()
+    assert flatness_ordering(pd.DataFrame()).empty
