@@ -249,7 +249,11 @@ class LossPatternFitter:
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024,
                  device=None) -> dict[str, np.ndarray]:
         """Loss (nats) and accuracy of every cell on ``(x, y)``: ``{"loss", "accuracy"}`` of shape
-        ``(H, W)``, via :func:`topoland.params.evaluate` (BN statistics recomputed per cell from x)."""
+        ``(H, W)``, via :func:`topoland.params.evaluate` (BN statistics recomputed per cell from x).
+
+        Pass held-out data (the test split, as the source paper does): the plane was optimized on
+        the training data given to :meth:`fit`, so a pattern that shows there measures only the
+        optimization; one that shows on data the fit never saw is a property of the landscape."""
         dev = self.device if device is None else device
         bn = "recompute" if _has_bn(model) else "eval"
         res = evaluate(model, self.points(), x, y, metrics=("loss", "accuracy"), batch_size=batch_size,
