@@ -84,9 +84,11 @@ def test_rerun_skips_everything_and_verify_passes(tiny_run):
 def test_compare_and_list_on_the_run(tiny_run):
     work, _ = tiny_run
     run = work / "runs" / "tiny"
-    r = cli("compare", run, "--by", "train.weight_decay", "--metric", "test_acc", "--permutations", "99")
+    r = cli("compare", run, "--by", "train.weight_decay", "--metric", "gap", "--permutations", "99")
     assert r.returncode == 0, r.stderr
-    assert "Mann-Whitney" in r.stdout or "mann" in r.stdout.lower()
+    # over the grid cells, stratified on the other axes: 4 matched pairs
+    assert "stratified on train.batch_size, train.lr: 4 strata" in r.stdout
+    assert "smallest attainable p = 0.125" in r.stdout and "Wilcoxon signed-rank on 4 matched pairs" in r.stdout
     r = cli("compare", run, "--by", "train.nothing", "--metric", "test_acc")
     assert r.returncode == 2 and "train.nothing" in r.stderr
     assert cli("list", run).stdout.count("report") == 0
@@ -156,3 +158,44 @@ def test_topology_stage_with_sketched_distances(tiny_run, tmp_path):
         assert settings["distances"] == "sketch" and settings["sketch_dim"] == 64
     bad = cli("topology", run, "--set", "distances=pca", "--force", "--quiet")
     assert bad.returncode != 0 and "topology.distances" in bad.stderr
+
+
+def test_no_feature_from_the_test_split_and_fair_comparisons(tiny_run):
+    """On a real run: no feature group of the stored table holds a column of the test split (the
+    retrained jumps' test accuracy is left out, with a note); the comparisons keep the extra
+    cells apart and carry adjusted and smallest attainable p-values."""
+    import json
+
+    from topoland.analysis.features import is_test_derived, load_feature_table
+    work, _ = tiny_run
+    run = work / "runs" / "tiny"
+    d = run / "run" / "analysis"
+    meta = json.loads((d / "features.json").read_text())
+    assert set(meta["groups"]) >= {"trajectory", "topology", "surface", "curvature"}
+    for group, cols in meta["groups"].items():
+        assert not [c for c in cols if "test" in c], group
+    assert "trajectory.final_test_acc_mean" in meta["excluded"]
+    ft = load_feature_table(d)
+    assert not [c for c in ft.columns() if is_test_derived(c)]
+    assert {"test_acc", "gap"} <= set(ft.metrics)  # still there, as targets
+    notes = json.loads((d / "notes.json").read_text())
+    assert any("trajectory.final_test_acc_mean left out" in n for n in notes)
+    corr = pd.read_csv(d / "correlations.csv")
+    assert not corr["feature"].map(is_test_derived).any() and {"spearman_p_adj", "finding"} <= set(corr.columns)
+    clf = pd.read_csv(d / "classifiers.csv")
+    assert {"se_across_classifiers", "cv_se", "p_min", "p_adjusted"} <= set(clf.columns)
+    comps = pd.read_csv(d / "comparisons.csv")
+    grid = comps[comps["family"] == "grid"]
+    assert set(grid["by"]) == {"train.weight_decay", "train.batch_size", "train.lr"}
+    assert ((grid["n_a"] + grid["n_b"]) == 8).all()  # the 8 grid cells, never the 2 extra ones
+    assert {"curvature.sharpness", "curvature.top_eigenvalue", "curvature.trace",
+            "curvature.log_volume"} <= set(grid["metric"])
+    assert set(comps.loc[comps["family"] == "extra", "by"]) == {"train.pretrain_random_epochs=3"}
+    assert comps["p_min"].notna().all() and (comps["finding"] == (comps["p_adjusted"] < 0.05)).all()
+    assert (d / "flatness.csv").is_file()
+    r = cli("compare", run, "--by", "train.pretrain_random_epochs", "--metric", "test_acc")
+    assert r.returncode == 0, r.stderr
+    assert "_cells" not in r.stdout and "smallest attainable p" in r.stdout and "extra: 2" in r.stdout
+    r = cli("compare", run, "--by", "train.augment", "--metric", "test_acc")
+    assert r.returncode == 2 and "'train.augment' is not varied by the grid" in r.stderr
+    assert "train.weight_decay, train.batch_size, train.lr" in r.stderr

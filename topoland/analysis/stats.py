@@ -16,9 +16,10 @@ Conventions:
   of ``mean(a) - mean(b)`` within the stratum; more groups, the sum over strata of the
   between-group sum of squares. Strata lacking a group are dropped (counted). Every distinct
   within-strata relabelling is enumerated when there are at most ``n_permutations``.
-- ``p_min`` is the smallest p-value a permutation test could return: ``1 / (1 + n_permutations)``
-  for random relabellings, and for an enumeration the share of relabellings that reach the
-  largest statistic (2 / 2^k for k matched pairs: a labelling and its mirror tie).
+- ``p_min`` is the smallest p-value a permutation test could return, whatever the data:
+  ``1 / (1 + n_permutations)`` for random relabellings; for an enumeration of ``T`` relabellings
+  ``1 / T``, or ``2 / T`` when swapping the groups leaves every stratum's sizes unchanged (a
+  labelling and its mirror tie: 2 / 2^k for k matched pairs).
 - Families of tests are adjusted by :func:`adjust_p`: Holm (family-wise error) or
   Benjamini-Hochberg (false discovery rate); NaN p-values stay NaN and do not count.
 - Bootstrap intervals are percentile intervals.
@@ -284,6 +285,14 @@ def _stratified_stat(x, L, strata_idx, k):
     return out / len(strata_idx) if k == 2 else out
 
 
+def _design_floor(labels, strata_idx, k, total) -> float:
+    """Smallest p of an exact within-strata test whatever the data: relabellings that swap
+    whole groups of equal size in every stratum tie with the observed one (2 / 2^m for m pairs)."""
+    counts = [np.bincount(labels[idx], minlength=k) for idx in strata_idx]
+    ties = sum(all((c[list(perm)] == c).all() for c in counts) for perm in itertools.permutations(range(k)))
+    return ties / total
+
+
 def stratified_permutation_test(values, labels, strata, *, n_permutations: int = 9999, seed: int = 0) -> dict:
     """Permutation test of a group effect with labels permuted only within strata.
 
@@ -313,8 +322,7 @@ def stratified_permutation_test(values, labels, strata, *, n_permutations: int =
     else:
         t, null_t = obs, null
     p = _perm_p(t, null_t, exact)
-    top = float(null_t.max())
-    p_min = float(np.mean(null_t >= top - _EPS_TIE * abs(top))) if exact else permutation_p_min(n_permutations)
+    p_min = _design_floor(lab, strata_idx, k, null.size) if exact else permutation_p_min(n_permutations)
     return {"statistic": obs, "p_value": p, "p_min": p_min, "exact": exact, "n_relabellings": int(null.size)}
 
 
