@@ -264,6 +264,8 @@ def test_diagram_permutation_test():
     # exact enumeration for small groups, against a plain loop
     res = diagram_permutation_test(a[:3], b[:3], n_permutations=1000)
     assert res.exact and res.n_permutations == math.comb(6, 3)
+    assert res.p_min == pytest.approx(2 / 20) and res.to_frame().loc[0, "p_min"] == pytest.approx(0.1)
+    assert shifted.p_min == pytest.approx(1 / 500)
     loop = [np.mean([res.distances[i, j] for i in comb for j in range(6) if j not in comb])
             for comb in itertools.combinations(range(6), 3)]
     np.testing.assert_allclose(np.sort(res.null), np.sort(loop))

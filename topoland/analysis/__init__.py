@@ -3,16 +3,28 @@ from topoland.analysis.classify import (
     CLASSIFIERS,
     classifier_table,
     classify,
+    cv_standard_error,
     format_classifier_table,
     generalization_label,
     make_pipeline,
     pivot_classifier_table,
 )
+from topoland.analysis.comparisons import (
+    Design,
+    comparison_table,
+    extra_comparison,
+    extra_kinds,
+    flatness_ordering,
+    grid_comparison,
+)
 from topoland.analysis.features import (
     METRIC_COLUMNS,
+    TEST_TARGETS,
     AnalysisError,
     FeatureTable,
+    check_feature_columns,
     feature_table,
+    is_test_derived,
     load_feature_table,
     resolve_column,
     save_feature_table,
@@ -20,6 +32,7 @@ from topoland.analysis.features import (
 from topoland.analysis.stats import (
     CompareResult,
     DiagramTestResult,
+    adjust_p,
     benjamini_hochberg,
     bootstrap_mean_diff_ci,
     cliffs_delta,
@@ -28,10 +41,16 @@ from topoland.analysis.stats import (
     diagram_distance,
     diagram_permutation_test,
     holm,
+    permutation_p_min,
     permutation_test_means,
+    permutations_for_family,
+    stratified_permutation_test,
 )
 
 __all__ = [
+    "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
+    "cv_standard_error", "extra_comparison", "extra_kinds", "flatness_ordering", "grid_comparison",
+    "is_test_derived", "permutation_p_min", "permutations_for_family", "stratified_permutation_test",
     "AnalysisError", "CLASSIFIERS", "CompareResult", "DiagramTestResult", "FeatureTable",
     "METRIC_COLUMNS", "benjamini_hochberg", "bootstrap_mean_diff_ci", "classifier_table",
     "classify", "cliffs_delta", "compare", "correlations", "diagram_distance",

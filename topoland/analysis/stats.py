@@ -761,9 +761,17 @@ class DiagramTestResult:
     distances: np.ndarray
     assumptions: str
 
+    @property
+    def p_min(self) -> float:
+        """Smallest attainable p: enumerated, ``1 / T`` (``2 / T`` for equal groups, whose swap
+        gives the same between-group distance); else ``1 / (1 + n_permutations)``."""
+        if not self.exact:
+            return permutation_p_min(self.n_permutations)
+        return (2 if self.n_a == self.n_b else 1) / self.n_permutations
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"test": "diagram-permutation", "n_a": self.n_a, "n_b": self.n_b,
-                              "statistic": self.statistic, "p_value": self.p_value,
+                              "statistic": self.statistic, "p_value": self.p_value, "p_min": self.p_min,
                               "n_permutations": self.n_permutations, "exact": self.exact}])
 
 

@@ -21,7 +21,8 @@ def _ax(ax):
 def plot_feature_vs_target(table, feature: str, target: str = "gap", *, hue: str | None = None,
                            ax=None, **kw):
     """Scatter of ``feature`` (x) against ``target`` (y), one point per minimum, with
-    Spearman's rho and Kendall's tau (on complete rows) in the title. ``hue``: optional
+    Spearman's rho (and its unadjusted p: the family's adjusted p is in the correlations table)
+    and Kendall's tau (on complete rows) in the title. ``hue``: optional
     setting column colouring the points. ``kw`` goes to ``seaborn.scatterplot``."""
     df = as_frame(table)
     feature, target = resolve_column(df, feature), resolve_column(df, target)
@@ -37,7 +38,7 @@ def plot_feature_vs_target(table, feature: str, target: str = "gap", *, hue: str
     else:
         rho = sps.spearmanr(x, y)
         tau = sps.kendalltau(x, y)
-        ax.set_title(f"Spearman ρ = {rho.statistic:.2f} (p={rho.pvalue:.2g}), "
+        ax.set_title(f"Spearman ρ = {rho.statistic:.2f} (unadjusted p={rho.pvalue:.2g}), "
                      f"Kendall τ = {tau.statistic:.2f}, n = {len(sub)}")
     ax.set_xlabel(feature)
     ax.set_ylabel(target)
