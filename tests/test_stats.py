@@ -467,3 +467,14 @@ def test_flatness_ordering_reads_sign_and_adjusted_p():
     assert list(flat["p_adjusted"]) == [0.01, 0.2, 0.5] and list(flat["finding"]) == [True, False, False]
     assert (flat["small"] == 32).all() and (flat["large"] == 256).all()
     assert flatness_ordering(pd.DataFrame()).empty
+
+
+def test_compare_on_a_feature_table_stratifies_on_the_other_config_settings():
+    df, design = _design_table(n_extra=0)
+    cells = df.assign(train_loss=0.1, test_loss=0.5, stop_epoch=np.arange(len(df))).drop(columns="m").reset_index()
+    ft = feature_table(cells, {"topology": df[["m"]]})
+    res = compare(ft, "train.weight_decay", "m")
+    # stop_epoch (a stage outcome, one value per cell) and run.seed are not strata
+    assert res.strata == ["train.batch_size", "train.augment"] and res.test == "stratified-permutation"
+    plain = compare(ft.frame, "train.weight_decay", "topology.m")
+    assert plain.test == "mann-whitney" and any("unstratified" in n for n in plain.notes)

@@ -445,11 +445,13 @@ def _groups(table, by: str, metric: str, order, min_samples: int, strata=()):
 
 
 def _auto_strata(table, by: str) -> list[str]:
-    """Other settings of a FeatureTable that vary (``run.seed`` replicates are not strata)."""
+    """Other config settings (``section.key``) of a FeatureTable that vary; ``run.seed``
+    replicates and stage outcomes (``stop_epoch``) are not strata."""
     if not isinstance(table, FeatureTable):
         return []
     df = table.frame
-    return [c for c in table.settings if c not in (by, "run.seed") and df[c].nunique(dropna=True) > 1]
+    return [c for c in table.settings
+            if "." in c and c not in (by, "run.seed") and df[c].nunique(dropna=True) > 1]
 
 
 def compare(
@@ -472,9 +474,10 @@ def compare(
             strata column are dropped (counted in ``n_dropped``). ``metric`` may be a bare
             feature name that matches one ``<group>.<name>`` column.
         order: group labels in order (default: sorted); also restricts the groups.
-        strata: columns to stratify on (the other grid axes). ``None``: every other setting of a
-            FeatureTable that varies (``run.seed`` excepted), none for a DataFrame; ``()``:
-            unstratified.
+        strata: columns to stratify on (the other grid axes). ``None``: every other config
+            setting (``section.key``) of a FeatureTable that varies, ``run.seed`` excepted; none
+            for a DataFrame (noted in ``notes``); ``()``: unstratified. To keep extra cells out,
+            use :func:`topoland.analysis.comparisons.grid_comparison`.
         min_samples: fewest samples per group (default 2 stratified, 3 unstratified).
 
     Stratified: :func:`stratified_permutation_test`, Wilcoxon signed-rank when the strata are
@@ -482,6 +485,7 @@ def compare(
     test on the difference of means, Cliff's delta and a bootstrap CI; more groups:
     Kruskal-Wallis and pairwise Mann-Whitney with Holm correction.
     """
+    unstratified_note = strata is None and not isinstance(table, FeatureTable)
     strata = _auto_strata(table, by) if strata is None else [strata] if isinstance(strata, str) else list(strata)
     if by in strata:
         raise AnalysisError(f"compare: {by!r} cannot be both the grouping column and a stratum")
@@ -497,6 +501,8 @@ def compare(
         diff, perm_p, exact = permutation_test_means(a, b, n_permutations=n_permutations, seed=seed)
         lo, hi = bootstrap_mean_diff_ci(a, b, n_boot=n_boot, level=level, seed=seed)
         notes = [] if exact else [f"permutation p from {n_permutations} random relabellings"]
+        if unstratified_note:
+            notes.append("unstratified: a plain DataFrame names no other settings (give strata=[...])")
         total = math.comb(a.size + b.size, a.size)
         return CompareResult(
             by=by, metric=metric, test="mann-whitney", groups=labels, n=n,
