@@ -478,3 +478,21 @@ def test_compare_on_a_feature_table_stratifies_on_the_other_config_settings():
     assert res.strata == ["train.batch_size", "train.augment"] and res.test == "stratified-permutation"
     plain = compare(ft.frame, "train.weight_decay", "topology.m")
     assert plain.test == "mann-whitney" and any("unstratified" in n for n in plain.notes)
+
+
+def test_stratified_comparison_of_three_groups():
+    rng = np.random.default_rng(2)
+    rows = [{"train.batch_size": bs, "train.weight_decay": wd, "m": 2.0 * (bs == 512) + 1.0 * wd + rng.normal(0, 0.1)}
+            for bs in (32, 128, 512) for wd in (0, 1) for _ in range(3)]
+    df = pd.DataFrame(rows)
+    res = compare(df, "train.batch_size", "m", strata=["train.weight_decay"], seed=0)
+    assert res.test == "stratified-permutation" and res.n == {32: 6, 128: 6, 512: 6}
+    assert res.p_value < 0.005 and res.p_min == pytest.approx(1 / 10_000)
+    pw = res.pairwise.set_index(["group_a", "group_b"])
+    assert pw.loc[(32, 512), "p_value"] < 0.01 and pw.loc[(128, 512), "p_value"] < 0.01
+    assert pw.loc[(32, 128), "p_value"] > 0.05 and pw.loc[(32, 512), "mean_diff"] == pytest.approx(-2.0, abs=0.2)
+    np.testing.assert_allclose(pw["p_holm"], holm(pw["p_value"]))
+    frame = res.to_frame()
+    assert len(frame) == 4 and frame.loc[0, "group_a"] == "all" and frame["p_min"].notna().all()
+    with pytest.raises(AnalysisError, match="codes 0..k-1"):
+        stratified_permutation_test([1.0, 2.0, 3.0], [0, 2, 2], [0, 0, 0])

@@ -309,7 +309,9 @@ def stratified_permutation_test(values, labels, strata, *, n_permutations: int =
     st = np.asarray(strata)
     if not (x.shape == lab.shape == st.shape) or x.ndim != 1:
         raise AnalysisError(f"values, labels and strata must be 1-D of one length, got {x.shape}, {lab.shape}, {st.shape}")
-    k = int(lab.max()) + 1
+    k = int(lab.max()) + 1 if lab.size else 0
+    if k < 2 or lab.min() < 0 or np.unique(lab).size != k:
+        raise AnalysisError(f"labels must be the codes 0..k-1 of at least 2 groups, each present; got {np.unique(lab).tolist()}")
     strata_idx = [np.flatnonzero(st == s) for s in pd.unique(st)]
     thin = [str(st[idx[0]]) for idx in strata_idx if np.unique(lab[idx]).size < 2]
     if thin:
