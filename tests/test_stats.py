@@ -459,12 +459,14 @@ def test_flatness_ordering_reads_sign_and_adjusted_p():
                    "curvature.sharpness"],
         "group_a": ["32", "32", "32", "32", "0.0"], "group_b": ["256", "256", "256", "256", "0.001"],
         "mean_diff": [1.2, -5.0, 0.4, 0.1, 9.0], "p_adjusted": [0.01, 0.2, 0.5, 0.03, 0.01],
+        "p_value": [0.002, 0.05, 0.25, 0.01, 0.002], "p_min": [1e-4] * 5,
         "finding": [True, False, False, True, True]})
     flat = flatness_ordering(comps)
     assert list(flat["measure"]) == ["curvature.sharpness", "curvature.top_eigenvalue", "curvature.log_volume"]
     assert list(flat["sign"]) == ["+", "-", "+"]
     assert list(flat["reading"]) == ["small batch_size sharper", "small batch_size flatter", "small batch_size flatter"]
     assert list(flat["p_adjusted"]) == [0.01, 0.2, 0.5] and list(flat["finding"]) == [True, False, False]
+    assert list(flat["p_value"]) == [0.002, 0.05, 0.25] and (flat["p_min"] == 1e-4).all()
     assert (flat["small"] == 32).all() and (flat["large"] == 256).all()
     assert flatness_ordering(pd.DataFrame()).empty
 

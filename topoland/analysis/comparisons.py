@@ -195,18 +195,21 @@ def comparison_table(table, design: Design, metrics, *, settings=None, p_adjust:
     return out, notes
 
 
+_FLAT_COLUMNS = ["measure", "small", "large", "mean_diff", "sign", "reading", "p_value", "p_min",
+                 "p_adjusted", "finding"]
+
+
 def flatness_ordering(comparisons: pd.DataFrame, by: str = "train.batch_size") -> pd.DataFrame:
     """Small- vs large-``by`` ordering of each curvature measure, from :func:`comparison_table`.
 
     Returns one row per measure present: ``measure, small, large, mean_diff`` (small minus
     large), ``sign`` ("+", "-" or "0"), ``reading`` ("small sharper"/"small flatter"...),
-    ``p_adjusted``, ``finding``. With more than two values of ``by``, the pair smallest vs
+    ``p_value``, ``p_min``, ``p_adjusted``, ``finding``. With more than two values of ``by``, the pair smallest vs
     largest is read.
     """
     need = {"family", "by", "metric", "group_a", "group_b", "mean_diff", "p_adjusted", "finding"}
     if comparisons.empty:
-        return pd.DataFrame(columns=["measure", "small", "large", "mean_diff", "sign", "reading",
-                                     "p_adjusted", "finding"])
+        return pd.DataFrame(columns=_FLAT_COLUMNS)
     if not need <= set(comparisons.columns):
         raise AnalysisError(f"flatness_ordering needs columns {sorted(need)}, got {list(comparisons.columns)}")
     sel = comparisons[(comparisons["family"] == "grid") & (comparisons["by"] == by)
@@ -226,6 +229,7 @@ def flatness_ordering(comparisons: pd.DataFrame, by: str = "train.batch_size") -
         other = "flatter" if larger == "sharper" else "sharper"
         reading = "no difference" if sign == "0" else f"small {by.split('.')[-1]} {larger if d > 0 else other}"
         rows.append({"measure": measure, "small": small, "large": large, "mean_diff": d, "sign": sign,
-                     "reading": reading, "p_adjusted": float(r["p_adjusted"]), "finding": bool(r["finding"])})
-    return pd.DataFrame(rows, columns=["measure", "small", "large", "mean_diff", "sign", "reading",
-                                       "p_adjusted", "finding"])
+                     "reading": reading, "p_value": float(r.get("p_value", np.nan)),
+                     "p_min": float(r.get("p_min", np.nan)), "p_adjusted": float(r["p_adjusted"]),
+                     "finding": bool(r["finding"])})
+    return pd.DataFrame(rows, columns=_FLAT_COLUMNS)
