@@ -180,3 +180,15 @@ def test_unsafe_run_name_refused():
     if p.name != "loss_patterns.toml"), ids=lambda p: p.name)
 def test_every_experiment_config_is_valid(path):
     assert expand_grid(load_config(path))
+
+
+def test_analysis_adjustment_and_permutation_keys():
+    a = validate({})["analysis"]
+    assert a["p_adjust"] == "holm" and a["n_permutations"] == "auto" and a["compare_permutations"] == 9999
+    assert validate({"analysis": {"p_adjust": "bh", "n_permutations": 9}})["analysis"]["p_adjust"] == "bh"
+    for body, match in (({"p_adjust": "bonferroni"}, "analysis.p_adjust"),
+                        ({"n_permutations": "many"}, "analysis.n_permutations"),
+                        ({"n_permutations": True}, "analysis.n_permutations"),
+                        ({"compare_permutations": 0}, "analysis.compare_permutations")):
+        with pytest.raises(ConfigError, match=match):
+            validate({"analysis": body})
