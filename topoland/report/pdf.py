@@ -668,6 +668,11 @@ _CELLS_PER_PAGE = 6
 def _classifier_se_pages(w: _Writer, clf: pd.DataFrame) -> None:
     """Per cell: the mean with both standard errors and the p-values; then, per classifier, its
     accuracy ± cross-validation SE (rows = classifiers, columns = cells, a few cells a page)."""
+    need = {"se_across_classifiers", "cv_se", "p_min", "p_adjusted", "finding"}
+    if not need <= set(clf.columns):
+        w.note("Analysis", f"classifier table written by an older analysis (no {', '.join(sorted(need - set(clf.columns)))}): "
+                           "rerun it with --force analysis for both standard errors and adjusted p")
+        return
     ok = clf[clf["mean"].notna()]
     if ok.empty:
         return
