@@ -198,4 +198,4 @@ def test_no_feature_from_the_test_split_and_fair_comparisons(tiny_run):
     assert "_cells" not in r.stdout and "smallest attainable p" in r.stdout and "extra: 2" in r.stdout
     r = cli("compare", run, "--by", "train.augment", "--metric", "test_acc")
     assert r.returncode == 2 and "'train.augment' is not varied by the grid" in r.stderr
-    assert "train.weight_decay, train.batch_size, train.lr" in r.stderr
+    assert "train.weight_decay, train.batch_size, train.lr" in r.stderr and "cells per value of 'train.augment': False: 10" in r.stderr

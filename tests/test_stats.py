@@ -36,6 +36,7 @@ from topoland.analysis.comparisons import (
     extra_kinds,
     flatness_ordering,
     grid_comparison,
+    value_sizes,
 )
 from topoland.errors import NotEnoughSamplesError
 
@@ -431,11 +432,13 @@ def test_matched_pairs_give_wilcoxon_and_unmatched_axes_are_named():
 def test_comparison_bad_input_names_the_setting_and_sizes():
     df, design = _design_table()
     with pytest.raises(AnalysisError, match=r"setting 'train.lr' is not varied by the grid \(grid axes: "
-                                            r"train.weight_decay, train.batch_size, train.augment\)"):
+                                            r"train.weight_decay, train.batch_size, train.augment; "
+                                            r"cells per value of 'train.lr': 0.1: 32\)"):
         grid_comparison(df.assign(**{"train.lr": 0.1}), design, "train.lr", "m")
     # the extra cells' setting is not a grid axis either
-    with pytest.raises(AnalysisError, match="'train.pretrain_random_epochs' is not varied by the grid"):
+    with pytest.raises(AnalysisError, match="'train.pretrain_random_epochs' is not varied by the grid.*0: 24, 20: 8"):
         grid_comparison(df, design, "train.pretrain_random_epochs", "m")
+    assert value_sizes(df, "nope") == "not a column of the table"
     few = df.drop(index=[f"g{i}" for i in range(12) if i % 3])  # weight decay 0: 4 left, one per stratum
     few = few.drop(index=["g12", "g13", "g14"])                 # and one stratum without weight decay 1e-3
     with pytest.raises(NotEnoughSamplesError,

@@ -895,7 +895,7 @@ def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0
     stratified on the other axes; or, when ``by`` is the setting by which extra cells leave the
     grid (``train.pretrain_random_epochs``), those extra cells vs the grid."""
     from .analysis import resolve_column
-    from .analysis.comparisons import extra_comparison, extra_kinds, grid_comparison
+    from .analysis.comparisons import extra_comparison, extra_kinds, grid_comparison, value_sizes
     store = RunStore.open(run_dir)
     cfg = _stored_config(store)
     ft = analysis_table(store)
@@ -913,7 +913,8 @@ def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0
                             "give one of them in full as --by")
     raise TopolandError(
         f"setting {by!r} is not varied by the grid of run '{run_dir}' (grid axes: {', '.join(design.axes) or 'none'}; "
-        f"extra cells: {', '.join(f'{k} ({len(c)})' for k, c in kinds.items()) or 'none'})")
+        f"extra cells: {', '.join(f'{k} ({len(c)})' for k, c in kinds.items()) or 'none'}; "
+        f"cells per value of {by!r}: {value_sizes(ft.frame, by)})")
 
 
 def stage_report(store: RunStore, cfg: dict, out: Path) -> dict:

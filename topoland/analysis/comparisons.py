@@ -35,6 +35,7 @@ __all__ = [
     "extra_kinds",
     "flatness_ordering",
     "grid_comparison",
+    "value_sizes",
 ]
 
 #: Level below which an adjusted p-value is called a finding.
@@ -67,11 +68,20 @@ class Design:
         return df[~df.index.isin(self.extra)]
 
 
+def value_sizes(df: pd.DataFrame, column: str) -> str:
+    """``"0.05: 8, 0.1: 2"``: the cells per value of ``column`` ("not a column" if absent)."""
+    if column not in df.columns:
+        return "not a column of the table"
+    counts = df[column].value_counts(dropna=False, sort=False)
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
 def _check_axis(df: pd.DataFrame, design: Design, by: str) -> None:
     if by not in design.axes:
         raise AnalysisError(
-            f"setting {by!r} is not varied by the grid (grid axes: {', '.join(design.axes) or 'none'}); "
-            "compare by a grid axis (extra cells are compared with the grid by extra_comparison)")
+            f"setting {by!r} is not varied by the grid (grid axes: {', '.join(design.axes) or 'none'}; "
+            f"cells per value of {by!r}: {value_sizes(df, by)}); compare by a grid axis "
+            "(extra cells are compared with the grid by extra_comparison)")
     absent = [a for a in design.axes if a not in df.columns]
     if absent:
         raise AnalysisError(f"grid axes {absent} are not columns of the feature table")
