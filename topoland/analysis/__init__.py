@@ -16,6 +16,7 @@ from topoland.analysis.comparisons import (
     extra_kinds,
     flatness_ordering,
     grid_comparison,
+    value_sizes,
 )
 from topoland.analysis.features import (
     METRIC_COLUMNS,
@@ -51,7 +52,7 @@ __all__ = [
     "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
     "cv_standard_error", "extra_comparison", "extra_kinds", "flatness_ordering", "grid_comparison",
     "is_test_derived", "permutation_p_min", "permutations_for_family", "stratified_permutation_test",
-    "AnalysisError", "CLASSIFIERS", "CompareResult", "DiagramTestResult", "FeatureTable",
+    "value_sizes", "AnalysisError", "CLASSIFIERS", "CompareResult", "DiagramTestResult", "FeatureTable",
     "METRIC_COLUMNS", "benjamini_hochberg", "bootstrap_mean_diff_ci", "classifier_table",
     "classify", "cliffs_delta", "compare", "correlations", "diagram_distance",
     "diagram_permutation_test", "feature_table", "format_classifier_table",
