@@ -296,11 +296,14 @@ class PhateResult:
     ``(N, N)`` without landmarks or ``(N, n_landmark)`` with them (natural-log units,
     ``-log(P^t + 1e-7)``). t_used: the diffusion time actually used. operator: the fitted
     ``phate.PHATE`` object (graph and diffusion operator reusable via ``set_params(t=...)``).
+    kernel_components: connected components of the symmetrized kernel graph (between two
+    components the potential saturates at ``-log(1e-7)`` and carries no geometry).
     """
     coords: np.ndarray
     potential: np.ndarray
     t_used: int
     operator: Any
+    kernel_components: int = 1
 
 
 def phate_embedding(distances=None, X=None, *, n_components: int = 2, knn: int = 5,
@@ -355,5 +358,7 @@ def phate_embedding(distances=None, X=None, *, n_components: int = 2, knn: int =
         potential = np.asarray(op.diff_potential, dtype=np.float64)
     finally:
         logger.setLevel(old)
+    from scipy.sparse.csgraph import connected_components
+    n_comp = int(connected_components(K + K.T, directed=False)[0])
     return PhateResult(coords=np.asarray(coords, dtype=np.float64), potential=potential,
-                       t_used=t_used, operator=op)
+                       t_used=t_used, operator=op, kernel_components=n_comp)
