@@ -9,10 +9,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 
+from topoland.embedding import cosine_distances  # noqa: E402
 from topoland.errors import ConfigError, DataError  # noqa: E402
 from topoland.topology import (LossTopology, TrajectorySet, betti_curve,  # noqa: E402
                                betti_curve_vector, bottleneck_distance, diagram_features,
-                               euclidean_distances, extended_diagrams, knn_graph,
+                               euclidean_distances, extended_diagrams, filtration_graph, knn_graph,
                                knn_graph_reference, lower_star_persistence,
                                persistence_image, persistence_landscape, potential_distances,
                                to_networkx, topology_of_samples, total_persistence,
@@ -225,7 +226,7 @@ def _assert_same_diagrams(a, b):
         np.testing.assert_allclose(a[dim], b[dim], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("complex_", ["graph", "flag", "extended"])
+@pytest.mark.parametrize("complex_", ["planar", "graph", "flag", "extended"])
 def test_pipeline_invariant_to_permutation_and_per_snapshot_scaling(complex_):
     X, table = _samples()
     base = topology_of_samples(table, params=X, complex=complex_, **OPTS)
@@ -249,7 +250,10 @@ def test_pipeline_outputs_gram_path_and_diverged_samples():
     assert res.coords.shape == (n, 2) and res.potential.shape == (n, n)
     assert res.values.shape == (n,) and res.t_used == 10
     np.testing.assert_array_equal(res.values, table["val_loss"].to_numpy())
-    np.testing.assert_array_equal(res.edges, knn_graph(potential_distances(res.potential), 6))
+    # the filtration graph: 6-NN united with a minimum spanning tree, on the cosine distances
+    np.testing.assert_array_equal(res.edges, filtration_graph(cosine_distances(X), 6)[0])
+    res_pot = topology_of_samples(table, params=X, graph_on="potential", graph="knn", **OPTS)
+    np.testing.assert_array_equal(res_pot.edges, knn_graph(potential_distances(res_pot.potential), 6))
     G = X.astype(np.float64) @ X.astype(np.float64).T
     res_g = topology_of_samples(table, gram=G, **OPTS)
     _assert_same_diagrams(res.diagrams, res_g.diagrams)
@@ -293,16 +297,16 @@ def test_pipeline_sketch_distances():
 def test_loss_topology_estimator():
     X, table = _samples()
     est = LossTopology(k=6, phate_kwargs={"t": 10}, device="cpu")
-    assert est.get_params()["complex"] == "flag"
-    est2 = clone(est).set_params(complex="graph", essential="drop")
-    assert est2.complex == "graph" and est.complex == "flag"
+    assert est.get_params()["complex"] == "planar"
+    est2 = clone(est).set_params(complex="graph", essential="cap")
+    assert est2.complex == "graph" and est.complex == "planar"
     sets = [TrajectorySet(table=table, params=X, name="a"),
             {"table": table, "gram": X.astype(np.float64) @ X.astype(np.float64).T, "name": "b"}]
     df = est.fit(sets).transform(sets)
     assert list(df.index) == ["a", "b"]
     assert {"total_persistence_h0", "total_persistence_h1", "n_bars_h1", "n_essential_h1",
             "max_persistence_h0", "entropy_h0", "n_edges"} <= set(df.columns)
-    np.testing.assert_allclose(df.loc["a"].to_numpy(), df.loc["b"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(df.loc["a"].to_numpy(), df.loc["b"].to_numpy(), rtol=1e-6)  # float32 vs Gram
     single = topology_of_samples(table, params=X, **OPTS).features
     assert df.loc["a", "total_persistence_h1"] == pytest.approx(single["total_persistence_h1"])
     with pytest.raises(ConfigError):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import topology as _topo
 from .errors import ConfigError
 
 STAGES = ("train", "sample", "topology", "surface", "curvature", "ensemble", "paths", "analysis", "report")
@@ -85,6 +86,22 @@ def _each(check):
                 return f"entry {v!r} {msg}"
         return None
     return inner
+
+
+def _open_unit(v):
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def _auto_or_nonneg(v):
+    if isinstance(v, str):
+        return None if v == "auto" else "must be 'auto' or a number >= 0"
+    return None if math.isfinite(v) and v >= 0 else "must be 'auto' or a finite number >= 0"
+
+
+def _auto_or_pos_int(v):
+    if isinstance(v, str):
+        return None if v == "auto" else "must be 'auto' or a positive integer"
+    return None if v >= 1 else "must be 'auto' or a positive integer"
 
 
 _NUM = (int, float)
@@ -173,16 +190,28 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "topology": {
         "k": _Key((int,), 20, _pos, "neighbours of the k-NN graph"),
-        "value": _Key((str,), "val_loss", _one_of("val_loss", "train_loss", "test_loss"), "vertex value"),
-        "complex": _Key((str,), "flag", _one_of("graph", "flag", "extended"), "complex built on the graph"),
-        "p": _Key(_NUM, 2, _pos, "exponent of total persistence"),
-        "essential": _Key((str,), "cap", _one_of("drop", "cap"), "essential classes: capped at the largest value, or dropped"),
-        "graph_on": _Key((str,), "potential", _one_of("potential", "embedding", "cosine"), "graph metric"),
+        "value": _Key((str,), "val_loss", _one_of(*_topo.VALUES), "vertex value"),
+        "graph": _Key((str,), "knn_mst", _one_of(*_topo.GRAPHS),
+                      "filtration graph: k-NN united with a minimum spanning tree (connected), or bare k-NN"),
+        "graph_on": _Key((str,), "cosine", _one_of(*_topo.GRAPH_ON),
+                         "metric of the filtration graph: the snapshots' cosine distances, PHATE's potential or 2-D embedding"),
+        "complex": _Key((str,), "planar", _one_of(*_topo.COMPLEXES),
+                        "planar: H0 on the graph, H1 on the graph filled by the Delaunay triangulation of `plane`"),
+        "plane": _Key((str,), "pca", _one_of(*_topo.PLANES),
+                      "plane whose Delaunay triangulation fills loops: principal plane of the snapshots, or PHATE's"),
+        "p": _Key(_NUM, 2, _pos, "exponent of total persistence and activity"),
+        "essential": _Key((str,), "drop", _one_of(*_topo.ESSENTIAL),
+                          "essential classes in total_persistence: dropped, or capped at the largest value (measures the loss range)"),
+        "min_persistence": _Key((str, int, float), "auto", _auto_or_nonneg,
+                                "bars shorter than this are noise in n_basins/n_loops ('auto': 20 noise standard deviations)"),
+        "n_resamples": _Key((int,), 50, _nonneg, "resampled trajectory sets for the features' confidence intervals (0 = none)"),
+        "ci_level": _Key((float,), 0.9, _open_unit, "level of the percentile intervals"),
+        "resample": _Key((str,), "trajectory", _one_of(*_topo.RESAMPLE), "unit drawn with replacement for the intervals"),
         "knn": _Key((int,), 5, _pos, "PHATE kNN"),
         "decay": _Key(_NUM, 40, _pos, "PHATE alpha decay"),
-        "t": _Key((int, str), 20, None, "PHATE diffusion time (fixed so runs compare)"),
+        "t": _Key((int, str), 20, _auto_or_pos_int, "PHATE diffusion time (fixed so pictures compare, or 'auto'; the value used is stored)"),
         "n_landmark": _Key((int,), 0, _nonneg, "PHATE landmarks (0 = none)"),
-        "distances": _Key((str,), "exact", _one_of("exact", "sketch"), "cosine distances of the snapshots: exact, or estimated from a count sketch (large N)"),
+        "distances": _Key((str,), "exact", _one_of(*_topo.DISTANCES), "cosine distances of the snapshots: exact, or estimated from a count sketch (large N)"),
         "sketch_dim": _Key((int,), 4096, _pos, "buckets of the count sketch (relative error about sqrt(2 / sketch_dim))"),
     },
     "surface": {

@@ -151,27 +151,40 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
 
 
 def stage_topology(ctx: CellContext, out: Path) -> dict:
+    """Topology of the cell's samples: ``topology.safetensors`` (sample ids, PHATE picture
+    ``coords``, principal ``plane``, filtration graph ``edges``, ``values``, diagrams),
+    ``features.json``, ``intervals.csv`` (resampled-trajectory intervals) and the notes."""
+    import warnings
+
+    import numpy as np
+    import torch
+
     from .sampling import load_samples
     from .store import save_tensors
-    from .topology import topology_of_samples
+    from .topology import TopologyWarning, topology_of_samples
 
     opts = stage_options(ctx, "topology")
     s = load_samples(ctx.stage_dir("sample"))
+    seed = ctx.config["run"]["seed"]
     phate_kwargs = {"knn": opts["knn"], "decay": opts["decay"], "t": opts["t"],
-                    "n_landmark": opts["n_landmark"] or None, "seed": ctx.config["run"]["seed"]}
-    res = topology_of_samples(s.table, params=s.params, gram=s.gram, k=opts["k"], value=opts["value"],
-                              complex=opts["complex"], p=opts["p"], essential=opts["essential"],
-                              graph_on=opts["graph_on"], phate_kwargs=phate_kwargs,
-                              distances=opts["distances"], sketch_dim=opts["sketch_dim"],
-                              sketch_seed=ctx.config["run"]["seed"], device=ctx.device)
-    import numpy as np
-    import torch
-    arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "edges": res.edges, "values": res.values}
+                    "n_landmark": opts["n_landmark"] or None}
+    with warnings.catch_warnings():  # the notes are stored and shown on the report instead
+        warnings.simplefilter("ignore", TopologyWarning)
+        res = topology_of_samples(
+            s.table, params=s.params, gram=s.gram, k=opts["k"], value=opts["value"],
+            complex=opts["complex"], graph=opts["graph"], p=opts["p"], essential=opts["essential"],
+            graph_on=opts["graph_on"], plane=opts["plane"], min_persistence=opts["min_persistence"],
+            n_resamples=opts["n_resamples"], ci_level=opts["ci_level"], resample=opts["resample"],
+            seed=seed, phate_kwargs=phate_kwargs, distances=opts["distances"],
+            sketch_dim=opts["sketch_dim"], sketch_seed=seed, device=ctx.device)
+    arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "plane": res.plane,
+              "edges": res.edges, "values": res.values}
     arrays |= {f"diagram_h{d}": np.asarray(dg, dtype=np.float64).reshape(-1, 2) for d, dg in res.diagrams.items()}
     save_tensors(out / "topology.safetensors", {k: torch.tensor(np.asarray(v)) for k, v in arrays.items()},
-                 metadata={"t_used": int(res.t_used), "settings": res.settings})
+                 metadata={"t_used": int(res.t_used), "settings": res.settings, "notes": res.notes})
     (out / "features.json").write_text(json.dumps(res.features, indent=1, default=float))
-    return dict(res.features) | {"t_used": int(res.t_used)}
+    res.intervals.to_csv(out / "intervals.csv", index=False)
+    return dict(res.features) | {"t_used": int(res.t_used), "notes": list(res.notes)}
 
 
 def _surface_data(ctx: CellContext, n_samples: int):
