@@ -154,6 +154,15 @@ def _sign_flip_p(d: np.ndarray) -> float:
     return float(np.mean(null >= abs(d.mean()) - 1e-12 * max(1.0, abs(d.mean()))))
 
 
+def _per_seed(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per seed (index), the mean of ``metric`` over the fills fitted under both BN settings:
+    columns False (no BN) and True (BN)."""
+    wide = table.pivot_table(index=["seed", "fill"], columns="batchnorm", values=metric).dropna()
+    if not {False, True} <= set(wide.columns):
+        wide = pd.DataFrame(columns=[False, True], dtype=float)
+    return wide.groupby(level="seed").mean()
+
+
 def bn_comparison(table: pd.DataFrame, metrics=("acc_gap", "loss_gap"), confidence: float = 0.95) -> pd.DataFrame:
     """BN vs no BN over seeds, paired by seed (the same data and masks for both settings).
 
@@ -166,10 +175,7 @@ def bn_comparison(table: pd.DataFrame, metrics=("acc_gap", "loss_gap"), confiden
     """
     rows = []
     for metric in metrics:
-        wide = table.pivot_table(index=["seed", "fill"], columns="batchnorm", values=metric).dropna()
-        if not {False, True} <= set(wide.columns):
-            wide = pd.DataFrame(columns=[False, True], dtype=float)
-        per_seed = wide.groupby(level="seed").mean()
+        per_seed = _per_seed(table, metric)
         d = (per_seed[True] - per_seed[False]).to_numpy(dtype=float)
         n = len(d)
         row = {"metric": metric, "n_seeds": n, "mean_no_bn": float(per_seed[False].mean()) if n else np.nan,
@@ -261,7 +267,7 @@ def write_pdf(path, table: pd.DataFrame, examples: dict, settings: dict,
         if comparison is not None:
             title = "BN vs no BN over seeds"
             fig = report_figure(title)
-            ax = fig.add_axes((0.03, 0.5, 0.94, 0.38))
+            ax = fig.add_axes((0.03, 0.76, 0.94, 0.12))
             ax.set_axis_off()
             cols = ["metric", "n_seeds", "mean_no_bn", "mean_bn", "diff", "ci_low", "ci_high", "t", "p", "p_holm",
                     "p_signflip", "p_signflip_min"]
@@ -278,8 +284,26 @@ def write_pdf(path, table: pd.DataFrame, examples: dict, settings: dict,
                     "adjustment over the two gaps; p_signflip: exact sign-flip permutation test (two-sided), whose "
                     f"smallest attainable value with n seeds is 2 / 2^n = {2.0 / 2 ** n if n else float('nan'):.3g}. "
                     "A difference is called a finding only at p_holm < 0.05.")
-            fig.text(0.05, 0.45, "\n".join(textwrap.wrap(text, 120)), ha="left", va="top", fontsize=MIN_FONT_PT + 1,
-                     linespacing=1.4)
+            verdicts = [f"{r.metric}: BN - no BN = {r.diff:.3g}, {conf:.0%} CI [{r.ci_low:.3g}, {r.ci_high:.3g}], "
+                        f"Holm p = {r.p_holm:.3g}: " + ("a finding" if r.p_holm < 0.05 else "not a finding")
+                        for r in comparison.itertuples() if np.isfinite(r.p_holm)]
+            fig.text(0.05, 0.74, "\n".join(textwrap.wrap(text, 120) + [""] + verdicts), ha="left", va="top",
+                     fontsize=MIN_FONT_PT + 1, linespacing=1.4)
+            axes = fig.subplots(1, len(comparison), squeeze=False,
+                                gridspec_kw=dict(left=0.08, right=0.97, top=0.44, bottom=0.08, wspace=0.3))[0]
+            for ax, r in zip(axes, comparison.itertuples()):
+                per_seed = _per_seed(table, r.metric)
+                d = per_seed[True] - per_seed[False]
+                ax.axhline(0, color="0.6", lw=0.8)
+                ax.plot(d.index, d.to_numpy(), "o", label="one seed")
+                if np.isfinite(r.ci_low):
+                    ax.errorbar([d.index.max() + 1], [r.diff], yerr=[[r.diff - r.ci_low], [r.ci_high - r.diff]],
+                                fmt="s", color="k", capsize=4, label=f"mean, {conf:.0%} CI")
+                ticks = list(d.index) + [d.index.max() + 1]
+                ax.set_xticks(ticks, [str(int(t)) for t in ticks[:-1]] + ["mean"])
+                ax.set_xlabel("seed")
+                ax.set_ylabel(f"{r.metric}: BN - no BN")
+                ax.legend(fontsize=MIN_FONT_PT)
             save(fig, title)
 
         if len(table):
