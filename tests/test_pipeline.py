@@ -35,7 +35,8 @@ def test_every_table_is_written(tiny_run):
     assert len(feats) == 10
     for group in ("trajectory", "topology", "surface", "curvature"):
         assert any(c.startswith(group + ".") for c in feats.columns), group
-    assert "topology.total_persistence_h0" in feats
+    assert {"topology.total_persistence_h0", "topology.activity_h0", "topology.n_basins",
+            "topology.loss_range", "topology.graph_components"} <= set(feats)
     clf = pd.read_csv(run / "run" / "analysis" / "classifiers.csv")
     assert set(clf.group) >= {"topology", "trajectory", "all"}
     # the tables also sit beside the PDF
@@ -51,7 +52,7 @@ def test_pdf_pages_and_headings(tiny_run):
     texts = [p.extract_text() for p in reader.pages]
     assert texts[0].startswith("topoland report: tiny") or "topoland report: tiny" in texts[0]
     joined = "\n".join(texts)
-    for heading in ("The minima", "Minimum M1", "Total persistence vs generalization", "Classifier table",
+    for heading in ("The minima", "Minimum M1", "Topology vs generalization", "Classifier table",
                     "Paths: barrier profiles", "Notes"):
         assert heading in joined, heading
     import re

@@ -23,7 +23,7 @@ from topoland.landscape.surfaces import Surface, surface_features
 from topoland.report import ReportError, build_report
 from topoland.sampling import TABLE_COLUMNS, SampleResult, save_samples, trajectory_features
 from topoland.store import RUN_LEVEL, RunStore, save_tensors
-from topoland.topology import (diagram_features, euclidean_distances, knn_graph,
+from topoland.topology import (diagram_features, euclidean_distances, knn_graph, landscape_features,
                                lower_star_persistence, vertex_values)
 
 D = 12                      # parameters of the fake network
@@ -95,12 +95,16 @@ def _sample_and_topology(store, cid, i, n_diverged=0, topology=True):
     values = vertex_values(t, "val_loss", keep)
     dg = lower_star_persistence(edges, values, complex="flag")
     feats = diagram_features(dg, p=2, essential="drop", cap=float(values.max()))
+    feats |= landscape_features(dg, values, min_persistence=0.01)
     with store.stage(cid, "topology") as box:
-        arrays = {"sample_ids": keep, "coords": coords, "edges": edges, "values": values}
+        arrays = {"sample_ids": keep, "coords": coords, "plane": coords, "edges": edges, "values": values}
         arrays |= {f"diagram_h{d}": np.asarray(v, dtype=np.float64).reshape(-1, 2) for d, v in dg.items()}
         save_tensors(box["dir"] / "topology.safetensors", {k: torch.as_tensor(np.array(v)) for k, v in arrays.items()},
                      metadata={"t_used": 20, "settings": {"k": K, "value": "val_loss"}})
         (box["dir"] / "features.json").write_text(json.dumps(feats))
+        pd.DataFrame([{"feature": f, "estimate": feats[f], "low": 0.9 * feats[f], "high": 1.1 * feats[f],
+                       "n_resamples": 5} for f in ("n_basins", "activity_h0", "loss_range")]
+                     ).to_csv(box["dir"] / "intervals.csv", index=False)
         box["summary"] = feats | {"t_used": 20}
 
 
@@ -208,7 +212,7 @@ def test_report_pages_and_headings(full_report):
     # correlations need 5 complete rows per feature: the analysis leaves them out here (3 topologies)
     corr = (store.stage_dir(RUN_LEVEL, "analysis") / "correlations.csv").is_file()
     expected = (["topoland report: tinyreport", "The minima: settings and metrics"] + minima
-                + ["Total persistence vs generalization"] + ["Rank correlations with generalization"] * corr
+                + ["Topology vs generalization"] + ["Rank correlations with generalization"] * corr
                 + ["Metrics by grid setting", "Classifier table",
                    "Classifier table: both standard errors and adjusted p",
                    "Accuracy ± cross-validation SE per classifier",

@@ -16,7 +16,7 @@ EPILOG = """\
 typical session:
   topoland run experiments/quickstart.toml          # train, sample, topology, ..., PDF report
   topoland list runs/quickstart                     # the minima and their metrics
-  topoland compare runs/quickstart --by train.weight_decay --metric topology.total_persistence_h0
+  topoland compare runs/quickstart --by train.weight_decay --metric topology.activity_h0
   topoland report runs/quickstart                   # rewrite the PDF
 
 every subcommand has --help; config keys: topoland config --keys
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         """\
         examples:
           topoland compare runs/quickstart --by train.weight_decay --metric test_acc
-          topoland compare runs/quickstart --by train.augment --metric topology.total_persistence_h0""")
+          topoland compare runs/quickstart --by train.augment --metric topology.activity_h0""")
     s.add_argument("run_dir", help="run directory")
     s.add_argument("--by", required=True, help="setting column, e.g. train.weight_decay")
     s.add_argument("--metric", required=True, help="metric or feature column")

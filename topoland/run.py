@@ -150,6 +150,11 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
                     "inherited": inherited}
 
 
+#: the topology features compared between minima (each its own feature: the loss range beside
+#: the finite-bar activity and the number of basins, so no comparison is the range's in disguise)
+TOPOLOGY_HEADLINE = ("topology.activity_h0", "topology.n_basins", "topology.loss_range")
+
+
 def stage_topology(ctx: CellContext, out: Path) -> dict:
     """Topology of the cell's samples: ``topology.safetensors`` (sample ids, PHATE picture
     ``coords``, principal ``plane``, filtration graph ``edges``, ``values``, diagrams),
@@ -889,7 +894,7 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
         notes.append(f"correlations: {e}")
     # grid axes stratified on the others, extra cells (bad minima) on their own; one family
     design = run_design(store, cfg)
-    metrics = (["test_acc", "gap"] + [c for c in feature_cols if "total_persistence" in c]
+    metrics = (["test_acc", "gap"] + [c for c in TOPOLOGY_HEADLINE if c in feature_cols]
                + [c for c in FLATNESS_MEASURES if c in feature_cols])
     comps, comp_notes = comparison_table(ft, design, metrics, settings=_config_settings(ft), p_adjust=a["p_adjust"],
                                          n_permutations=a["compare_permutations"], n_boot=a["n_boot"], seed=seed)

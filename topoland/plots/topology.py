@@ -1,4 +1,5 @@
-"""Figures of the topology stage: PHATE embeddings, persistence diagrams, Betti curves.
+"""Figures of the topology stage: PHATE embeddings, filtration graphs, persistence diagrams,
+Betti curves, feature intervals.
 
 Each ``plot_*`` draws on the given Axes (or a new one) and returns it; nothing is saved.
 """
@@ -8,7 +9,8 @@ import numpy as np
 
 from topoland.errors import DataError
 
-__all__ = ["plot_embedding", "plot_diagram", "plot_betti_curves"]
+__all__ = ["plot_embedding", "plot_filtration_graph", "plot_diagram", "plot_betti_curves",
+           "plot_intervals"]
 
 
 def _ax(ax):
@@ -120,4 +122,47 @@ def plot_betti_curves(curves, thresholds, ax=None, **kw):
     ax.set_xlabel("loss threshold")
     ax.set_ylabel("Betti number")
     ax.legend(fontsize="small")
+    return ax
+
+
+def plot_filtration_graph(coords, edges, values, ax=None, *, cmap: str = "viridis",
+                          color_label: str | None = None, s: float = 8, edge_alpha: float = 0.15):
+    """The filtration graph drawn on 2-D coordinates ``(N, 2)`` (e.g. the principal plane):
+    ``edges`` ``(2, M)`` as thin lines, vertices coloured by ``values`` ``(N,)`` (colour bar).
+    Returns the Axes."""
+    from matplotlib.collections import LineCollection
+
+    ax = _ax(ax)
+    Y = np.asarray(coords, dtype=np.float64)
+    E = np.asarray(edges, dtype=np.int64).reshape(2, -1)
+    v = np.asarray(values, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[1] != 2 or len(v) != len(Y):
+        raise DataError(f"coords must be (N, 2) with one value each, got {Y.shape} and {v.shape}.")
+    if E.size and (E.min() < 0 or E.max() >= len(Y)):
+        raise DataError(f"edges refer to vertices outside 0..{len(Y) - 1}.")
+    ax.add_collection(LineCollection(np.stack([Y[E[0]], Y[E[1]]], axis=1), colors="0.3",
+                                     linewidths=0.3, alpha=edge_alpha))
+    sc = ax.scatter(Y[:, 0], Y[:, 1], c=v, cmap=cmap, s=s, zorder=3)
+    ax.figure.colorbar(sc, ax=ax, label=color_label)
+    ax.autoscale_view()
+    return ax
+
+
+def plot_intervals(intervals, ax=None, *, features=None):
+    """A table of features with their resampling intervals: ``intervals`` is a DataFrame with
+    ``feature``, ``estimate``, ``low``, ``high`` and ``n_resamples`` (as
+    :func:`topoland.topology.topology_of_samples` returns it). Returns the Axes."""
+    ax = _ax(ax)
+    df = intervals if features is None else intervals[intervals["feature"].isin(features)]
+    missing = {"feature", "estimate", "low", "high"} - set(df.columns)
+    if missing:
+        raise DataError(f"intervals lack the columns {sorted(missing)}.")
+    cells = [[r.feature, f"{r.estimate:.3g}", f"[{r.low:.3g}, {r.high:.3g}]"] for r in df.itertuples()]
+    ax.set_axis_off()
+    if cells:
+        tab = ax.table(cellText=cells, colLabels=["feature", "estimate", "interval"], loc="center",
+                       cellLoc="left", colLoc="left")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+        tab.scale(1.0, 1.15)
     return ax

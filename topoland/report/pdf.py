@@ -4,12 +4,14 @@ Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
 
 1. title page: config summary, grid, stage list, software versions, device, wall time per stage;
 2. the minima: settings and metrics of every cell (paginated);
-3. one page per minimum with a finished topology stage: PHATE embedding coloured by loss and by
-   step size (trajectories drawn as paths), persistence diagrams, Betti curves, plane surface,
-   1-D curves, eigenvalue density;
+3. one page per minimum with a finished topology stage (:mod:`topoland.report.minimum`): the PHATE
+   picture coloured by loss and by step size (trajectories drawn as paths), the filtration graph
+   on the principal plane, persistence diagrams, Betti curves, the features' resampling
+   intervals, plane surface, 1-D curves, eigenvalue density; the graphs' component counts;
    then, when any cell ran the optional ensemble stage, fast geometric ensembles: ensemble test
    accuracy against the number of members, one line per minimum, and a table;
-4. across minima: total persistence vs generalization, rank correlations, metrics grouped by
+4. across minima: topology (activity, basins, normalized activity, loss range) vs
+   generalization, rank correlations, metrics grouped by
    each grid setting, the classifier table (both standard errors, adjusted p, smallest
    attainable p), the comparisons (grid axes stratified, extra cells apart, adjusted p), the
    flatness ordering by batch size; "finding" only at adjusted p < 0.05;
@@ -31,7 +33,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StoreError, TopolandError
-from ..store import RUN_LEVEL, RunStore, atomic_write_bytes, load_tensors
+from ..store import RUN_LEVEL, RunStore, atomic_write_bytes
+from .common import blank as _blank
+from .common import fmt as _fmt
+from .minimum import minimum_page as _minimum_page
 
 __all__ = ["build_report", "pdf_pages", "ReportError", "PAGE_SIZE", "MIN_FONT_PT", "CELL_STAGE_ORDER"]
 
@@ -63,21 +68,6 @@ def _rc() -> dict:
            "ytick.labelsize": 8, "legend.fontsize": 8, "legend.title_fontsize": 8,
            "figure.titlesize": 14, "pdf.fonttype": 42, "axes.titlelocation": "center"}
     return rc
-
-
-def _fmt(v) -> str:
-    """A table cell: floats to 4 significant digits, booleans as yes/no, missing as '–'."""
-    if v is None:
-        return "–"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "–" if np.isnan(v) else str(v)
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
-    return str(v)
 
 
 def _wrap_header(name: str, width: int = 14) -> str:
@@ -140,12 +130,6 @@ def _enforce_min_font(fig) -> None:
     for t in texts:
         if t.get_text() and t.get_fontsize() < MIN_FONT_PT:
             t.set_fontsize(MIN_FONT_PT)
-
-
-def _blank(ax, message: str) -> None:
-    ax.set_axis_off()
-    ax.text(0.5, 0.5, textwrap.fill(message, 40), ha="center", va="center", fontsize=9,
-            color="0.35", transform=ax.transAxes)
 
 
 @contextlib.contextmanager
@@ -413,155 +397,6 @@ def _minima_pages(w: _Writer, run: _Run, table: pd.DataFrame) -> None:
     w.table_pages("The minima: settings and metrics", shown, footer=textwrap.fill(foot, 190))
 
 
-# ---------------------------------------------------------------------------------- page 3
-def _read_topology(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-    arrays = {k: v.numpy() for k, v in load_tensors(path).items()}
-    with safe_open(str(path), "np") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return arrays, meta
-
-
-def _line_surfaces(d: Path) -> list:
-    from ..landscape.surfaces import Surface
-    out = []
-    for p in sorted(d.glob("line_*.csv"), key=lambda p: int(p.stem.split("_")[1])):
-        df = pd.read_csv(p)
-        if "alpha" not in df.columns:
-            raise StoreError(f"surface curve file '{p}' has no 'alpha' column")
-        out.append(Surface(xs=df["alpha"].to_numpy(float), ys=None,
-                           values={c: df[c].to_numpy(float) for c in df.columns if c != "alpha"},
-                           meta={"kind": "random_line"}))
-    return out
-
-
-def _draw_lines(ax, lines, quantity: str):
-    from matplotlib.lines import Line2D
-
-    from ..plots.landscape import plot_line
-    for i, srf in enumerate(lines):
-        plot_line(srf, ax=ax, quantity=quantity, color=f"C{i}", lw=1.2)
-    for ln in ax.get_lines():
-        if ln.get_label().startswith("test"):
-            ln.set_linestyle("--")
-    handles = [Line2D([], [], color=f"C{i}", label=f"direction {i + 1}") for i in range(len(lines))]
-    handles += [Line2D([], [], color="0.3", ls="-", label="train"),
-                Line2D([], [], color="0.3", ls="--", label="test")]
-    ax.legend(handles=handles, ncol=2)
-    ax.set_title(f"1-D curves ({quantity})")
-
-
-def _minimum_page(w: _Writer, run: _Run, cid: str) -> None:
-    from ..plots.curvature import plot_eigenvalue_density
-    from ..plots.landscape import plot_contour
-    from ..plots.topology import plot_betti_curves, plot_diagram, plot_embedding
-    from ..sampling import load_samples
-    from ..topology import betti_curve
-
-    name = run.names[cid]
-    title = f"Minimum {name}: {run.labels[cid]}"
-    store = run.store
-    arrays, meta = _read_topology(store.stage_dir(cid, "topology") / "topology.safetensors")
-    value_name = meta.get("settings", {}).get("value", "vertex value")
-    ids = arrays["sample_ids"].astype(np.int64)
-    coords, values = arrays["coords"], arrays["values"]
-    diagrams = {int(k[len("diagram_h"):]): arrays[k] for k in sorted(arrays) if k.startswith("diagram_h")}
-
-    fig = w.figure(title)
-    train = run.summary(cid, "train")
-    topo = run.summary(cid, "topology")
-    facts = [f"{k.replace('_', ' ')} {_fmt(train[k])}" for k in ("train_loss", "test_loss", "test_acc", "gap")
-             if k in train]
-    facts += [f"{k.replace('_', ' ')} {_fmt(topo[k])}" for k in ("total_persistence_h0", "total_persistence_h1")
-              if k in topo]
-    facts.append(f"{len(ids)} samples, PHATE t = {meta.get('t_used', '?')}")
-    fig.text(0.5, 0.94, " · ".join(facts), ha="center", fontsize=9)
-    axes = fig.subplots(2, 4, gridspec_kw=dict(left=0.045, right=0.985, top=0.87, bottom=0.09,
-                                               wspace=0.55, hspace=0.42))
-
-    traj = order = steps = None
-    if run.done(cid, "sample"):
-        s = load_samples(store.stage_dir(cid, "sample"))
-        t = s.table.set_index("sample_id").loc[ids]
-        traj, order, steps = t["trajectory"].to_numpy(), t["epoch"].to_numpy(), t["step"].to_numpy()
-    else:
-        w.note("Stages not run", f"{name}: topology finished but its samples are gone; "
-                                 "embedding drawn without trajectories")
-
-    def emb_loss(ax):
-        plot_embedding(coords, color=values, trajectories=traj, order=order, ax=ax,
-                       color_label=value_name, categorical=False)
-        ax.set_title(f"PHATE embedding, colour: {value_name}")
-
-    def emb_step(ax):
-        if steps is None:
-            raise StoreError("no sample table for the step sizes")
-        plot_embedding(coords, color=np.round(steps, 6), trajectories=traj, order=order, ax=ax,
-                       color_label="step size", categorical=True)
-        ax.set_title("PHATE embedding, colour: step size")
-
-    w.panel(axes[0, 0], "embedding by loss", emb_loss)
-    w.panel(axes[0, 1], f"{name} embedding by step size", emb_step)
-    for j, dim in enumerate((0, 1)):
-        ax = axes[0, 2 + j]
-        if dim in diagrams and len(diagrams[dim]):
-            def draw(ax, dim=dim):
-                plot_diagram({dim: diagrams[dim]}, ax=ax)
-                n = len(diagrams[dim])
-                ax.set_title(f"persistence diagram H{dim} ({n} points)")
-            w.panel(ax, f"{name} diagram H{dim}", draw)
-        else:
-            _blank(ax, f"H{dim}: no points" if dim in diagrams else f"no H{dim} diagram stored")
-
-    def betti(ax):
-        fin = values[np.isfinite(values)]
-        thr = np.linspace(fin.min(), fin.max(), 200)
-        plot_betti_curves(betti_curve(diagrams, thr), thr, ax=ax)
-        ax.set_xlabel(f"threshold on {value_name}")
-        ax.set_title("Betti curves")
-    w.panel(axes[1, 0], f"{name} Betti curves", betti)
-
-    sdir = store.stage_dir(cid, "surface")
-    surf_summary = run.summary(cid, "surface")
-    plane = sdir / "plane.h5"
-    if run.done(cid, "surface") and plane.is_file():
-        from ..landscape.storage import read_grid
-        from ..landscape.surfaces import Surface
-        g = read_grid(plane)
-        srf = Surface(xs=g["xs"], ys=g["ys"], values=g["values"], meta=dict(g["meta"]) | {"kind": g["kind"]})
-
-        def contour(ax):
-            plot_contour(srf, ax=ax, metric="train_loss", filled=True, log=True, levels=20, cmap="viridis")
-            ax.plot([0], [0], marker="*", color="w", ms=10, mec="k")
-            ax.set_title("train loss around the minimum (plane)")
-        w.panel(axes[1, 1], f"{name} surface", contour)
-    else:
-        why = surf_summary.get("skipped") or ("no plane stored" if run.done(cid, "surface")
-                                             else "surface stage did not run")
-        _blank(axes[1, 1], f"surface: {why}")
-
-    lines = _line_surfaces(sdir) if run.done(cid, "surface") else []
-    if lines:
-        w.panel(axes[1, 2], f"{name} 1-D curves", lambda ax: _draw_lines(ax, lines, "loss"))
-    else:
-        _blank(axes[1, 2], "no 1-D curves stored")
-
-    dens = store.stage_dir(cid, "curvature") / "density.csv"
-    if run.done(cid, "curvature") and dens.is_file():
-        d = pd.read_csv(dens)
-
-        def density(ax):
-            plot_eigenvalue_density((d["eigenvalue"].to_numpy(), d["density"].to_numpy()), ax=ax)
-            ax.set_title("Hessian eigenvalue density")
-        w.panel(axes[1, 3], f"{name} eigenvalue density", density)
-    elif lines:
-        w.panel(axes[1, 3], f"{name} 1-D accuracy", lambda ax: _draw_lines(ax, lines, "acc"))
-    else:
-        _blank(axes[1, 3], "no curvature density or 1-D curves stored")
-    w.save(fig, title)
-
-
-# ---------------------------------------------------------------------------------- ensembles
 def _ensemble_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
     """Fast geometric ensembles: accuracy vs members per minimum and a table; returns the
     curves of every minimum (with a ``minimum`` column) or None when no cell ran the stage."""
@@ -726,11 +561,14 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
     ft = load_feature_table(d)
     names = {c: run.names.get(c, c) for c in ft.frame.index}
     frame = ft.frame
-    tp = [c for c in ("topology.total_persistence", "topology.total_persistence_h1") if c in frame.columns]
+    # the headline topology features, each its own column (the loss range beside the activity,
+    # so a reader sees whether a relation is the range's)
+    tp = [c for c in ("topology.activity_h0", "topology.n_basins", "topology.activity_h0_norm",
+                      "topology.loss_range") if c in frame.columns and frame[c].notna().any()]
     targets = [t for t in ("gap", "test_acc") if t in frame.columns]
 
-    # total persistence vs generalization
-    title = "Total persistence vs generalization"
+    # topology vs generalization
+    title = "Topology vs generalization"
     if tp and targets:
         fig = w.figure(title)
         axes = fig.subplots(len(tp), len(targets), squeeze=False,
@@ -748,7 +586,7 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
                 w.panel(axes[i, j], f"{f} vs {t}", draw)
         w.save(fig, title)
     else:
-        w.note("Stages not run", f"{title}: no total persistence column or no gap/test_acc target in the "
+        w.note("Stages not run", f"{title}: no topology feature column or no gap/test_acc target in the "
                                  "feature table (topology stage missing?)")
     corr = tables.get("correlations")
     if corr is not None and not corr.empty:
