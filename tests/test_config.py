@@ -82,16 +82,16 @@ def test_keys_added_later_keep_old_cell_ids():
     assert "distances" not in old["topology"] and "sketch_dim" not in old["topology"]
     assert cell.cell_id == cell_id(old)
     assert "target_loss" not in old["train"] and "target_acc" not in old["train"]
-    # the quickstart's first cell id before the later keys (and the train target, and the
-    # retraining that inherits the minimum's weight decay) were added: the same computation,
-    # written out, keeps it
-    import tomllib
-    raw = tomllib.loads((Path(__file__).parents[1] / "experiments" / "quickstart.toml").read_text())
-    for k in ("target_loss", "target_acc", "milestones"):
-        raw["train"].pop(k, None)
-    raw["train"]["epochs"] = 30
-    raw["sample"] |= {"weight_decay": 1e-4, "batch_size": 128}
-    assert expand_grid(validate(raw))[0].cell_id == "923a69fffd"
+    # the retraining counts by its resolved values: a [sample] section written out with numbers
+    # enters the id exactly as written, as it did before "inherit" existed (so run directories made
+    # then keep their ids), and so does augment's "inherit"; an inherited value enters as the
+    # minimum's own
+    explicit = expand_grid(validate(_cfg(sample={"weight_decay": 1e-4, "batch_size": 128, "momentum": 0.9})))[0]
+    assert _cell_settings(explicit.config)["sample"] == explicit.config["sample"]
+    inherited = old["sample"]
+    assert (inherited["weight_decay"], inherited["batch_size"], inherited["momentum"], inherited["augment"]) == \
+        (0.0, 128, 0.9, "inherit")
+    assert cell.config["sample"]["weight_decay"] == "inherit"            # the config itself is untouched
     # the quickstart itself retrains with each minimum's weight decay and trains to a target: new ids
     assert expand_grid(load_config(Path(__file__).parents[1] / "experiments" / "quickstart.toml"))[0].cell_id == QUICKSTART_ID
     changed = expand_grid(validate(_cfg(topology={"distances": "sketch"})))[0]
@@ -99,9 +99,9 @@ def test_keys_added_later_keep_old_cell_ids():
     assert expand_grid(validate(_cfg(train={"target_acc": 0.9})))[0].cell_id != cell.cell_id
 
 
-#: the quickstart's first cell id (changed when its retraining began to inherit the minimum's weight
-#: decay and its training got a target)
-QUICKSTART_ID = "2ba694345a"
+#: the quickstart's first cell id (was 923a69fffd; changed when its retraining began to inherit the
+#: minimum's weight decay and its training got a target, and again with the topology defaults of 2f23b96)
+QUICKSTART_ID = "51095c0676"
 
 
 def test_retraining_inherits_the_minimum_by_default():
