@@ -89,7 +89,7 @@ def test_explicit_retraining_value_overrides(tiny, tmp_path):
         assert sorted(store.summary(cid, "sample")["inherited"]) == ["batch_size", "momentum"]
 
 
-def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys):
+def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys, tmp_path):
     import pandas as pd
 
     from topoland.run import analysis_table, minima_table, missed_target
@@ -114,6 +114,12 @@ def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys):
     ft = analysis_table(store)
     assert ft.frame.loc[missed, "reached_target"].eq(False).all()
     assert ft.frame["reached_target"].sum() == len(table) - 1
+    from topoland.run import _stored_config, stage_analysis
+    cfg = _stored_config(store)
+    cfg["analysis"]["n_permutations"] = 0
+    (tmp_path / "analysis").mkdir()
+    notes = stage_analysis(store, cfg, tmp_path / "analysis")["notes"]
+    assert [n for n in notes if "missed the training target" in n and n.endswith(missed[0])]
     from topoland.cli import main
     assert main(["list", str(run_dir)]) == 0
     out = capsys.readouterr().out
