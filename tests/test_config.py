@@ -100,8 +100,9 @@ def test_keys_added_later_keep_old_cell_ids():
 
 
 #: the quickstart's first cell id (was 923a69fffd; changed when its retraining began to inherit the
-#: minimum's weight decay and its training got a target, and again with the topology defaults of 2f23b96)
-QUICKSTART_ID = "51095c0676"
+#: minimum's weight decay and its training got a target, again with the topology defaults of 2f23b96,
+#: and again when its retraining began to inherit each minimum's batch size)
+QUICKSTART_ID = "613c96e6e8"
 
 
 def test_retraining_inherits_the_minimum_by_default():

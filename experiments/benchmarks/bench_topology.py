@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from topoland.embedding import (cosine_distances, phate_embedding,  # noqa: E402
                                 sketch_cosine_distances)
-from topoland.topology import (COMPLEXES, diagram_features, knn_graph,  # noqa: E402
-                               lower_star_persistence, potential_distances,
-                               total_persistence)
+from topoland.topology import (COMPLEXES, delaunay_edges, diagram_features,  # noqa: E402
+                               filtration_graph, landscape_features, lower_star_persistence,
+                               principal_plane, total_persistence)
 
 STEPS = (0.25, 0.5, 0.75, 1.0)
 
@@ -105,17 +105,20 @@ def _ours(X, values, method, n_landmark, t, k, complex, device, sketch_dim, seed
             cos = cosine_distances(X, device=device)
     times["distances"], cpu["distances"] = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
-    ph = phate_embedding(cos, t=t, n_landmark=n_landmark, seed=seed)
+    phate_embedding(cos, t=t, n_landmark=n_landmark, seed=seed)  # the picture
     times["phate"], cpu["phate"] = time.perf_counter() - t0, time.process_time() - c0
     if keep is not None:
         keep["cos"] = cos
-    del cos
+    # the default filtration: k-NN + spanning tree on the cosine distances, H1 filled on the
+    # principal plane (PHATE above draws the picture)
     t0, c0 = time.perf_counter(), time.process_time()
-    edges = knn_graph(potential_distances(ph.potential), k=k)
+    edges, _ = filtration_graph(cos, k=k)
+    fill = delaunay_edges(principal_plane(cos)[0])[0] if complex == "planar" else None
+    del cos
     times["graph"], cpu["graph"] = time.perf_counter() - t0, time.process_time() - c0
     t0, c0 = time.perf_counter(), time.process_time()
-    dg = lower_star_persistence(edges, values, complex=complex)
-    feats = diagram_features(dg, p=2, essential="cap", cap=values.max())
+    dg = lower_star_persistence(edges, values, complex=complex, fill_edges=fill)
+    feats = diagram_features(dg, p=2, cap=values.max()) | landscape_features(dg, values)
     times["persistence"], cpu["persistence"] = time.perf_counter() - t0, time.process_time() - c0
     return times, cpu, feats, edges
 
@@ -230,13 +233,14 @@ def compare_complexes(n_traj=16, n_points=41, d=5000, k=20, t=20, seeds=(0, 1, 2
     for seed in seeds:
         X, table = simulate_snapshots(n_traj, n_points, d, seed=seed)
         values = table["val_loss"].to_numpy()
-        ph = phate_embedding(X=X, t=t, seed=seed, device="cpu")
-        auto = phate_embedding(X=X, t="auto", seed=seed, device="cpu").t_used
-        edges = knn_graph(potential_distances(ph.potential), k=k)
+        cos = cosine_distances(X, device="cpu")
+        auto = phate_embedding(cos, t="auto", seed=seed).t_used
+        edges, _ = filtration_graph(cos, k=k)
+        fill = delaunay_edges(principal_plane(cos)[0])[0]
         cap = values.max()
         for c in COMPLEXES:
             t0 = time.perf_counter()
-            dg = lower_star_persistence(edges, values, complex=c)
+            dg = lower_star_persistence(edges, values, complex=c, fill_edges=fill)
             dt = time.perf_counter() - t0
             row = dict(seed=seed, complex=c, t_auto=auto, V=len(values), E=edges.shape[1],
                        seconds=round(dt, 4))
@@ -263,7 +267,7 @@ def main(argv=None):
     ap.add_argument("--complexes", action="store_true", help="compare graph/flag/extended only")
     ap.add_argument("--t", type=int, default=20)
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--complex", default="flag", choices=COMPLEXES)
+    ap.add_argument("--complex", default="planar", choices=COMPLEXES)
     ap.add_argument("--device", default="cpu", help="where the cosine distances are computed")
     ap.add_argument("--baselines", default="exact,landmarks",
                     help="comma-separated PHATE baselines on the raw snapshots: exact (no "
