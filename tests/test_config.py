@@ -53,6 +53,16 @@ def test_defaults_fill_every_section():
     (_cfg(train={"target_loss": -0.1}), "train.target_loss"),
     (_cfg(train={"target_acc": 1.5}), "train.target_acc"),
     (_cfg(train={"optimizer": "swa", "target_acc": 0.9}), "train.target_acc"),
+    (_cfg(topology={"t": -5}), "topology.t"),
+    (_cfg(topology={"t": "soon"}), "topology.t"),
+    (_cfg(topology={"min_persistence": -0.1}), "topology.min_persistence"),
+    (_cfg(topology={"min_persistence": float("nan")}), "topology.min_persistence"),
+    (_cfg(topology={"min_persistence": "noise"}), "topology.min_persistence"),
+    (_cfg(topology={"ci_level": 1.5}), "topology.ci_level"),
+    (_cfg(topology={"n_resamples": -1}), "topology.n_resamples"),
+    (_cfg(topology={"complex": "alpha"}), "topology.complex"),
+    (_cfg(topology={"graph": "rips"}), "topology.graph"),
+    (_cfg(topology={"plane": "umap"}), "topology.plane"),
 ])
 def test_bad_values_name_the_key(raw, culprit):
     with pytest.raises(ConfigError, match=__import__("re").escape(culprit)):
