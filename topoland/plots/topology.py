@@ -160,9 +160,10 @@ def plot_intervals(intervals, ax=None, *, features=None):
     cells = [[r.feature, f"{r.estimate:.3g}", f"[{r.low:.3g}, {r.high:.3g}]"] for r in df.itertuples()]
     ax.set_axis_off()
     if cells:
-        tab = ax.table(cellText=cells, colLabels=["feature", "estimate", "interval"], loc="center",
-                       cellLoc="left", colLoc="left")
+        tab = ax.table(cellText=cells, colLabels=["feature", "estimate", "interval"],
+                       cellLoc="left", colLoc="left", bbox=[-0.3, 0.0, 1.45, 1.0])
         tab.auto_set_font_size(False)
         tab.set_fontsize(8)
-        tab.scale(1.0, 1.15)
+        for (_, col), cell in tab.get_celld().items():   # room for the names and intervals
+            cell.set_width((0.5, 0.22, 0.73)[col])
     return ax

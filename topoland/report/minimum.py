@@ -2,6 +2,7 @@
 Betti curves, feature intervals, surfaces and curvature."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,13 @@ def minimum_page(w, run, cid: str) -> None:
              if k in train]
     facts += [f"{label} {fmt(topo[k])}" for k, label in _HEADLINE if k in topo]
     facts.append(f"{len(ids)} samples, PHATE t = {meta.get('t_used', '?')}")
-    fig.text(0.5, 0.945, " · ".join(facts), ha="center", fontsize=9)
-    fig.text(0.5, 0.915, _geometry_line(topo, settings), ha="center", fontsize=8, color="0.3")
+    fig.text(0.5, 0.95, " · ".join(facts), ha="center", fontsize=9)
+    fig.text(0.5, 0.935, textwrap.fill(_geometry_line(topo, settings), 190), ha="center", va="top",
+             fontsize=8, color="0.3")
     for note in meta.get("notes", []):
         w.note("Topology", f"{name}: {note}")
-    axes = fig.subplots(2, 5, gridspec_kw=dict(left=0.04, right=0.99, top=0.86, bottom=0.09,
-                                               wspace=0.6, hspace=0.45))
+    axes = fig.subplots(2, 5, gridspec_kw=dict(left=0.04, right=0.99, top=0.85, bottom=0.09,
+                                               wspace=0.65, hspace=0.45))
 
     traj = order = steps = None
     if run.done(cid, "sample"):
@@ -109,21 +111,21 @@ def minimum_page(w, run, cid: str) -> None:
     def emb_loss(ax):
         plot_embedding(coords, color=values, trajectories=traj, order=order, ax=ax,
                        color_label=value_name, categorical=False)
-        ax.set_title(f"PHATE picture, colour: {value_name}")
+        ax.set_title(f"PHATE, colour: {value_name}")
 
     def emb_step(ax):
         if steps is None:
             raise StoreError("no sample table for the step sizes")
         plot_embedding(coords, color=np.round(steps, 6), trajectories=traj, order=order, ax=ax,
                        color_label="step size", categorical=True)
-        ax.set_title("PHATE picture, colour: step size")
+        ax.set_title("PHATE, colour: step size")
 
     w.panel(axes[0, 0], "embedding by loss", emb_loss)
     w.panel(axes[0, 1], f"{name} embedding by step size", emb_step)
     if "plane" in arrays:
         def graph(ax):
             plot_filtration_graph(arrays["plane"], arrays["edges"], values, ax=ax, color_label=value_name)
-            ax.set_title("filtration graph on the principal plane")
+            ax.set_title("filtration graph, PCA plane")
             ax.set_xlabel("PC 1 of the unit snapshots")
             ax.set_ylabel("PC 2")
         w.panel(axes[0, 2], f"{name} filtration graph", graph)
@@ -135,7 +137,7 @@ def minimum_page(w, run, cid: str) -> None:
             def draw(ax, dim=dim):
                 plot_diagram({dim: diagrams[dim]}, ax=ax)
                 n = len(diagrams[dim])
-                ax.set_title(f"persistence diagram H{dim} ({n} points)")
+                ax.set_title(f"diagram H{dim} ({n} points)")
             w.panel(ax, f"{name} diagram H{dim}", draw)
         else:
             blank(ax, f"H{dim}: no points" if dim in diagrams else f"no H{dim} diagram stored")
@@ -153,8 +155,7 @@ def minimum_page(w, run, cid: str) -> None:
         def intervals(ax):
             plot_intervals(iv, ax=ax, features=_INTERVAL_FEATURES)
             level = settings.get("ci_level", 0.9)
-            ax.set_title(f"{level:.0%} intervals, {int(iv['n_resamples'].min())} resampled "
-                         f"{settings.get('resample', 'trajectory')} sets")
+            ax.set_title(f"{level:.0%} intervals ({int(iv['n_resamples'].min())} resamples)")
         w.panel(axes[1, 1], f"{name} intervals", intervals)
     else:
         blank(axes[1, 1], "no resampling intervals (topology.n_resamples = 0)")
@@ -171,7 +172,7 @@ def minimum_page(w, run, cid: str) -> None:
         def contour(ax):
             plot_contour(srf, ax=ax, metric="train_loss", filled=True, log=True, levels=20, cmap="viridis")
             ax.plot([0], [0], marker="*", color="w", ms=10, mec="k")
-            ax.set_title("train loss around the minimum (plane)")
+            ax.set_title("train loss, random plane")
         w.panel(axes[1, 2], f"{name} surface", contour)
     else:
         why = surf_summary.get("skipped") or ("no plane stored" if run.done(cid, "surface")

@@ -154,7 +154,12 @@ def _intervals(gd, values, plane_xy, groups, *, k, graph, complex, p, min_pers, 
                ci_level, seed, estimate) -> pd.DataFrame:
     """Percentile intervals of the landscape features over resampled trajectories (or
     directions): each resample draws the groups with replacement and keeps each drawn group
-    once (a duplicated trajectory adds no new sample), then rebuilds graph and diagrams."""
+    once, then rebuilds graph and diagrams. Persistence does not see multiplicity, so a
+    bootstrap draw is its set of distinct trajectories (about 63 % of them); keeping the copies
+    instead crowds each point's k nearest neighbours with copies of its own trajectory and cuts
+    the trajectories apart (bars of the loss range's size appeared). The intervals therefore
+    describe the features on about 63 % of the trajectories: counts and activities sit lower
+    than on the full set (docs/topology.md)."""
     rng = np.random.default_rng(seed)
     labels = np.unique(groups)
     rows = []
