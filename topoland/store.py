@@ -45,6 +45,53 @@ CREATE TABLE IF NOT EXISTS files (
 
 RUN_LEVEL = "_run"  # pseudo cell id of run-level stages (analysis, report, paths across cells)
 
+#: the columns of every index table, as the schema above creates them
+_COLUMNS = {"meta": ("key", "value"), "cells": ("cell_id", "position", "label", "settings", "overrides"),
+            "stages": ("cell_id", "stage", "status", "started", "finished", "seconds", "summary", "error"),
+            "files": ("cell_id", "stage", "relpath", "sha256", "size")}
+_SQLITE_MAGIC = b"SQLite format 3\0"
+_INDEX_REMEDY = ("it is left as it is: restore it from a backup, or move the run directory aside and "
+                 "run the config again into a fresh --out")
+
+
+def index_problem(path) -> str | None:
+    """Why the file at ``path`` is not a readable run index (``"is empty"``, ``"is truncated
+    ..."``, ``"is garbled ..."``), or None when it is one. Reads only: the file is opened
+    immutable, so not even SQLite's side files are created."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "is empty"
+    if not head.startswith(_SQLITE_MAGIC[:len(head)]):
+        return "is garbled (not an SQLite database)"
+    if len(head) < 100:
+        return f"is truncated ({size} bytes, shorter than an SQLite header)"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    n_pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and size < page * n_pages:  # the page count is valid
+        return f"is truncated ({size} bytes, its header says {page * n_pages})"
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+        try:
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+            cols = {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in _COLUMNS}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        return f"is garbled ({e})"
+    if check != "ok":
+        return f"is garbled ({check})"
+    bad = [t for t, want in _COLUMNS.items() if not set(want) <= cols[t]]
+    if bad:
+        return f"lacks the table(s) {', '.join(bad)} of a run index"
+    return None
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -105,12 +152,17 @@ class RunStore:
         A run directory made from a different grid is refused rather than mixed.
         """
         store = cls(path)
-        if (store.path / "index.sqlite").exists():
+        if store._db_path.exists():
+            store._check_index()
             store._check_cells(cells)
             return store
         store.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(store.path / "config.toml", config_toml)
-        with store._db() as db:
+        # the index is built under a temporary name and renamed: a killed create leaves no
+        # empty or half-made index.sqlite that later commands would refuse
+        tmp = store._db_path.with_name(f".{store._db_path.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        with store._db(tmp) as db:
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(stmt)
             for c in cells:
@@ -118,14 +170,33 @@ class RunStore:
                            (c.cell_id, c.position, c.label, json.dumps(c.config, default=str),
                             json.dumps(c.overrides, default=str)))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)", (str(time.time()),))
+        os.replace(tmp, store._db_path)
         return store
 
     @classmethod
     def open(cls, path) -> "RunStore":
+        """An existing run directory; refused (before anything is written) when its index is
+        missing or unreadable."""
         store = cls(path)
         if not store._db_path.exists():
             raise StoreError(f"'{path}' is not a topoland run directory (no index.sqlite)")
+        store._check_index()
         return store
+
+    def _check_index(self):
+        problem = index_problem(self._db_path)
+        if problem:
+            raise StoreError(f"run index '{self._db_path}' {problem}; {_INDEX_REMEDY}")
+
+    def _index_error(self, e: Exception) -> StoreError:
+        return StoreError(f"run index '{self._db_path}' cannot be used ({e}); {_INDEX_REMEDY}")
+
+    def _json(self, text, what: str):
+        """Decode a JSON value stored in the index; a garbled one names the index and the row."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"run index '{self._db_path}': {what} is garbled ({e}); {_INDEX_REMEDY}") from None
 
     def _check_cells(self, cells):
         stored = {r[0] for r in self._query("SELECT cell_id FROM cells")}
@@ -137,26 +208,40 @@ class RunStore:
                 f"({len(added)} new cells, {len(gone)} missing): use another --out directory")
 
     @contextlib.contextmanager
-    def _db(self):
-        con = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+    def _db(self, path=None):
+        """A write transaction on the index (or on ``path``); SQLite errors become StoreError."""
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            con = sqlite3.connect(path or self._db_path, timeout=30, isolation_level=None)
+        except sqlite3.Error as e:
+            raise self._index_error(e) from None
+        try:
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=FULL")
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise self._index_error(e) from None
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise self._index_error(e) from None
+                raise
         finally:
             con.close()
 
     def _query(self, sql, args=()):
-        con = sqlite3.connect(self._db_path, timeout=30)
         try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
+            con = sqlite3.connect(self._db_path, timeout=30)
+            try:
+                return con.execute(sql, args).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            raise self._index_error(e) from None
 
     # -- locking --------------------------------------------------------------------------
     def lock(self):
@@ -193,14 +278,15 @@ class RunStore:
     def cells(self) -> pd.DataFrame:
         rows = self._query("SELECT cell_id, position, label, settings, overrides FROM cells ORDER BY position")
         return pd.DataFrame(
-            [{"cell_id": r[0], "position": r[1], "label": r[2], "settings": json.loads(r[3]),
-              "overrides": json.loads(r[4])} for r in rows])
+            [{"cell_id": r[0], "position": r[1], "label": r[2],
+              "settings": self._json(r[3], f"the settings of cell '{r[0]}'"),
+              "overrides": self._json(r[4], f"the overrides of cell '{r[0]}'")} for r in rows])
 
     def cell_config(self, cell_id: str) -> dict:
         rows = self._query("SELECT settings FROM cells WHERE cell_id = ?", (cell_id,))
         if not rows:
             raise StoreError(f"no cell '{cell_id}' in run '{self.path}'")
-        return json.loads(rows[0][0])
+        return self._json(rows[0][0], f"the settings of cell '{cell_id}'")
 
     def stage_dir(self, cell_id: str, stage: str) -> Path:
         return self.path / "cells" / cell_id / stage if cell_id != RUN_LEVEL else self.path / "run" / stage
@@ -217,7 +303,7 @@ class RunStore:
                            (cell_id, stage))
         if not rows:
             raise StoreError(f"stage '{stage}' of cell '{cell_id}' is not finished")
-        return json.loads(rows[0][0] or "{}")
+        return self._json(rows[0][0] or "{}", f"the summary of stage '{stage}' of cell '{cell_id}'")
 
     def stages(self) -> pd.DataFrame:
         rows = self._query("SELECT cell_id, stage, status, started, finished, seconds, summary, error FROM stages")
@@ -311,7 +397,7 @@ class RunStore:
 
     def get_meta(self, key: str, default=None):
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+        return self._json(rows[0][0], f"meta value '{key}'") if rows else default
 
     # -- paths ------------------------------------------------------------------------------
     def inside(self, relpath) -> Path:

@@ -1,0 +1,108 @@
+"""Faults and tampering of issue 22, one class at a time: a corrupted index, diverged cells,
+bad stage names, byte-identical reruns, unknown files, untrusted checkpoint specs.
+
+Every refusal is one ``error: ...`` line naming the culprit, exit 2, and leaves the run
+directory's bytes as they were (hashed before and after); after a fault is repaired, a resume
+gives the results of an undisturbed run.
+"""
+import random
+import shutil
+
+import pytest
+
+from tests.helpers import tiny_config
+from tests.test_hostile import one_error_line, tree_hash
+from tests.test_ray import assert_same_results
+from topoland import run as run_mod
+from topoland.cli import main
+from topoland.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny training run (4 cells, 1 epoch) and its config; copy before changing it."""
+    d = tmp_path_factory.mktemp("trained")
+    cfg = tiny_config(d / "tiny.toml", epochs=1)
+    rep = run_mod.run(cfg, out=d / "run", progress=False, reports_dir=d / "reports")
+    assert rep.failures == []
+    return cfg, d / "run"
+
+
+def _copy_run(src, dst):
+    shutil.copytree(src, dst)
+    (dst / ".lock").unlink(missing_ok=True)
+    return dst
+
+
+# ------------------------------------------------------------------- 1. a corrupted index
+def _corrupt(raw: bytes, how: str) -> bytes:
+    rng = random.Random(22)
+    if how == "empty":
+        return b""
+    if how == "truncated":
+        return raw[: len(raw) // 2]
+    if how == "garbled":  # every byte random
+        return bytes(rng.randrange(256) for _ in raw)
+    assert how == "garbled pages"  # the header intact, the pages after it random
+    return raw[:100] + bytes(rng.randrange(256) for _ in raw[100:])
+
+
+def _index_commands(cfg, run_dir):
+    r = str(run_dir)
+    return {"verify": ["verify", r], "list": ["list", r], "run": ["run", str(cfg), "--out", r, "--quiet"],
+            "train": ["train", str(cfg), "--out", r, "--quiet"], "report": ["report", r],
+            "sample": ["sample", r, "--quiet"], "topology": ["topology", r, "--quiet"],
+            "curvature": ["curvature", r, "--quiet"], "surface": ["surface", r],
+            "compare": ["compare", r, "--by", "train.weight_decay", "--metric", "test_acc"],
+            "connect": ["connect", r]}
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "garbled", "garbled pages"])
+def test_corrupted_index_refused_by_every_command_untouched_then_resumes(trained, tmp_path, capsys, how):
+    cfg, ref = trained
+    run_dir = _copy_run(ref, tmp_path / "run")
+    index = run_dir / "index.sqlite"
+    raw = index.read_bytes()
+    index.write_bytes(_corrupt(raw, how))
+    before = tree_hash(run_dir)
+    for name, argv in _index_commands(cfg, run_dir).items():
+        err = one_error_line(capsys, main(argv))
+        assert f"run index '{index}' " in err, (name, err)
+        assert how.split()[0] in err and "restore it from a backup" in err and "fresh --out" in err, (name, err)
+        assert tree_hash(run_dir) == before, name  # not even SQLite's side files appeared
+    index.write_bytes(raw)  # the backup restored: the run resumes as if nothing happened
+    assert main(["run", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    assert main(["verify", str(run_dir)]) == 0
+    assert assert_same_results(ref, run_dir, ["train"]) == 8
+
+
+def test_index_of_another_program_is_refused(tmp_path, capsys):
+    """A valid SQLite file without the run index's tables is named as such, and left alone."""
+    import sqlite3
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    con = sqlite3.connect(run_dir / "index.sqlite")
+    con.execute("CREATE TABLE stages (x)")
+    con.commit()
+    con.close()
+    before = tree_hash(run_dir)
+    err = one_error_line(capsys, main(["verify", str(run_dir)]))
+    assert "lacks the table(s) meta, cells, stages, files" in err
+    assert tree_hash(run_dir) == before
+
+
+def test_garbled_row_in_index_names_it(trained, tmp_path):
+    """A garbled JSON value inside an intact index (structure fine, content not) is a StoreError
+    naming the index and the row, not a JSONDecodeError."""
+    import sqlite3
+
+    from topoland.errors import StoreError
+    run_dir = _copy_run(trained[1], tmp_path / "run")
+    st = RunStore.open(run_dir)
+    cid = st.cells().cell_id[0]
+    con = sqlite3.connect(run_dir / "index.sqlite")
+    con.execute("UPDATE stages SET summary = '{\"loss\": 0.' WHERE cell_id = ?", (cid,))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match=f"summary of stage 'train' of cell '{cid}' is garbled"):
+        st.summary(cid, "train")
