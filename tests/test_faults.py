@@ -8,6 +8,7 @@ gives the results of an undisturbed run.
 import random
 import shutil
 
+import pandas as pd
 import pytest
 
 from tests.helpers import tiny_config
@@ -106,3 +107,51 @@ def test_garbled_row_in_index_names_it(trained, tmp_path):
     con.close()
     with pytest.raises(StoreError, match=f"summary of stage 'train' of cell '{cid}' is garbled"):
         st.summary(cid, "train")
+
+
+# ------------------------------------------------------------------- 2. diverged cells
+def _diverge_config(path):
+    """Two of four cells diverge (lr 1e8); every stage runs, surface and curvature off."""
+    from tests.test_hostile import DIVERGE
+    text = DIVERGE.replace('"curvature", "analysis"]', '"curvature", "paths", "analysis", "report"]')
+    text = text.replace('kind = "line"\ngrid = 3', 'kind = "none"').replace("[curvature]\n", "[curvature]\nenabled = false\n")
+    path.write_text(text + '\n[paths]\npairs = "all"\nsteps = 5\nn_images = 3\n')
+    return path
+
+
+def test_diverged_cells_skipped_downstream_report_included(tmp_path, monkeypatch, capsys):
+    """A run with diverged cells exits 0 with a report whose notes page gives the reason; the
+    paths leave the diverged minima out; a run whose report stage failed on them resumes to the
+    results of an undisturbed run."""
+    from tests.test_report import _page_texts
+    from topoland.store import RUN_LEVEL
+    monkeypatch.chdir(tmp_path)
+    cfg = _diverge_config(tmp_path / "div.toml")
+    assert main(["run", str(cfg), "--out", "run", "--quiet"]) == 0, capsys.readouterr().err
+    st = RunStore.open("run")
+    names = {r.cell_id: f"M{r.position + 1}" for r in st.cells().itertuples()}
+    div = [c for c in names if st.summary(c, "train")["diverged"]]
+    assert len(div) == 2 and st.is_done(RUN_LEVEL, "report") and st.failures().empty
+    pairs = pd.read_csv(st.stage_dir(RUN_LEVEL, "paths") / "pairs.csv")
+    assert len(pairs) == 1 and not set(pairs.a) & set(div) and not set(pairs.b) & set(div)
+    pages = _page_texts(tmp_path / "reports" / "run.pdf")
+    notes = " ".join(t for t in pages if t.startswith("Notes"))
+    for c in div:
+        assert f"{names[c]}: training diverged; the minimum is left out" in notes, notes
+        assert f"{names[c]} topology: skipped (training diverged (non-finite loss" in notes, notes
+    # one per-minimum page (PHATE picture) for each minimum that did not diverge, none for the others
+    assert sum("PHATE, colour: val_loss" in t for t in pages) == len(names) - len(div)
+
+    # `topoland report` on it exits 0 too
+    assert main(["report", "run", "--dir", "reports"]) == 0
+    # a run left by the old failure (report stage failed on the diverged cell) resumes cleanly
+    shutil.copytree("run", "broken", ignore=shutil.ignore_patterns(".lock"))
+    broken = RunStore.open("broken")
+    broken.invalidate(RUN_LEVEL, "report")
+    broken.record_failure(RUN_LEVEL, "report", "StoreError: tensor file 'topology.safetensors' does not exist")
+    assert main(["run", str(cfg), "--out", "broken", "--quiet"]) == 0
+    assert broken.is_done(RUN_LEVEL, "report") and broken.failures().empty
+    assert main(["verify", "broken"]) == 0
+    stages = ["train", "sample", "topology", "surface", "curvature"]
+    assert assert_same_results("run", "broken", stages, ["paths", "analysis"]) > 0
+

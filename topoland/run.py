@@ -627,8 +627,14 @@ def _done_cells(store: RunStore, stage: str) -> list[str]:
     return [cid for cid in store.cells().cell_id if store.is_done(cid, stage)]
 
 
+def studied_cells(store: RunStore) -> list[str]:
+    """Cells with a minimum to study: trained, and the training did not diverge (a diverged
+    cell's later stages are skipped with the reason; nothing downstream reads them)."""
+    return [c for c in _done_cells(store, "train") if not store.summary(c, "train").get("diverged")]
+
+
 def _pairs(store: RunStore, how: str) -> list[tuple[str, str]]:
-    cells = _done_cells(store, "train")
+    cells = studied_cells(store)
     # only minima of one architecture can be joined by a path
     arch = {cid: json.dumps(store.cell_config(cid)["model"], sort_keys=True) for cid in cells}
     if how == "none" or len(cells) < 2:
@@ -732,7 +738,7 @@ def _connect_mst(store: RunStore, cfg: dict):
 
 
 def _pairs_cells(store: RunStore) -> list[str]:
-    cells = _done_cells(store, "train")
+    cells = studied_cells(store)
     if not cells:
         return []
     arch = {cid: json.dumps(store.cell_config(cid)["model"], sort_keys=True) for cid in cells}

@@ -4,7 +4,7 @@ Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
 
 1. title page: config summary, grid, stage list, software versions, device, wall time per stage;
 2. the minima: settings and metrics of every cell (paginated);
-3. one page per minimum with a finished topology stage (:mod:`topoland.report.minimum`): the PHATE
+3. one page per minimum with a finished, not skipped topology stage (:mod:`topoland.report.minimum`): the PHATE
    picture coloured by loss and by step size (trajectories drawn as paths), the filtration graph
    on the principal plane, persistence diagrams, Betti curves, the features' resampling
    intervals, plane surface, 1-D curves, eigenvalue density; the graphs' component counts;
@@ -785,7 +785,8 @@ def _stage_notes(w: _Writer, run: _Run) -> None:
                 w.note("Skipped stages", f"{run.names[c]} {stage}: skipped ({s['skipped']})")
         tr = run.summary(c, "train")
         if tr.get("diverged"):
-            w.note("Diverged", f"{run.names[c]}: training diverged; the minimum is left out of the analysis")
+            w.note("Diverged", f"{run.names[c]}: training diverged; the minimum is left out of the analysis, "
+                               "the paths and the per-minimum pages")
         sm = run.summary(c, "sample")
         n_div = sm.get("n_trajectories_diverged") or 0
         if n_div > 0:
@@ -842,8 +843,8 @@ def build_report(run_dir, pdf_path) -> dict:
         _title_page(w, run)
         _minima_pages(w, run, minima)
         for cid in run.cells.cell_id:
-            if run.done(cid, "topology"):
-                _minimum_page(w, run, cid)
+            if run.done(cid, "topology") and "skipped" not in run.summary(cid, "topology"):
+                _minimum_page(w, run, cid)  # a skipped topology (diverged training) is on the notes page
         ens = _ensemble_pages(w, run)
         if ens is not None:
             tables["ensembles"] = ens
