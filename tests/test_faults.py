@@ -155,3 +155,21 @@ def test_diverged_cells_skipped_downstream_report_included(tmp_path, monkeypatch
     stages = ["train", "sample", "topology", "surface", "curvature"]
     assert assert_same_results("run", "broken", stages, ["paths", "analysis"]) > 0
 
+
+
+# ------------------------------------------------------------------- 8. bad stage names
+@pytest.mark.parametrize("flag, names", [("--only", "bogus"), ("--only", "train,bogus"),
+                                         ("--force", "bogus"), ("--force", "train,bogus")])
+def test_unknown_stage_refused_before_any_write(trained, tmp_path, capsys, flag, names):
+    """Neither a new run folder nor an existing run (its index included, and the train stage
+    named before the bogus one) is touched; the corrected command then resumes as usual."""
+    cfg, ref = trained
+    err = one_error_line(capsys, main(["run", str(cfg), "--out", str(tmp_path / "new"), flag, names, "--quiet"]))
+    assert f"unknown stage 'bogus' given to {flag} (stages: train, sample," in err
+    assert not (tmp_path / "new").exists()
+    run_dir = _copy_run(ref, tmp_path / "run")
+    before = tree_hash(run_dir)
+    err2 = one_error_line(capsys, main(["run", str(cfg), "--out", str(run_dir), flag, names, "--quiet"]))
+    assert err2 == err and tree_hash(run_dir) == before
+    assert main(["run", str(cfg), "--out", str(run_dir), flag, "train", "--quiet"]) == 0
+    assert assert_same_results(ref, run_dir, ["train"]) == 8

@@ -337,12 +337,17 @@ def _skip_reason(store: RunStore, cell_id: str, stage: str) -> str | None:
     return None
 
 
+def _check_stage_names(only, force):
+    """Refuse unknown names in ``--only`` / ``--force`` (before the run directory is touched)."""
+    for flag, names in (("--only", only or ()), ("--force", force or ())):
+        bad = [s for s in names if s not in STAGES]
+        if bad:
+            raise TopolandError(f"unknown stage {bad[0]!r} given to {flag} (stages: {', '.join(STAGES)})")
+
+
 def _wanted_stages(cfg, only=None):
     stages = [s for s in STAGES if s in cfg["run"]["stages"]]
     if only:
-        bad = [s for s in only if s not in STAGES]
-        if bad:
-            raise TopolandError(f"unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
         stages = [s for s in STAGES if s in only]
     return stages
 
@@ -393,6 +398,7 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
     Returns a :class:`RunReport`; failed cells are listed there (and in the index) rather
     than raised, so one bad cell does not stop the others.
     """
+    _check_stage_names(only, force)
     cfg, cells, store = prepare(config_path, out)
     stages = _wanted_stages(cfg, only)
     report = RunReport(store.path)
@@ -404,8 +410,6 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
         store.set_meta("device", f"{dev.type} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                        else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
         for stage in force:
-            if stage not in STAGES:
-                raise TopolandError(f"unknown stage {stage!r} given to --force (stages: {', '.join(STAGES)})")
             for c in cells:
                 store.invalidate(c.cell_id, stage)
             store.invalidate(RUN_LEVEL, stage)
