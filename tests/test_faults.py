@@ -173,3 +173,71 @@ def test_unknown_stage_refused_before_any_write(trained, tmp_path, capsys, flag,
     assert err2 == err and tree_hash(run_dir) == before
     assert main(["run", str(cfg), "--out", str(run_dir), flag, "train", "--quiet"]) == 0
     assert assert_same_results(ref, run_dir, ["train"]) == 8
+
+
+# ------------------------------------------------------------------- 7. identical bytes
+#: files of a run directory that record time or a process, never results: the lock (the pid of
+#: the last process), the index (start and finish times of every stage), the PDF (its creation
+#: date; the test below leaves the report stage out to stay fast, its tables are pandas CSV)
+TIME_OR_PROCESS_FILES = {".lock", "index.sqlite", "run/report/report.pdf"}
+
+_DETERMINISM = '''
+[sample]
+directions = 2
+steps = [0.5, 1.0]
+epochs = 2
+lr = 0.01
+batch_size = 32
+[topology]
+k = 3
+knn = 3
+t = 5
+[surface]
+kind = "none"
+[curvature]
+enabled = false
+[analysis]
+targets = ["train.weight_decay"]
+n_splits = 2
+n_repeats = 1
+n_permutations = 2
+n_boot = 20
+'''
+
+
+def test_safetensors_bytes_fixed_order():
+    """Equal tensors and metadata give equal bytes whatever the insertion order, and the file
+    reads back with the safetensors library."""
+    import torch
+    from safetensors.torch import load
+
+    from topoland.store import safetensors_bytes
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float64)}
+    keys = [f"key{i}" for i in range(12)]
+    blobs = {safetensors_bytes(dict(reversed(tensors.items())) if i % 2 else tensors,
+                               {k: f"v{k}" for k in random.Random(i).sample(keys, len(keys))})
+             for i in range(10)}
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    assert int.from_bytes(blob[:8], "little") % 8 == 0
+    back = load(blob)
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+
+def test_identical_runs_write_identical_bytes(tmp_path):
+    """Two uninterrupted runs of one tiny config: every file equal byte for byte but
+    :data:`TIME_OR_PROCESS_FILES`."""
+    cfg = tiny_config(tmp_path / "t.toml", epochs=2, extra=_DETERMINISM,
+                      stages='["train", "sample", "topology", "surface", "curvature", "analysis"]')
+    trees = []
+    for name in ("a", "b"):
+        rep = run_mod.run(cfg, out=tmp_path / name, progress=False, reports_dir=tmp_path / "reports")
+        assert rep.failures == [], rep.failures
+        root = tmp_path / name
+        trees.append({p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+    a, b = trees
+    assert a.keys() == b.keys()
+    assert {".lock", "index.sqlite"} <= a.keys() and "run/analysis/features.parquet" in a
+    assert sum(k.endswith(".safetensors") for k in a) >= 4 * 3  # model, samples, topology per cell
+    differ = sorted(k for k in a if a[k] != b[k] and k not in TIME_OR_PROCESS_FILES)
+    assert differ == []

@@ -20,11 +20,11 @@ import tempfile
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as _st_load_bytes
-from safetensors.torch import save as _st_save_bytes
 from torch import Tensor, nn
 
 from topoland.errors import CheckpointError, ConfigError
 from topoland.models import build_model
+from topoland.store import safetensors_bytes
 
 __all__ = ["save_checkpoint", "load_checkpoint", "save_tensors", "load_tensors", "compare_state"]
 
@@ -36,7 +36,7 @@ def save_tensors(path, tensors: dict[str, Tensor], metadata: dict[str, str] | No
     """Write ``tensors`` (name -> tensor, any device) and string ``metadata`` atomically."""
     path = os.fspath(path)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    blob = _st_save_bytes(flat, metadata=metadata)
+    blob = safetensors_bytes(flat, metadata)  # a fixed header order: equal inputs, equal bytes
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as _st_save
 
 from .errors import StoreError
 
@@ -117,14 +118,27 @@ def atomic_write_text(path, text: str):
     atomic_write_bytes(path, text.encode())
 
 
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes with its JSON header in one fixed order (keys sorted, the
+    metadata's included), so that equal tensors and metadata always give equal bytes.
+
+    The safetensors writer orders the metadata keys by a per-process hash; the header is
+    re-serialized sorted (tensor offsets are explicit, so the data part is unchanged) and padded
+    with spaces to a multiple of 8 bytes, as the writer does.
+    """
+    blob = _st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
+
+
 def save_tensors(path, tensors: dict, metadata: dict | None = None):
-    """Save a dict of tensors as safetensors, atomically. Metadata values are JSON-encoded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    """Save a dict of tensors as safetensors, atomically, in a fixed byte order
+    (:func:`safetensors_bytes`). Metadata values are JSON-encoded with sorted keys."""
+    meta = {k: json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:
