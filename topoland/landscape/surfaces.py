@@ -760,11 +760,19 @@ _COMMON_DOC = """
     already done)."""
 
 
+def _common_doc(fn):
+    """Append the keyword arguments every surface function shares to ``fn``'s docstring (a
+    docstring built by ``+`` is an expression, not a docstring: ``__doc__`` would be None)."""
+    fn.__doc__ = (fn.__doc__ or "") + _COMMON_DOC
+    return fn
+
+
+@_common_doc
 def line(model: nn.Module, direction: Mapping[str, Tensor], x: Tensor, y: Tensor,
          alphas=np.linspace(-1.0, 1.0, 41), *, x_test=None, y_test=None,
          metrics=("loss", "accuracy"), evaluator="auto", chunk_points=16, batch_size=2048,
          bn="eval", device="auto", store=None, on_chunk=None) -> Surface:
-    """1-D surface ``theta* + alpha * d`` for alphas (n,); values (n,).""" + _COMMON_DOC
+    """1-D surface ``theta* + alpha * d`` for alphas (n,); values (n,)."""
     xs = _grid_axis(alphas, None, "alphas")
     return _evaluate_surface(model, [direction], xs, None, x, y, x_test=x_test, y_test=y_test,
                              metrics=metrics, evaluator=evaluator, chunk_points=chunk_points,
@@ -791,6 +799,7 @@ def random_lines(model: nn.Module, x: Tensor, y: Tensor, *, n_directions: int = 
     return out
 
 
+@_common_doc
 def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
                 alphas=np.linspace(-0.5, 1.5, 41), kind: str = "weights", x_test=None, y_test=None,
                 metrics=("loss", "accuracy"), evaluator="auto", chunk_points=16, batch_size=2048,
@@ -799,7 +808,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
 
     kind: "weights" (parameters; BN statistics stay model_a's) or "states" (floating buffers,
     i.e. BN running statistics, interpolated too). alpha = 0 is model_a, 1 is model_b.
-    """ + _COMMON_DOC
+    """
     if kind not in ("weights", "states"):
         raise SurfaceError(f"kind must be 'weights' or 'states', got {kind!r}")
     d = _dirs.between(model_a, model_b, kind=kind)
@@ -810,6 +819,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
                              on_chunk=on_chunk, meta={"kind": "interpolate", "interp_kind": kind})
 
 
+@_common_doc
 def plane(model: nn.Module, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor], x: Tensor,
           y: Tensor, *, grid=51, range=(-1.0, 1.0), x_test=None, y_test=None,
           metrics=("loss", "accuracy"), evaluator="auto", chunk_points=32, batch_size=2048,
@@ -818,7 +828,7 @@ def plane(model: nn.Module, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor], 
 
     grid: int (points per axis) or a pair (xs, ys) of coordinate arrays; range: (lo, hi) for
     an int grid. origin: optional dict of tensors replacing the model's own parameters as the
-    centre.""" + _COMMON_DOC
+    centre."""
     if isinstance(grid, tuple) and len(grid) == 2 and not isinstance(grid[0], (int, np.integer)):
         xs, ys = _grid_axis(grid[0], None, "xs"), _grid_axis(grid[1], None, "ys")
     else:
