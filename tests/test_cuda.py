@@ -79,8 +79,8 @@ SMALL = dict(directions=2, steps=(0.5, 1.0), epochs=2, batch_size=16, lr=0.05,
 def test_batched_sampler_on_gpu_equals_sequential_on_cpu(name, kw, shape):
     data = _splits(shape)
     model = _bn_model(data, name, **kw)
-    a = jump_and_retrain(model, None, data, batched=True, device="cuda", **SMALL)
-    b = jump_and_retrain(model, None, data, batched=False, device="cpu", **SMALL)
+    a = jump_and_retrain(model, data, batched=True, device="cuda", **SMALL)
+    b = jump_and_retrain(model, data, batched=False, device="cpu", **SMALL)
     for col in ("train_loss", "val_loss", "test_loss"):
         np.testing.assert_allclose(a.table[col], b.table[col], rtol=1e-4, atol=1e-5, err_msg=col)
     assert a.params.device.type == "cpu"  # results come back to the host
@@ -90,8 +90,8 @@ def test_batched_sampler_on_gpu_equals_sequential_on_cpu(name, kw, shape):
 def test_fast_mlp_sampler_on_gpu_equals_cpu():
     data = _splits((16,))
     model = build_model("mlp", (16,), 3, seed=1, widths=(10, 10)).eval()
-    a = jump_and_retrain(model, None, data, batched=True, device="cuda", **SMALL)
-    b = jump_and_retrain(model, None, data, batched=False, device="cpu", **SMALL)
+    a = jump_and_retrain(model, data, batched=True, device="cuda", **SMALL)
+    b = jump_and_retrain(model, data, batched=False, device="cpu", **SMALL)
     torch.testing.assert_close(a.params, b.params, rtol=1e-4, atol=1e-5)
 
 

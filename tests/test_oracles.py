@@ -178,7 +178,7 @@ def test_headline_is_not_range_times_components_on_real_samples():
         model = build_model("mlp", data.input_shape, data.num_classes, seed=seed, widths=(16,))
         train_minimum(model, data, TrainRecipe(epochs=15, lr=0.1, batch_size=32, weight_decay=wd),
                       seed=seed, device="cpu")
-        s = jump_and_retrain(model, None, data, directions=3, steps=(0.5, 1.0), epochs=12, lr=0.05,
+        s = jump_and_retrain(model, data, directions=3, steps=(0.5, 1.0), epochs=12, lr=0.05,
                              batch_size=32, seed=seed, device="cpu")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TopologyWarning)

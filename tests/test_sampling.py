@@ -58,8 +58,8 @@ def test_batched_equals_sequential_with_bn(name, kw, augment):
     data = _data()
     model = _trained_bn_model(data, name, **kw)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    a = jump_and_retrain(model, None, data, augment=augment, batched=True, **SMALL)
-    b = jump_and_retrain(model, None, data, augment=augment, batched=False, **SMALL)
+    a = jump_and_retrain(model, data, augment=augment, batched=True, **SMALL)
+    b = jump_and_retrain(model, data, augment=augment, batched=False, **SMALL)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # not modified
     assert list(a.table.columns) == list(TABLE_COLUMNS)
     assert len(a.table) == 4 * (1 + 2 * 2) and a.params.shape == (20, a.theta_star.numel())
@@ -77,7 +77,7 @@ def test_batched_matches_hand_written_sgd_with_bn_statistics():
     data = _data(shape=(6,), n_train=16)
     model = _trained_bn_model(data, "mlp", widths=(5,))
     d = torch.randn(1, sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(3))
-    res = jump_and_retrain(model, None, data, directions=d, steps=(0.5,), epochs=1, batch_size=16,
+    res = jump_and_retrain(model, data, directions=d, steps=(0.5,), epochs=1, batch_size=16,
                            lr=0.1, momentum=0.9, weight_decay=0.01, device="cpu")
     names = param_names(model)
     ref = build_model("mlp", (6,), 3, seed=1, batchnorm=True, widths=(5,))
@@ -104,7 +104,7 @@ def test_jump_point_is_theta_plus_step_direction_exactly():
     data = _data()
     model = _trained_bn_model(data, "mlp", widths=(12,))
     steps = (0.25, 0.5, 0.75, 1.0, 0.1)
-    res = jump_and_retrain(model, None, data, directions=2, steps=steps, epochs=1, batch_size=32,
+    res = jump_and_retrain(model, data, directions=2, steps=steps, epochs=1, batch_size=32,
                            device="cpu")
     names = param_names(model)
     theta = torch.cat([model.get_parameter(k).detach().reshape(-1) for k in names])
@@ -127,9 +127,9 @@ def test_divergent_jump_is_marked_and_frozen_others_go_on():
     model = build_model("mlp", (8,), 3, seed=0, widths=(16,))
     # a 2-layer ReLU net's logits scale with step^2: 1e19 overflows float32 during the first epoch
     kw = dict(directions=1, epochs=3, batch_size=16, lr=0.5, device="cpu")
-    a = jump_and_retrain(model, None, data, steps=(0.25, 1e19), batched=True, **kw)
-    b = jump_and_retrain(model, None, data, steps=(0.25, 1e19), batched=False, **kw)
-    alone = jump_and_retrain(model, None, data, steps=(0.25,), **kw)
+    a = jump_and_retrain(model, data, steps=(0.25, 1e19), batched=True, **kw)
+    b = jump_and_retrain(model, data, steps=(0.25, 1e19), batched=False, **kw)
+    alone = jump_and_retrain(model, data, steps=(0.25,), **kw)
     for res in (a, b):
         t = res.table
         good, bad = t[t.trajectory == 0], t[t.trajectory == 1]
@@ -153,9 +153,9 @@ def test_sketch_gram_and_projection_match_full_snapshots(tmp_path):
     data = _data()
     model = _trained_bn_model(data, "mlp", widths=(12,))
     kw = dict(directions=2, steps=(0.5, 1.0), epochs=2, batch_size=16, lr=0.05, device="cpu")
-    full = jump_and_retrain(model, None, data, storage="full", **kw)
-    half = jump_and_retrain(model, None, data, storage="half", **kw)
-    sk = jump_and_retrain(model, None, data, storage="sketch", sketch_dim=7, **kw)
+    full = jump_and_retrain(model, data, storage="full", **kw)
+    half = jump_and_retrain(model, data, storage="half", **kw)
+    sk = jump_and_retrain(model, data, storage="sketch", sketch_dim=7, **kw)
     assert sk.params is None and half.params.dtype == torch.float16
     torch.testing.assert_close(half.params.float(), full.params, rtol=1e-3, atol=1e-3)
     pd.testing.assert_frame_equal(sk.table, full.table)
@@ -189,7 +189,7 @@ def test_random_projection_rows_are_consistent():
 def test_save_load_roundtrip_and_incomplete_dir(tmp_path):
     data = _data(shape=(8,))
     model = build_model("mlp", (8,), 3, seed=0, widths=(6,))
-    res = jump_and_retrain(model, None, data, directions=1, steps=(1.0,), epochs=1, batch_size=32,
+    res = jump_and_retrain(model, data, directions=1, steps=(1.0,), epochs=1, batch_size=32,
                            device="cpu")
     save_samples(res, tmp_path / "s")
     back = load_samples(tmp_path / "s")
@@ -223,14 +223,14 @@ def test_bad_arguments_raise():
     data = _data(shape=(8,))
     model = build_model("mlp", (8,), 3, seed=0, widths=(6,))
     with pytest.raises(ConfigError, match="storage"):
-        jump_and_retrain(model, None, data, storage="zip", device="cpu")
+        jump_and_retrain(model, data, storage="zip", device="cpu")
     with pytest.raises(ConfigError, match="records_per_epoch"):
-        jump_and_retrain(model, None, data, records_per_epoch=10, batch_size=64, device="cpu")
+        jump_and_retrain(model, data, records_per_epoch=10, batch_size=64, device="cpu")
     with pytest.raises(ConfigError, match="directions"):
-        jump_and_retrain(model, None, data, directions=torch.zeros(2, 5), device="cpu")
+        jump_and_retrain(model, data, directions=torch.zeros(2, 5), device="cpu")
     drop = build_model("wrn", (3, 8, 8), 3, depth=10, dropout=0.3)
     with pytest.raises(ConfigError, match="dropout"):
-        jump_and_retrain(drop, None, _data(shape=(3, 8, 8)), device="cpu")
+        jump_and_retrain(drop, _data(shape=(3, 8, 8)), device="cpu")
 
 
 def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
@@ -260,11 +260,11 @@ def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
     monkeypatch.setattr(sampling, "_mlp_forward", lambda chain: built.append(chain) or real_forward(chain))
     kw = dict(SMALL, weight_decay=0.01)
     for model in (mlp, seq):
-        fast = jump_and_retrain(model, None, data, batched=True, **kw)
+        fast = jump_and_retrain(model, data, batched=True, **kw)
         assert len(built) == 1 and built.pop() == sampling._mlp_chain(model)  # the fast path ran
-        ref = jump_and_retrain(model, None, data, batched=False, **kw)
+        ref = jump_and_retrain(model, data, batched=False, **kw)
         monkeypatch.setattr(sampling, "_FAST_MLP", False)
-        slow = jump_and_retrain(model, None, data, batched=True, **kw)
+        slow = jump_and_retrain(model, data, batched=True, **kw)
         monkeypatch.setattr(sampling, "_FAST_MLP", True)
         assert not torch.equal(fast.params[0], fast.params[-1])
         for other in (slow, ref):
@@ -274,5 +274,5 @@ def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
                                            err_msg=col)
     # plain SGD (no momentum buffers, no weight decay)
     kw = dict(SMALL, momentum=0.0, weight_decay=0.0)
-    a, b = (jump_and_retrain(mlp, None, data, batched=x, **kw) for x in (True, False))
+    a, b = (jump_and_retrain(mlp, data, batched=x, **kw) for x in (True, False))
     torch.testing.assert_close(a.params, b.params, rtol=1e-4, atol=1e-5)

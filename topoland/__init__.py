@@ -2,7 +2,7 @@
 
 ``import topoland as tl`` gives the main API (imported on first use)::
 
-    samples = tl.jump_and_retrain(model, None, data, directions=4, epochs=10)
+    samples = tl.jump_and_retrain(model, data, directions=4, epochs=10)
     topo = tl.topology_of_samples(samples.table, params=samples.params, n_resamples=50)
     plane = tl.random_plane(model, data.x_train, data.y_train, grid=21)
 """

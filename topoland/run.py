@@ -137,7 +137,7 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
     inherited = [k for k, v in stage_options(ctx, "sample").items() if v == "inherit"]
     model = ctx.model()
     res = jump_and_retrain(
-        model, None, ctx.data, directions=opts["directions"], steps=tuple(opts["steps"]),
+        model, ctx.data, directions=opts["directions"], steps=tuple(opts["steps"]),
         seed=ctx.config["run"]["seed"], lr=opts["lr"], momentum=opts["momentum"],
         weight_decay=opts["weight_decay"], batch_size=opts["batch_size"], epochs=opts["epochs"],
         augment=bool(opts["augment"]), records_per_epoch=opts["records_per_epoch"],

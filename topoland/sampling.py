@@ -551,7 +551,8 @@ def _direction_matrix(model_star, directions, seeds, names, d) -> Tensor:
     return mat.clone()
 
 
-def jump_and_retrain(model: nn.Module, params, data, *, buffers: Mapping[str, Tensor] | None = None,
+def jump_and_retrain(model: nn.Module, data, *, params=None,
+                     buffers: Mapping[str, Tensor] | None = None,
                      directions: int | Tensor | Sequence[Mapping[str, Tensor]] = 4,
                      steps: Sequence[float] = (0.25, 0.5, 0.75, 1.0), seed: int = 0,
                      lr: float = 0.001, momentum: float = 0.9, weight_decay: float = 1e-4,

@@ -94,9 +94,9 @@ def main(argv=None):
 
     # warm-up (allocator, kernels, lazy imports) on a single-epoch, 2-jump run, for both paths
     warm = dict(common, directions=1, steps=args.steps[:2], epochs=1)
-    jump_and_retrain(model, None, data, batched=True, **warm)
+    jump_and_retrain(model, data, batched=True, **warm)
     if not args.skip_sequential:
-        jump_and_retrain(model, None, data, batched=False, **warm)
+        jump_and_retrain(model, data, batched=False, **warm)
 
     # interleaved repeats; the minimum of each is the least disturbed by other load on the machine
     modes = [True] if args.skip_sequential else [True, False]
@@ -105,7 +105,7 @@ def main(argv=None):
         for batched in modes:
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            results[batched] = jump_and_retrain(model, None, data, batched=batched, **common)
+            results[batched] = jump_and_retrain(model, data, batched=batched, **common)
             _sync(device)
             times[batched].append(time.perf_counter() - t0)
             cpu[batched].append(time.process_time() - c0)
@@ -121,7 +121,7 @@ def main(argv=None):
         t_eval = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            jump_and_retrain(model, None, data, batched=batched, **dict(common, epochs=0))
+            jump_and_retrain(model, data, batched=batched, **dict(common, epochs=0))
             _sync(device)
             t_eval.append(time.perf_counter() - t0)
         per = min(t_eval)
