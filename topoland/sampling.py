@@ -60,7 +60,6 @@ __all__ = [
     "direction_seeds",
     "data_seed",
     "random_projection",
-    "gram_cosine_distances",
     "save_samples",
     "load_samples",
     "trajectory_features",
@@ -643,13 +642,6 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
 
 
 # --------------------------------------------------------------------------- distances, features
-
-
-def gram_cosine_distances(gram: Tensor) -> Tensor:
-    """Cosine distances ``1 - G_ij / sqrt(G_ii G_jj)`` ``(N, N)`` float64 from a Gram matrix."""
-    g = gram.double()
-    nrm = g.diagonal().clamp_min(0).sqrt()
-    return 1.0 - g / (nrm[:, None] * nrm[None, :])
 
 
 def _final_rows(table: pd.DataFrame) -> pd.DataFrame:
