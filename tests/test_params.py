@@ -340,3 +340,12 @@ def test_frozen_parameters_are_shared_not_points():
     a = tp.evaluate(m, pts, x, y, batch_size=16, device="cpu")
     b = tp.evaluate_loop(m, pts, x, y, batch_size=16, device="cpu")
     _assert_close(a, b)
+
+
+def test_has_batchnorm():
+    import torch.nn as nn
+
+    from topoland.params import has_batchnorm
+    assert has_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
+    assert has_batchnorm(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.BatchNorm2d(2))))
+    assert not has_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from topoland.data import DataSplits, augment_batch, minibatch_order
 from topoland.errors import TopolandError
 from topoland.optim import update_bn
-from topoland.params import flatten, functional_logits, get_buffers, param_names, stack, unflatten
+from topoland.params import (flatten, functional_logits, get_buffers, has_batchnorm, param_names,
+                             stack, unflatten)
 from topoland.utils import make_generator, resolve_device
 
 __all__ = ["EnsembleError", "FGEResult", "cyclic_lr", "fast_geometric_ensemble", "member_probabilities",
@@ -82,7 +83,7 @@ def fast_geometric_ensemble(model: nn.Module, data: DataSplits, *, cycles: int =
     model.to(dev)
     x, y = data.x_train.to(dev), data.y_train.to(dev)
     g = make_generator(seed)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    has_bn = has_batchnorm(model)
     n_batches = len(minibatch_order(len(y), batch_size, make_generator(0)))
     if has_bn and len(y) % batch_size == 1:
         raise EnsembleError(f"batch_size {batch_size} leaves a last batch of one sample; BN cannot train on it")

@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel
 
 from topoland.errors import TopolandError
+from topoland.params import has_batchnorm
 
 __all__ = ["OptimError", "average_snapshots", "SWAAverager", "update_bn", "EntropySGD", "PAL",
            "entropy_gamma", "pal_step_size"]
@@ -70,7 +71,7 @@ def update_bn(model: nn.Module, x: Tensor, *, batch_size: int = 256, device=None
     """
     if batch_size < 1:
         raise OptimError(f"update_bn batch_size must be >= 1, got {batch_size}")
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if not has_batchnorm(model):
         return
     batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
     batches = [b for b in batches if len(b) > 1]

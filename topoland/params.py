@@ -30,6 +30,7 @@ from topoland.utils import resolve_device
 
 __all__ = [
     "ParamsError",
+    "has_batchnorm",
     "param_names",
     "buffer_names",
     "get_params",
@@ -148,6 +149,11 @@ def stack(dicts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
 
 def _bn_modules(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a batch-normalization layer (of any dimension)."""
+    return bool(_bn_modules(model))
 
 
 def _leading(tensors: Mapping[str, Tensor], what: str) -> int:

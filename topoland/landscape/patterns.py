@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from topoland.directions import orthogonal_pair
 from topoland.errors import TopolandError
-from topoland.params import evaluate, flatten, functional_logits, get_params, param_names, unflatten
+from topoland.params import (evaluate, flatten, functional_logits, get_params, has_batchnorm,
+                             param_names, unflatten)
 from topoland.utils import make_generator, resolve_device
 
 __all__ = ["PatternError", "load_mask", "random_mask", "cell_coordinates", "plane_points",
@@ -34,10 +35,6 @@ __all__ = ["PatternError", "load_mask", "random_mask", "cell_coordinates", "plan
 
 class PatternError(TopolandError):
     """A mask, plane or fitting option is invalid; the message names the culprit."""
-
-
-def _has_bn(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +193,7 @@ class LossPatternFitter:
         dev = resolve_device(self.device)
         model.to(dev)
         x, y = x.to(dev), y.to(dev).long()
-        train = _has_bn(model)
+        train = has_batchnorm(model)
         d1, d2 = orthogonal_pair(model, self.seed)
         names = param_names(model)
         origin = flatten(get_params(model), names).float().to(dev).requires_grad_(True)
@@ -255,7 +252,7 @@ class LossPatternFitter:
         the training data given to :meth:`fit`, so a pattern that shows there measures only the
         optimization; one that shows on data the fit never saw is a property of the landscape."""
         dev = self.device if device is None else device
-        bn = "recompute" if _has_bn(model) else "eval"
+        bn = "recompute" if has_batchnorm(model) else "eval"
         res = evaluate(model, self.points(), x, y, metrics=("loss", "accuracy"), batch_size=batch_size,
                        bn=bn, device=dev)
         return {k: v.reshape(self.mask_.shape) for k, v in res.items()}
