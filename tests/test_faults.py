@@ -241,3 +241,77 @@ def test_identical_runs_write_identical_bytes(tmp_path):
     assert sum(k.endswith(".safetensors") for k in a) >= 4 * 3  # model, samples, topology per cell
     differ = sorted(k for k in a if a[k] != b[k] and k not in TIME_OR_PROCESS_FILES)
     assert differ == []
+
+
+# ------------------------------------------------------------------- 6. unknown files
+def _plant(run_dir, what):
+    """Put one thing a run never writes into ``run_dir``; return the line verify must print."""
+    st = RunStore.open(run_dir)
+    cid = st.cells().cell_id[0]
+    cell = run_dir / "cells" / cid
+    if what == "file at root":
+        (run_dir / "notes.txt").write_text("mine")
+        return "notes.txt: not part of a run directory (unknown file at its root)"
+    if what == "folder at root":
+        (run_dir / "old").mkdir()
+        return "old/: not part of a run directory (unknown file at its root)"
+    if what == "file in cell folder":
+        (cell / "README").write_text("mine")
+        return f"{cid}/README: file not in the index (neither a stage's results nor its resume data)"
+    if what == "train.bak":
+        shutil.copytree(cell / "train", cell / "train.bak")
+        return f"{cid}/train.bak/: folder not in the index (neither a stage's results nor its resume data)"
+    if what == "file in cells":
+        (run_dir / "cells" / "x.csv").write_text("a\n")
+        return "cells/x.csv: file not in the index"
+    if what == "unknown cell":
+        (run_dir / "cells" / "0123456789").mkdir()
+        return "cells/0123456789/: folder of no cell in the index"
+    if what == "file in run":
+        (run_dir / "run").mkdir(exist_ok=True)
+        (run_dir / "run" / "table.csv").write_text("a\n")
+        return "_run/table.csv: file not in the index (neither a stage's results nor its resume data)"
+    assert what == "folder in stage"
+    (cell / "train" / "extra").mkdir()
+    return f"{cid}/train/extra/: folder not in the index"
+
+
+PLANTS = ["file at root", "folder at root", "file in cell folder", "train.bak", "file in cells", "unknown cell",
+          "file in run", "folder in stage"]
+
+
+@pytest.mark.parametrize("what", PLANTS)
+def test_verify_flags_what_a_run_never_writes(trained, tmp_path, capsys, what):
+    cfg, ref = trained
+    run_dir = _copy_run(ref, tmp_path / "run")
+    line = _plant(run_dir, what)
+    before = tree_hash(run_dir)
+    assert main(["verify", str(run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"1 problem(s) in {run_dir}:", f"  {line}"], out
+    assert tree_hash(run_dir) == before
+    # --force leaves a user's train.bak/ alone (it is not the train stage's resume data)
+    assert main(["run", str(cfg), "--out", str(run_dir), "--force", "train", "--quiet"]) == 0
+    assert assert_same_results(ref, run_dir, ["train"]) == 8
+    if what == "train.bak":
+        (bak,) = run_dir.glob("cells/*/train.bak")
+        assert main(["verify", str(run_dir)]) == 1
+        shutil.rmtree(bak)
+        assert main(["verify", str(run_dir)]) == 0
+
+
+def test_verify_accepts_what_a_run_may_hold(trained, tmp_path):
+    """Resume data, temporaries of a killed process and the index's SQLite side files are known."""
+    from topoland.store import RUN_LEVEL
+    run_dir = _copy_run(trained[1], tmp_path / "run")
+    st = RunStore.open(run_dir)
+    cid = st.cells().cell_id[0]
+    (run_dir / "cells" / cid / "surface.partial.h5").write_bytes(b"half a grid")
+    (run_dir / "cells" / cid / "surface.pca.partial.h5.tmp-123").write_bytes(b"")
+    (run_dir / "cells" / cid / "sample.tmp-4567").mkdir()
+    (st.stage_dir(RUN_LEVEL, "paths").with_name("paths.pairs") / "a__b").mkdir(parents=True)
+    (run_dir / ".config.toml.tmp-99").write_text("")
+    (run_dir / "index.sqlite-wal").write_bytes(b"")
+    assert st.verify() == []
+    st.invalidate(cid, "surface")
+    assert sorted(p.name for p in (run_dir / "cells" / cid).iterdir()) == ["sample.tmp-4567", "train"]

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(subs, "verify", "check a run directory's index against its files", """\
         Check that every finished stage's files exist with the checksums the index recorded,
-        and that no folder lacks an index entry. Exit 1 if anything is inconsistent.""")
+        that no folder lacks an index entry, and that the run directory holds no file or
+        folder a run does not write. Exit 1 if anything is inconsistent.""")
     s.add_argument("run_dir", help="run directory")
 
     for name, what in (("sample", "jump-and-retrain around every trained minimum"),

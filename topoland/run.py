@@ -227,7 +227,7 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
     if ckpt.is_file():  # the training trajectory was recorded: PCA plane with the path over it
         from .landscape.surfaces import trajectory_plane
         from .store import load_tensors
-        pca_partial = partial.with_name("pca.partial.h5")
+        pca_partial = partial.with_name("surface.pca.partial.h5")  # store.RESUME_DATA names it
         srf = trajectory_plane(model, load_tensors(ckpt)["checkpoints"], x, y, grid=opts["grid"],
                                store=pca_partial, **common)
         shutil.move(str(pca_partial), out / "pca.h5")

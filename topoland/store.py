@@ -5,8 +5,11 @@ Layout::
     RUN/config.toml                 resolved config (what the run was asked to do)
     RUN/index.sqlite                cells, stage status, summaries, file checksums
     RUN/cells/<cell_id>/<stage>/    one folder per finished stage (safetensors, CSV, HDF5, JSON)
-    RUN/tables/                     cross-cell tables (features, classifiers, comparisons)
+    RUN/run/<stage>/                run-level stages across cells (paths, analysis tables, report)
     RUN/.lock                       held by the process working on the run
+
+Beside a stage folder may lie its resume data (:data:`RESUME_DATA`) and, after a killed
+process, temporaries (``*.tmp-<pid>``). :meth:`RunStore.verify` flags anything else.
 
 A stage's results are written into ``<stage>.tmp-<pid>/`` and renamed into place; only then is
 the stage marked done in the index, with a SHA-256 of every file. A crash at any moment leaves
@@ -19,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -45,6 +49,20 @@ CREATE TABLE IF NOT EXISTS files (
 """
 
 RUN_LEVEL = "_run"  # pseudo cell id of run-level stages (analysis, report, paths across cells)
+
+#: resume data the stages keep beside their folder while they work (topoland/run.py writes them)
+RESUME_DATA = {"surface": ("surface.partial.h5", "surface.pca.partial.h5"), "paths": ("paths.pairs",)}
+#: what a run directory's root may hold besides ``cells/`` and ``run/`` (the index's SQLite side
+#: files exist while it is open, and after a killed process)
+_ROOT_FILES = ("config.toml", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal",
+               ".lock")
+_TMP = re.compile(r"\.tmp-\d+$")
+
+
+def _is_temporary(name: str) -> bool:
+    """A temporary of an atomic write (``<name>.tmp-<pid>``, ``.<name>.tmp-<pid>``): left only by
+    a killed process, removed by the next run (:meth:`RunStore.clean_stale`)."""
+    return bool(_TMP.search(name))
 
 #: the columns of every index table, as the schema above creates them
 _COLUMNS = {"meta": ("key", "value"), "cells": ("cell_id", "position", "label", "settings", "overrides"),
@@ -389,11 +407,16 @@ class RunStore:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def resume_paths(self, cell_id: str, stage: str) -> list[Path]:
-        """Resume data of a stage: siblings named ``<stage>.<suffix>`` (e.g. ``paths.pairs/``,
-        ``surface.partial.h5``) that let a killed stage go on where it stopped. They are not
-        results: ``verify`` ignores them and ``invalidate`` removes them."""
+        """Resume data of a stage (:data:`RESUME_DATA`, and its temporaries): siblings of the
+        stage folder that let a killed stage go on where it stopped. They are not results:
+        ``verify`` does not check their content and ``invalidate`` removes them. Any other name
+        (a user's ``train.bak/``) is left alone."""
         d = self.stage_dir(cell_id, stage)
-        return sorted(d.parent.glob(f"{stage}.*")) if d.parent.is_dir() else []
+        names = RESUME_DATA.get(stage, ())
+        if not d.parent.is_dir():
+            return []
+        return sorted(p for p in d.parent.iterdir()
+                      if p.name in names or (_is_temporary(p.name) and _TMP.sub("", p.name) in names))
 
     def clean_stale(self):
         """Remove temporary folders and files left by killed processes, and reset 'running' rows."""
@@ -423,7 +446,9 @@ class RunStore:
 
     # -- verification ---------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """Check index against files: every done stage's files exist with their checksums.
+        """Check index against files: every done stage's files exist with their checksums, and
+        the directory holds nothing else (an unknown file at the root or in a cell folder, a
+        cell folder of no cell, a stray ``train.bak/``, an extra file or folder in a stage).
 
         Returns a list of problems (empty when consistent).
         """
@@ -447,15 +472,49 @@ class RunStore:
                     problems.append(f"{cid}/{stage}/{rel}: missing")
                 elif f.stat().st_size != size or _sha256(f) != sha:
                     problems.append(f"{cid}/{stage}/{rel}: checksum mismatch")
-        done_set = {(c, s) for c, s in done}
-        for base, cid_of in ((self.path / "cells", lambda p: p.parent.name), (self.path / "run", lambda p: RUN_LEVEL)):
-            if not base.is_dir():
+            problems += [f"{cid}/{stage}/{rel}/: folder not in the index"
+                         for rel in _unlisted_folders(d, listed)]
+        return problems + self._layout_problems({(c, s) for c, s in done})
+
+    def _layout_problems(self, done: set) -> list[str]:
+        """Everything in the run directory that is neither a file a run writes, a stage folder,
+        resume data (:data:`RESUME_DATA`) nor a temporary of a killed process."""
+        problems = []
+        for p in sorted(self.path.iterdir()):
+            if p.name in ("cells", "run") and p.is_dir() or p.name in _ROOT_FILES and p.is_file():
                 continue
-            for d in base.glob("*/*" if base.name == "cells" else "*"):
-                # stage names hold no dot; '<stage>.<suffix>' is resume data or a temporary
-                if d.is_dir() and "." not in d.name and (cid_of(d), d.name) not in done_set:
-                    problems.append(f"{cid_of(d)}/{d.name}: folder without a finished stage in the index")
+            if not _is_temporary(p.name):
+                problems.append(f"{p.name}{'/' if p.is_dir() else ''}: not part of a run directory "
+                                "(unknown file at its root)")
+        cells = self.path / "cells"
+        known = {r[0] for r in self._query("SELECT cell_id FROM cells")}
+        folders = [(RUN_LEVEL, self.path / "run")]
+        for p in sorted(cells.iterdir()) if cells.is_dir() else []:
+            if p.is_dir() and p.name in known:
+                folders.append((p.name, p))
+            elif not _is_temporary(p.name):
+                problems.append(f"cells/{p.name}{'/' if p.is_dir() else ''}: "
+                                + ("folder of no cell in the index" if p.is_dir() else "file not in the index"))
+        resume = {n for names in RESUME_DATA.values() for n in names}
+        for cid, folder in folders:
+            for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if p.name in resume or _is_temporary(p.name) or (cid, p.name) in done:
+                    continue
+                if p.is_dir() and "." not in p.name:  # stage names hold no dot
+                    problems.append(f"{cid}/{p.name}: folder without a finished stage in the index")
+                else:
+                    problems.append(f"{cid}/{p.name}{'/' if p.is_dir() else ''}: "
+                                    f"{'folder' if p.is_dir() else 'file'} not in the index "
+                                    "(neither a stage's results nor its resume data)")
         return problems
+
+
+def _unlisted_folders(d: Path, listed: set[str]) -> list[str]:
+    """Sub-folders of a stage folder ``d`` that hold none of its ``listed`` files."""
+    holding = {str(Path(r).parent) for r in listed} - {"."}
+    holding |= {str(parent) for h in holding for parent in Path(h).parents} - {"."}
+    return sorted(rel for rel in (p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_dir())
+                  if rel not in holding)
 
 
 def _jsonable(x):

@@ -59,7 +59,7 @@ class GridStore:
         metrics = [str(m) for m in metrics]
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")  # the store's temporary pattern
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["kind"] = str(kind)
