@@ -212,7 +212,7 @@ def test_report_pages_and_headings(full_report):
     # correlations need 5 complete rows per feature: the analysis leaves them out here (3 topologies)
     corr = (store.stage_dir(RUN_LEVEL, "analysis") / "correlations.csv").is_file()
     expected = (["topoland report: tinyreport", "The minima: settings and metrics"] + minima
-                + ["Topology vs generalization"] + ["Rank correlations with generalization"] * corr
+                + ["Topology features with resampling intervals", "Topology vs generalization"] + ["Rank correlations with generalization"] * corr
                 + ["Metrics by grid setting", "Classifier table",
                    "Classifier table: both standard errors and adjusted p",
                    "Accuracy ± cross-validation SE per classifier",

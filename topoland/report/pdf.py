@@ -8,6 +8,7 @@ Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
    picture coloured by loss and by step size (trajectories drawn as paths), the filtration graph
    on the principal plane, persistence diagrams, Betti curves, the features' resampling
    intervals, plane surface, 1-D curves, eigenvalue density; the graphs' component counts;
+   then the topology features of every minimum with their resampling intervals;
    then, when any cell ran the optional ensemble stage, fast geometric ensembles: ensemble test
    accuracy against the number of members, one line per minimum, and a table;
 4. across minima: topology (activity, basins, normalized activity, loss range) vs
@@ -36,6 +37,7 @@ from ..errors import StoreError, TopolandError
 from ..store import RUN_LEVEL, RunStore, atomic_write_bytes
 from .common import blank as _blank
 from .common import fmt as _fmt
+from .minimum import intervals_page as _intervals_page
 from .minimum import minimum_page as _minimum_page
 
 __all__ = ["build_report", "pdf_pages", "ReportError", "PAGE_SIZE", "MIN_FONT_PT", "CELL_STAGE_ORDER"]
@@ -845,6 +847,8 @@ def build_report(run_dir, pdf_path) -> dict:
         for cid in run.cells.cell_id:
             if run.done(cid, "topology") and "skipped" not in run.summary(cid, "topology"):
                 _minimum_page(w, run, cid)  # a skipped topology (diverged training) is on the notes page
+        _intervals_page(w, run, [c for c in run.cells.cell_id if run.done(c, "topology")
+                                 and "skipped" not in run.summary(c, "topology")])
         ens = _ensemble_pages(w, run)
         if ens is not None:
             tables["ensembles"] = ens
