@@ -315,3 +315,113 @@ def test_verify_accepts_what_a_run_may_hold(trained, tmp_path):
     assert st.verify() == []
     st.invalidate(cid, "surface")
     assert sorted(p.name for p in (run_dir / "cells" / cid).iterdir()) == ["sample.tmp-4567", "train"]
+
+
+# ------------------------------------------------------------------- 5. untrusted checkpoint specs
+def _tampered(src, dst, *, spec=None, tensors=None):
+    """A copy of checkpoint ``src`` with its spec changed by ``spec(dict)`` / tensors by ``tensors(dict)``."""
+    import json
+
+    from topoland.checkpoint import load_tensors, save_tensors
+    ts, meta = load_tensors(src)
+    s = json.loads(meta["spec"])
+    if spec:
+        spec(s)
+    if tensors:
+        tensors(ts)
+    save_tensors(dst, ts, meta | {"spec": json.dumps(s)})
+    return dst
+
+
+def _set(d, path, value):
+    *keys, last = path
+    for k in keys:
+        d = d[k]
+    d[last] = value
+
+
+BAD_SPECS = [
+    ("giant model", ("kwargs", "widths"), [10 ** 6, 10 ** 6],
+     "its spec asks for a 'mlp' model of 1,000,013,000,003 parameters, above the budget of 200,000,000; "
+     "raise it (--max-params)"),
+    ("unknown model argument", ("kwargs", "evil"), 1, "its spec is refused: unknown config key 'model.evil'"),
+    ("unknown model", ("name",), "gpt", "its spec is refused: config key 'model.name'"),
+    ("bad data key", ("data", "val_fraction"), 5.0, "its spec is refused: config key 'data.val_fraction' = 5.0"),
+    ("bad seed", ("seed",), -3, "its spec is refused: config key 'run.seed' = -3"),
+    ("bad input shape", ("input_shape",), [0], "spec input_shape must be a list of 1 to 3 positive integers"),
+    ("bad classes", ("num_classes",), "3", "spec num_classes must be a positive integer, got '3'"),
+]
+
+
+@pytest.mark.parametrize("what, key, value, message", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_checkpoint_spec_is_untrusted_input(trained, tmp_path, capsys, what, key, value, message):
+    st = RunStore.open(trained[1])
+    src = st.stage_dir(st.cells().cell_id[0], "train") / "model.safetensors"
+    bad = _tampered(src, tmp_path / "in" / "bad.safetensors", spec=lambda s: _set(s, key, value))
+    before = tree_hash(tmp_path)
+    err = one_error_line(capsys, main(["surface", str(bad), "--grid", "3", "--out", str(tmp_path / "o" / "s")]))
+    assert f"checkpoint {bad}: " in err and message in err, err
+    assert tree_hash(tmp_path) == before
+
+
+def test_checkpoint_parameter_budget_flag(trained, tmp_path, capsys):
+    """The budget is a flag: a model above a lowered budget is refused, the default lets it in."""
+    from topoland.checkpoint import MAX_PARAMS
+    from topoland.cli_tools import _MAX_PARAMS_TEXT
+    assert f"{MAX_PARAMS:,}" == _MAX_PARAMS_TEXT
+    st = RunStore.open(trained[1])
+    src = st.stage_dir(st.cells().cell_id[0], "train") / "model.safetensors"
+    out = tmp_path / "s"
+    err = one_error_line(capsys, main(["surface", str(src), "--grid", "3", "--out", str(out), "--max-params", "100"]))
+    assert "model of 195 parameters, above the budget of 100" in err and not list(tmp_path.iterdir())
+    assert main(["surface", str(src), "--kind", "line", "--grid", "3", "--out", str(out), "--max-params", "195"]) == 0
+    assert out.with_suffix(".csv").is_file()
+
+
+def test_checkpoint_never_downloads(trained, tmp_path, capsys, monkeypatch):
+    """A spec whose data section asks for a download into a chosen folder: no download is
+    tried, no folder created; the message says where the files should be."""
+    from topoland import data as data_mod
+    tried = []
+    monkeypatch.setattr(data_mod, "_download", lambda *a, **k: tried.append(a))
+    st = RunStore.open(trained[1])
+    src = st.stage_dir(st.cells().cell_id[0], "train") / "model.safetensors"
+    chosen = tmp_path / "chosen"
+
+    def spec(s):
+        s["data"] = s["data"] | {"name": "mnist", "root": str(chosen), "download": True}
+    bad = _tampered(src, tmp_path / "bad.safetensors", spec=spec)
+    before = tree_hash(tmp_path)
+    err = one_error_line(capsys, main(["surface", str(bad), "--grid", "3", "--out", str(tmp_path / "o" / "s")]))
+    assert "mnist" in err.lower() and str(chosen) in err, err
+    assert tried == [] and not chosen.exists() and tree_hash(tmp_path) == before
+
+
+def test_nonfinite_weights_are_named(trained, tmp_path, capsys):
+    """NaN/inf weights are named (tensor and count), from a checkpoint command and inside a run,
+    where restoring the file resumes to the results of an undisturbed run."""
+    def poison(ts):
+        ts["net.1.weight"][0, :3] = float("nan")
+        ts["net.3.bias"][1] = float("inf")
+    st = RunStore.open(trained[1])
+    cid = st.cells().cell_id[0]
+    src = st.stage_dir(cid, "train") / "model.safetensors"
+    bad = _tampered(src, tmp_path / "bad.safetensors", tensors=poison)
+    err = one_error_line(capsys, main(["surface", str(bad), "--grid", "3", "--out", str(tmp_path / "o" / "s")]))
+    assert ("tensor 'net.1.weight' has 3 non-finite values (NaN or inf); "
+            "tensor 'net.3.bias' has 1 non-finite value (NaN or inf)") in err, err
+    assert "directions differ" not in err and not (tmp_path / "o").exists()
+
+    opts = {"n_probes": 1, "n_samples": 16, "n_directions": 1}
+    ref = _copy_run(trained[1], tmp_path / "ref")
+    assert run_mod.run_stage_in_dir(ref, "curvature", overrides=opts, progress=False).failures == []
+    run_dir = _copy_run(trained[1], tmp_path / "run")
+    target = RunStore.open(run_dir).stage_dir(cid, "train") / "model.safetensors"
+    good = target.read_bytes()
+    shutil.copyfile(bad, target)
+    rep = run_mod.run_stage_in_dir(run_dir, "curvature", overrides=opts, progress=False)
+    assert [(c, s) for c, s, _ in rep.failures] == [(cid, "curvature")]
+    assert "tensor 'net.1.weight' has 3 non-finite values" in rep.failures[0][2]
+    target.write_bytes(good)
+    assert run_mod.run_stage_in_dir(run_dir, "curvature", overrides=opts, progress=False).failures == []
+    assert assert_same_results(ref, run_dir, ["train", "curvature"]) > 0

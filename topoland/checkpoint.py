@@ -31,6 +31,10 @@ __all__ = ["save_checkpoint", "load_checkpoint", "save_tensors", "load_tensors",
 FORMAT_VERSION = "1"
 _SPEC_KEYS = ("name", "input_shape", "num_classes")
 
+#: the largest model (scalar parameters) a checkpoint's spec may ask for unless the caller raises
+#: it (``max_params=``, ``--max-params``): 200 million, 800 MB in float32 (a WRN-28-10 has 36.5 M)
+MAX_PARAMS = 200_000_000
+
 
 def save_tensors(path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (name -> tensor, any device) and string ``metadata`` atomically."""
@@ -114,6 +118,82 @@ def _spec_json(spec: dict) -> str:
         raise ConfigError(f"checkpoint spec is not JSON-serializable: {exc}") from exc
 
 
+def _shape(v, what: str, path) -> list[int]:
+    ok = isinstance(v, list) and 1 <= len(v) <= 3 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: spec {what} must be a list of 1 to 3 positive integers, "
+                              f"got {v!r}")
+    return v
+
+
+def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
+    """A checkpoint's embedded spec, checked as untrusted input before anything is built.
+
+    The model and data sections and the seed are validated by the config's own declarations
+    (:func:`topoland.config.validate`); ``input_shape`` and ``num_classes`` must be positive
+    integers; the model's parameters are counted on the meta device (nothing allocated) and a
+    model above ``max_params`` is refused (None: no limit). Returns the spec with the data
+    section resolved over its defaults and ``download`` forced off: a checkpoint never makes
+    topoland reach the network. Raises :class:`CheckpointError` naming the file and the key.
+    """
+    from topoland.config import validate
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"checkpoint {path}: spec must be a JSON object, got {type(spec).__name__}")
+    missing = [k for k in _SPEC_KEYS if k not in spec]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: spec lacks key(s) {', '.join(missing)}")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not isinstance(spec["name"], str):
+        raise CheckpointError(f"checkpoint {path}: spec name must be a string and kwargs an object")
+    n_cls = spec["num_classes"]
+    if not isinstance(n_cls, int) or isinstance(n_cls, bool) or n_cls < 1:
+        raise CheckpointError(f"checkpoint {path}: spec num_classes must be a positive integer, got {n_cls!r}")
+    raw = {"model": {"name": spec["name"], **kwargs}, "run": {"seed": spec.get("seed", 0)}}
+    if spec.get("data"):
+        raw["data"] = spec["data"]
+    try:
+        cfg = validate(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: its spec is refused: {e}") from None
+    out = dict(spec) | {"input_shape": _shape(spec["input_shape"], "input_shape", path), "kwargs": dict(kwargs)}
+    if spec.get("data"):
+        out["data"] = cfg["data"] | {"download": False}
+    if max_params is not None:
+        n = spec_parameters(out, path)
+        if n > max_params:
+            raise CheckpointError(f"checkpoint {path}: its spec asks for a '{spec['name']}' model of {n:,} "
+                                  f"parameters, above the budget of {max_params:,}; raise it (--max-params) "
+                                  "if you trust the file")
+    return out
+
+
+def spec_parameters(spec: dict, path="checkpoint") -> int:
+    """Scalar parameters and buffers of the model a spec describes, counted on the meta
+    device (shapes only, no memory)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(spec["name"], spec["input_shape"], spec["num_classes"], **spec.get("kwargs", {}))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} has an invalid model spec: {e}") from None
+    except Exception as e:  # a builder refusing impossible sizes (zero widths, too small inputs)
+        raise CheckpointError(f"checkpoint {path} has a model spec that cannot be built: "
+                              f"{type(e).__name__}: {e}") from None
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def nonfinite_problems(tensors: dict[str, Tensor]) -> list[str]:
+    """``"tensor X has N non-finite values"`` for every floating tensor holding NaN or inf."""
+    out = []
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() or t.is_complex():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                out.append(f"tensor {name!r} has {n} non-finite value{'s' * (n != 1)} (NaN or inf)")
+    return out
+
+
 def save_checkpoint(path, model: nn.Module, *, spec: dict, metrics: dict | None = None) -> None:
     """Save ``model.state_dict()`` and its ``spec`` (+ ``metrics``) to ``path`` atomically.
 
@@ -140,13 +220,16 @@ def compare_state(model: nn.Module, tensors: dict[str, Tensor]) -> list[str]:
     return problems
 
 
-def load_checkpoint(path, *, model: nn.Module | None = None, device="cpu") -> tuple[nn.Module, dict]:
+def load_checkpoint(path, *, model: nn.Module | None = None, device="cpu",
+                    max_params: int | None = MAX_PARAMS) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or a model rebuilt from the stored spec).
 
     Returns ``(model in eval mode on device, meta)`` with ``meta = {"spec": dict | None,
-    "metrics": dict, "format": str}``. Raises :class:`CheckpointError` when the file is
-    missing, truncated, a pickle, or its tensors do not match the architecture (listing the
-    missing, unexpected and mismatched tensors).
+    "metrics": dict, "format": str}``. A spec used to build the model is untrusted input
+    (:func:`check_spec`: validated, at most ``max_params`` parameters, ``download`` off).
+    Raises :class:`CheckpointError` when the file is missing, truncated, a pickle, its spec is
+    refused, its tensors do not match the architecture (listing the missing, unexpected and
+    mismatched tensors) or hold NaN or inf (naming each tensor).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -169,6 +252,7 @@ def load_checkpoint(path, *, model: nn.Module | None = None, device="cpu") -> tu
         if model is None:
             if spec is None:
                 raise CheckpointError(f"checkpoint {path} has no model spec: pass model= to load it")
+            spec = meta["spec"] = check_spec(spec, path, max_params=max_params)
             try:
                 model = build_model(spec["name"], spec["input_shape"], spec["num_classes"],
                                     **spec.get("kwargs", {}))
@@ -178,6 +262,9 @@ def load_checkpoint(path, *, model: nn.Module | None = None, device="cpu") -> tu
     if problems:
         raise CheckpointError(f"checkpoint {path} does not match the model architecture: "
                               + "; ".join(problems))
+    bad = nonfinite_problems(tensors)
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: " + "; ".join(bad) + " (a diverged training?)")
     model.load_state_dict(tensors, strict=True)
     model.to(device)
     model.eval()

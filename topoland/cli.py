@@ -343,7 +343,11 @@ def _quiet_library_warnings():
 def main(argv=None) -> int:
     _quiet_library_warnings()
     parser = build_parser()
-    a = parser.parse_args(argv)
+    try:
+        a = parser.parse_args(argv)
+    except TopolandError as e:  # an argument type that names its own culprit (--range)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not a.command:
         parser.print_help()
         return 0

@@ -13,6 +13,20 @@ from .errors import TopolandError
 HANDLERS: dict = {}
 
 
+_MAX_PARAMS_TEXT = "200,000,000"  # topoland.checkpoint.MAX_PARAMS, without importing torch for --help
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+    try:
+        n = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}")
+    return n
+
+
 def _range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(":"))
@@ -49,6 +63,9 @@ def add_commands(subs, make):
     s.add_argument("--out", default="surface", help="output stem: <out>.h5, <out>.png, <out>.vtk")
     s.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
     s.add_argument("--root", help="folder of a torchvision dataset")
+    s.add_argument("--max-params", type=_positive_int, default=None, metavar="N",
+                   help="largest model a checkpoint's spec may ask for, in parameters (default: "
+                        f"{_MAX_PARAMS_TEXT}); raise it only for files you trust")
 
     s = make(subs, "neb", "minimum-energy path between two checkpoints", """\
         Find a low-loss path between two minima of one architecture (NEB, AutoNEB with the
@@ -72,6 +89,9 @@ def add_commands(subs, make):
     s.add_argument("--out", default="neb", help="output folder (profiles CSV, barriers JSON, figure)")
     s.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
     s.add_argument("--root", help="folder of a torchvision dataset")
+    s.add_argument("--max-params", type=_positive_int, default=None, metavar="N",
+                   help="largest model a checkpoint's spec may ask for, in parameters (default: "
+                        f"{_MAX_PARAMS_TEXT}); raise it only for files you trust")
 
     s = make(subs, "connect", "connect the minima of a run and draw how they connect", """\
         Connect minima pairs of a run (all pairs, or the AutoNEB strategy: grow a minimum
@@ -90,11 +110,14 @@ def add_commands(subs, make):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _load(path, data_name=None, root=None):
-    """A checkpoint's model (eval mode) and the dataset it was trained on (or ``data_name``)."""
-    from .checkpoint import load_checkpoint
+def _load(path, data_name=None, root=None, max_params=None):
+    """A checkpoint's model (eval mode) and the dataset it was trained on (or ``data_name``).
+
+    The checkpoint's spec is untrusted (:func:`topoland.checkpoint.check_spec`): validated, at
+    most ``max_params`` parameters, and never a reason to download a dataset."""
+    from .checkpoint import MAX_PARAMS, load_checkpoint
     from .run import load_cell_data
-    model, meta = load_checkpoint(path)
+    model, meta = load_checkpoint(path, max_params=max_params or MAX_PARAMS)
     spec = meta.get("spec") or {}
     data_cfg = dict(spec.get("data") or {})
     seed = int(spec.get("seed", 0))
@@ -107,6 +130,7 @@ def _load(path, data_name=None, root=None):
     from .config import defaults
     cfg = defaults()
     cfg["data"].update(data_cfg)
+    cfg["data"]["download"] = False  # a checkpoint never makes topoland reach the network
     cfg["run"]["seed"] = seed
     data = load_cell_data(cfg)
     if tuple(data.input_shape) != tuple(spec.get("input_shape", data.input_shape)):
@@ -148,7 +172,7 @@ def _cmd_surface(a):
                                                           "range": list(a.range), "n_samples": a.samples},
                                force=True)
         return _finish(rep)
-    model, data = _load(src, a.data, a.root)
+    model, data = _load(src, a.data, a.root, a.max_params)
     x, y = _subset(data, a.samples, a.seed)
     common = dict(x_test=data.x_test, y_test=data.y_test)
     out = Path(a.out)
@@ -163,14 +187,14 @@ def _cmd_surface(a):
     elif a.kind == "interpolate":
         if len(a.other) != 1:
             raise TopolandError("--kind interpolate needs exactly one --other checkpoint")
-        other, _ = _load(a.other[0], a.data, a.root)
+        other, _ = _load(a.other[0], a.data, a.root, a.max_params)
         srf = S.interpolate(model, other, x, y, alphas=np.linspace(*a.range, a.grid),
                             kind="states" if a.states else "weights", store=h5, **common)
     else:
         if len(a.other) != 2:
             raise TopolandError("--kind through needs exactly two --other checkpoints")
-        b, _ = _load(a.other[0], a.data, a.root)
-        c, _ = _load(a.other[1], a.data, a.root)
+        b, _ = _load(a.other[0], a.data, a.root, a.max_params)
+        c, _ = _load(a.other[1], a.data, a.root, a.max_params)
         srf = S.plane_through(model, b, c, x, y, grid=a.grid, store=h5, **common)
     png = out.with_suffix(".png")
     if srf.ndim == 2:
@@ -188,8 +212,8 @@ def _cmd_surface(a):
 def _cmd_neb(a):
     from .plots.paths import plot_profiles
     from .run import connect_models
-    ma, data = _load(a.a, a.data, a.root)
-    mb, _ = _load(a.b, a.data, a.root)
+    ma, data = _load(a.a, a.data, a.root, a.max_params)
+    mb, _ = _load(a.b, a.data, a.root, a.max_params)
     res = connect_models(ma, mb, data, method=a.method, n_images=a.images, steps=a.steps, lr=a.lr,
                          climbing=a.climbing, n_samples=a.samples, batch_size=a.batch, seed=a.seed)
     out = Path(a.out)

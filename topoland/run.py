@@ -54,9 +54,13 @@ class CellContext:
         return self._data
 
     def model(self):
-        """The trained minimum of this cell (an ``nn.Module`` in eval mode)."""
+        """The trained minimum of this cell (an ``nn.Module`` in eval mode), built from the cell's
+        validated config, not from the spec inside the file (a checkpoint's spec is untrusted)."""
         from .checkpoint import load_checkpoint
-        model, _ = load_checkpoint(self.stage_dir("train") / "model.safetensors")
+        from .models import build_model
+        name, kwargs = model_spec(self.config)
+        shell = build_model(name, self.data.input_shape, self.data.num_classes, **kwargs)
+        model, _ = load_checkpoint(self.stage_dir("train") / "model.safetensors", model=shell)
         return model.eval()
 
 
