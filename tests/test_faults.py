@@ -425,3 +425,71 @@ def test_nonfinite_weights_are_named(trained, tmp_path, capsys):
     target.write_bytes(good)
     assert run_mod.run_stage_in_dir(run_dir, "curvature", overrides=opts, progress=False).failures == []
     assert assert_same_results(ref, run_dir, ["train", "curvature"]) > 0
+
+
+# ------------------------------------------------------------------- 3. resume checks the disk
+@pytest.mark.parametrize("fault", ["cell folder deleted", "stage folder deleted", "file altered", "file added"])
+def test_resume_recomputes_what_changed_on_disk(trained, tmp_path, capsys, fault):
+    cfg, ref = trained
+    run_dir = _copy_run(ref, tmp_path / "run")
+    st = RunStore.open(run_dir)
+    cid = st.cells().cell_id[1]
+    train = st.stage_dir(cid, "train")
+    if fault == "cell folder deleted":
+        shutil.rmtree(train.parent)
+    elif fault == "stage folder deleted":
+        shutil.rmtree(train)
+    elif fault == "file altered":
+        (train / "history.csv").write_text("epoch\n0\n")
+    else:
+        (train / "extra.txt").write_text("x")
+    assert main(["verify", str(run_dir)]) == 1
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    assert f"note: {cid}/train: recomputed, its results changed on disk" in capsys.readouterr().out
+    assert main(["verify", str(run_dir)]) == 0
+    assert assert_same_results(ref, run_dir, ["train"]) == 8
+
+
+def test_stage_dependencies_and_changed_config(tmp_path, capsys):
+    """Recomputing a stage invalidates what read it (topology reads sample, the analysis every
+    cell's features); a changed config section reruns the stages that read it; and going back
+    to the config gives the bytes of an undisturbed run."""
+    from topoland.run import dependents
+    from topoland.store import RUN_LEVEL
+    assert dependents("sample") == ["topology", "analysis", "report"]
+    assert dependents("paths") == ["report"] and dependents("report") == []
+    stages = '["train", "sample", "topology", "surface", "curvature", "analysis"]'
+    cfg = tiny_config(tmp_path / "t.toml", epochs=2, extra=_DETERMINISM, stages=stages)
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(ref), "--quiet"]) == 0
+    shutil.copytree(ref, run_dir)
+    st = RunStore.open(run_dir)
+    cells = list(st.cells().cell_id)
+
+    # sample recomputed with another value: its dependents are no longer marked done
+    assert main(["sample", str(run_dir), "--set", "epochs=3", "--force", "--quiet"]) == 0
+    assert all(st.is_done(c, "sample") and st.summary(c, "sample")["options"]["epochs"] == 3 for c in cells)
+    assert not any(st.is_done(c, "topology") for c in cells) and not st.is_done(RUN_LEVEL, "analysis")
+    assert all(st.is_done(c, "train") and st.is_done(c, "curvature") for c in cells)  # not readers of sample
+    assert main(["verify", str(run_dir)]) == 0
+    # a --set without --force that changes what a finished stage read recomputes it too
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--set", "epochs=4", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("sample: recomputed, the config it read changed") == len(cells)
+    assert all(st.summary(c, "sample")["options"]["epochs"] == 4 for c in cells)
+
+    # a changed [analysis] section reruns the analysis, and the stored config says so
+    changed = tmp_path / "changed.toml"
+    changed.write_text(cfg.read_text().replace("n_boot = 20", "n_boot = 30"))
+    assert main(["run", str(changed), "--out", str(run_dir), "--quiet"]) == 0
+    assert st.inputs(RUN_LEVEL, "analysis")["analysis"]["n_boot"] == 30
+    assert "n_boot = 30" in (run_dir / "config.toml").read_text()
+    # the sample stage went back to the config's value; back to the config: an undisturbed run's bytes
+    assert all(st.summary(c, "sample")["options"]["epochs"] == 2 for c in cells)
+    assert main(["run", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
+    assert st.inputs(RUN_LEVEL, "analysis")["analysis"]["n_boot"] == 20
+    files = {p.relative_to(ref).as_posix() for p in ref.rglob("*") if p.is_file()}
+    assert files == {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
+    differ = [f for f in sorted(files - TIME_OR_PROCESS_FILES) if (ref / f).read_bytes() != (run_dir / f).read_bytes()]
+    assert differ == []

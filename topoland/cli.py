@@ -110,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
             f"example:\n  topoland {name} runs/quickstart")
         s.add_argument("run_dir", help="run directory")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"override a [{name}] config key for this invocation, e.g. --set epochs=5")
-        s.add_argument("--force", action="store_true", help="recompute where already done")
+                       help=f"override a [{name}] config key for this invocation, e.g. --set epochs=5; "
+                            "a finished stage that read another value is recomputed, and what depends on it "
+                            "is invalidated")
+        s.add_argument("--force", action="store_true",
+                       help="recompute where already done (stages that depend on it are invalidated)")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "sample":
             for opt, typ, hlp in (("--directions", int, "random directions"),
@@ -170,6 +173,8 @@ def _cmd_train(a):
 
 
 def _finish(rep) -> int:
+    for note in getattr(rep, "notes", ()):
+        print(f"note: {note}")
     print(f"run directory: {rep.run_dir}")
     tables = rep.run_dir / "run" / "analysis"
     if tables.is_dir():

@@ -27,6 +27,79 @@ CELL_STAGES = ("train", "sample", "topology", "surface", "curvature", "ensemble"
 RUN_STAGES = ("paths", "analysis", "report")
 assert CELL_STAGES + RUN_STAGES == STAGES
 
+#: what each stage reads of other stages: a per-cell stage the named stages of its own cell, a
+#: run-level stage the named stages of every cell and the named run-level stages. Recomputing or
+#: forcing a stage invalidates every stage that depends on it (:func:`dependents`).
+DEPENDS = {"train": (), "sample": ("train",), "topology": ("sample",), "surface": ("train",),
+           "curvature": ("train",), "ensemble": ("train",), "paths": ("train",),
+           "analysis": ("train", "sample", "topology", "surface", "curvature"),
+           "report": ("train", "sample", "topology", "surface", "curvature", "ensemble", "paths", "analysis")}
+#: the config sections each stage reads (and run.seed); recorded with the stage, and a stage
+#: whose sections changed since is recomputed (:func:`stage_inputs`)
+READS = {"train": ("data", "model", "train"), "sample": ("data", "model", "train", "sample"),
+         "topology": ("topology",), "surface": ("data", "surface"), "curvature": ("data", "curvature"),
+         "ensemble": ("data", "train", "ensemble"), "paths": ("data", "paths"), "analysis": ("analysis",),
+         "report": ()}
+assert set(DEPENDS) == set(READS) == set(STAGES)
+
+
+def dependents(stage: str) -> list[str]:
+    """Every stage that reads ``stage``, directly or through others, in pipeline order."""
+    out = {stage}
+    for s in STAGES:  # pipeline order: a stage's inputs come before it
+        if out & set(DEPENDS[s]):
+            out.add(s)
+    return [s for s in STAGES if s in out and s != stage]
+
+
+def invalidate_stage(store: RunStore, cell_id: str, stage: str) -> None:
+    """Forget a stage of a cell (or of the run) and every stage that depends on it: the same
+    cell's per-cell stages and the run-level ones."""
+    store.invalidate(cell_id, stage)
+    for d in dependents(stage):
+        if d in RUN_STAGES:
+            store.invalidate(RUN_LEVEL, d)
+        elif cell_id != RUN_LEVEL:
+            store.invalidate(cell_id, d)
+
+
+def stage_inputs(cfg: dict, stage: str) -> dict:
+    """The config values ``stage`` reads (:data:`READS`, with any command-line overrides),
+    keys at their defaults left out, so that a key added later does not count as a change."""
+    from .config import defaults
+    base = defaults()
+    out = {"run.seed": cfg["run"]["seed"]}
+    for section in READS[stage]:
+        vals = dict(cfg.get(section, {})) | (_OVERRIDES.get(section, {}) if section == stage else {})
+        ref = base.get(section, {}) if section != "model" else {}
+        out[section] = {k: v for k, v in sorted(vals.items()) if k not in ref or v != ref[k]}
+    return json.loads(json.dumps(out, default=str))
+
+
+def refresh_stages(store: RunStore, cell_cfgs: dict, run_cfg: dict | None = None,
+                   stages=CELL_STAGES) -> list[str]:
+    """Check the disk and the config against the index before resuming: a finished stage whose
+    folder is missing or altered, or whose recorded inputs differ from the config's, is
+    invalidated with its dependents so that it is recomputed. ``cell_cfgs``: cell id -> config;
+    ``stages``: the per-cell stages to check; ``run_cfg``: the config of the run-level stages
+    (None: leave them). Returns one line per stage invalidated, saying why."""
+    units = [(cid, s, c) for cid, c in cell_cfgs.items() for s in stages]
+    units += [(RUN_LEVEL, s, run_cfg) for s in RUN_STAGES] if run_cfg is not None else []
+    why = []
+    for cid, stage, cfg in units:
+        if not store.is_done(cid, stage):
+            continue
+        problems = store.stage_problems(cid, stage)
+        recorded = store.inputs(cid, stage)
+        if problems:
+            why.append(f"{cid}/{stage}: recomputed, its results changed on disk ({problems[0]})")
+        elif recorded is not None and recorded != stage_inputs(cfg, stage):
+            why.append(f"{cid}/{stage}: recomputed, the config it read changed")
+        else:
+            continue
+        invalidate_stage(store, cid, stage)
+    return why
+
 
 # ---------------------------------------------------------------------------------- context
 @dataclass
@@ -311,6 +384,7 @@ STAGE_FUNCS = {"train": stage_train, "sample": stage_sample, "topology": stage_t
 class RunReport:
     run_dir: Path
     failures: list = field(default_factory=list)   # (cell_id, stage, message)
+    notes: list = field(default_factory=list)      # stages recomputed because disk or config changed
     seconds: dict = field(default_factory=dict)    # stage -> total seconds this invocation
     report_path: Path | None = None
 
@@ -386,6 +460,7 @@ def run_cell_stages(store: RunStore, cell_id: str, stages, *, on_stage=None) -> 
         try:
             with store.stage(cell_id, stage) as box:
                 box["summary"] = STAGE_FUNCS[stage](ctx, box["dir"]) or {}
+                box["inputs"] = stage_inputs(ctx.config, stage)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # recorded in the index by store.stage; other cells go on
@@ -414,10 +489,12 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
         store.set_meta("device", f"{dev.type} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                        else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
         for stage in force:
-            for c in cells:
-                store.invalidate(c.cell_id, stage)
-            store.invalidate(RUN_LEVEL, stage)
-        # a rerun retries failed stages: forget their failure rows
+            for cid in [c.cell_id for c in cells] if stage in CELL_STAGES else [RUN_LEVEL]:
+                invalidate_stage(store, cid, stage)
+        if store.config_text() != to_toml(cfg):  # what the run is asked to do now (a run-level section)
+            from .store import atomic_write_text
+            atomic_write_text(store.path / "config.toml", to_toml(cfg))
+        report.notes += refresh_stages(store, {c.cell_id: store.cell_config(c.cell_id) for c in cells}, cfg)
         cell_stages = [s for s in stages if s in CELL_STAGES]
         done_before = _n_done(store)
         t0 = time.time()
@@ -440,6 +517,7 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
             try:
                 with store.stage(RUN_LEVEL, stage) as box:
                     box["summary"] = RUN_STAGE_FUNCS[stage](store, cfg, box["dir"]) or {}
+                    box["inputs"] = stage_inputs(cfg, stage)
             except KeyboardInterrupt:
                 raise
             except Exception as e:
@@ -555,7 +633,9 @@ def run_stage_in_dir(run_dir, stage: str, *, overrides=None, force=False, progre
             ids = list(store.cells().cell_id)
             if force:
                 for cid in ids:
-                    store.invalidate(cid, stage)
+                    invalidate_stage(store, cid, stage)
+            # this stage only: damage upstream is the whole run's business (`topoland run`)
+            report.notes += refresh_stages(store, {cid: store.cell_config(cid) for cid in ids}, stages=[stage])
             from .execute import execute_cells
             report.failures += execute_cells(store, ids, [stage], progress=progress)
     finally:
@@ -764,7 +844,7 @@ def connect_run(run_dir, *, strategy="mst", method=None, steps=None) -> RunRepor
         cfg["paths"]["steps"] = steps
     report = RunReport(store.path)
     with store:
-        store.invalidate(RUN_LEVEL, "paths")
+        invalidate_stage(store, RUN_LEVEL, "paths")
         try:
             with store.stage(RUN_LEVEL, "paths") as box:
                 box["summary"] = stage_paths(store, cfg, box["dir"])

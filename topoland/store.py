@@ -59,6 +59,10 @@ _ROOT_FILES = ("config.toml", "index.sqlite", "index.sqlite-wal", "index.sqlite-
 _TMP = re.compile(r"\.tmp-\d+$")
 
 
+def _inputs_key(cell_id: str, stage: str) -> str:
+    return f"inputs/{cell_id}/{stage}"
+
+
 def _is_temporary(name: str) -> bool:
     """A temporary of an atomic write (``<name>.tmp-<pid>``, ``.<name>.tmp-<pid>``): left only by
     a killed process, removed by the next run (:meth:`RunStore.clean_stale`)."""
@@ -346,7 +350,8 @@ class RunStore:
     def stage(self, cell_id: str, stage: str):
         """Write a stage's results atomically.
 
-        Yields a temporary folder; the body writes into it and may set ``box["summary"]``.
+        Yields a temporary folder; the body writes into it and may set ``box["summary"]`` and
+        ``box["inputs"]`` (the config values the stage read, see :meth:`inputs`).
         On success the folder is renamed into place and the stage marked done with checksums.
         On an exception the stage is marked failed with its message and nothing is kept.
         """
@@ -384,6 +389,10 @@ class RunStore:
             db.execute("UPDATE stages SET status = 'done', finished = ?, seconds = ?, summary = ?, error = NULL "
                        "WHERE cell_id = ? AND stage = ?",
                        (finished, finished - started, json.dumps(_jsonable(box["summary"])), cell_id, stage))
+            db.execute("DELETE FROM meta WHERE key = ?", (_inputs_key(cell_id, stage),))
+            if box.get("inputs") is not None:
+                db.execute("INSERT INTO meta VALUES (?, ?)",
+                           (_inputs_key(cell_id, stage), json.dumps(_jsonable(box["inputs"]), sort_keys=True)))
 
     def record_failure(self, cell_id: str, stage: str, error: str):
         """Record a stage that failed elsewhere (a Ray task) with its traceback."""
@@ -401,10 +410,40 @@ class RunStore:
         with self._db() as db:
             db.execute("DELETE FROM stages WHERE cell_id = ? AND stage = ?", (cell_id, stage))
             db.execute("DELETE FROM files WHERE cell_id = ? AND stage = ?", (cell_id, stage))
+            db.execute("DELETE FROM meta WHERE key = ?", (_inputs_key(cell_id, stage),))
         d = self.stage_dir(cell_id, stage)
         shutil.rmtree(d, ignore_errors=True)
         for p in self.resume_paths(cell_id, stage):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def inputs(self, cell_id: str, stage: str):
+        """The config values a finished stage recorded as read (None when it recorded none:
+        stages of run directories made before the record existed)."""
+        return self.get_meta(_inputs_key(cell_id, stage))
+
+    def stage_problems(self, cell_id: str, stage: str) -> list[str]:
+        """What is wrong on disk with a finished stage: its folder missing, a file missing,
+        altered or not in the index, a folder not in the index (empty when intact)."""
+        rows = self._query("SELECT relpath, sha256, size FROM files WHERE cell_id = ? AND stage = ?",
+                           (cell_id, stage))
+        return self._folder_problems(cell_id, stage, rows)
+
+    def _folder_problems(self, cid: str, stage: str, recorded) -> list[str]:
+        d = self.stage_dir(cid, stage)
+        if not d.is_dir():
+            return [f"{cid}/{stage}: marked done but its folder is missing"]
+        problems = []
+        on_disk = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
+        listed = {r for r, _, _ in recorded}
+        for extra in sorted(on_disk - listed):
+            problems.append(f"{cid}/{stage}/{extra}: file not in the index")
+        for rel, sha, size in recorded:
+            f = d / rel
+            if not f.is_file():
+                problems.append(f"{cid}/{stage}/{rel}: missing")
+            elif f.stat().st_size != size or _sha256(f) != sha:
+                problems.append(f"{cid}/{stage}/{rel}: checksum mismatch")
+        return problems + [f"{cid}/{stage}/{rel}/: folder not in the index" for rel in _unlisted_folders(d, listed)]
 
     def resume_paths(self, cell_id: str, stage: str) -> list[Path]:
         """Resume data of a stage (:data:`RESUME_DATA`, and its temporaries): siblings of the
@@ -458,22 +497,7 @@ class RunStore:
         for cid, stage, rel, sha, size in self._query("SELECT cell_id, stage, relpath, sha256, size FROM files"):
             recorded.setdefault((cid, stage), []).append((rel, sha, size))
         for cid, stage in done:
-            d = self.stage_dir(cid, stage)
-            if not d.is_dir():
-                problems.append(f"{cid}/{stage}: marked done but its folder is missing")
-                continue
-            on_disk = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
-            listed = {r for r, _, _ in recorded.get((cid, stage), [])}
-            for extra in sorted(on_disk - listed):
-                problems.append(f"{cid}/{stage}/{extra}: file not in the index")
-            for rel, sha, size in recorded.get((cid, stage), []):
-                f = d / rel
-                if not f.is_file():
-                    problems.append(f"{cid}/{stage}/{rel}: missing")
-                elif f.stat().st_size != size or _sha256(f) != sha:
-                    problems.append(f"{cid}/{stage}/{rel}: checksum mismatch")
-            problems += [f"{cid}/{stage}/{rel}/: folder not in the index"
-                         for rel in _unlisted_folders(d, listed)]
+            problems += self._folder_problems(cid, stage, recorded.get((cid, stage), []))
         return problems + self._layout_problems({(c, s) for c, s in done})
 
     def _layout_problems(self, done: set) -> list[str]:
