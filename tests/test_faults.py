@@ -493,3 +493,18 @@ def test_stage_dependencies_and_changed_config(tmp_path, capsys):
     assert files == {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     differ = [f for f in sorted(files - TIME_OR_PROCESS_FILES) if (ref / f).read_bytes() != (run_dir / f).read_bytes()]
     assert differ == []
+
+
+def test_ray_cells_bring_back_their_recorded_inputs(trained, tmp_path):
+    """A cell run elsewhere (a Ray task's body) returns the config values its stages read, and
+    the driver records them as a local run does."""
+    from topoland.execute import _unpack_into, run_packed_cell
+    from topoland.run import stage_inputs
+    st = RunStore.open(_copy_run(trained[1], tmp_path / "run"))
+    cid = st.cells().cell_id[0]
+    cfg = st.cell_config(cid)
+    st.invalidate(cid, "train")
+    new, failures, _ = run_packed_cell(cfg, cid, {}, ["train"])
+    assert failures == [] and new["train"]["inputs"] == stage_inputs(cfg, "train")
+    _unpack_into(st, cid, "train", new["train"])
+    assert st.inputs(cid, "train") == stage_inputs(cfg, "train") == RunStore.open(trained[1]).inputs(cid, "train")

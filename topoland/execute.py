@@ -95,7 +95,7 @@ def _pack(store: RunStore, cell_id: str, stages=None) -> dict:
             d = store.stage_dir(cell_id, stage)
             packed[stage] = {"files": {p.relative_to(d).as_posix(): p.read_bytes()
                                        for p in sorted(d.rglob("*")) if p.is_file()},
-                             "summary": store.summary(cell_id, stage)}
+                             "summary": store.summary(cell_id, stage), "inputs": store.inputs(cell_id, stage)}
     return packed
 
 
@@ -106,6 +106,7 @@ def _unpack_into(store: RunStore, cell_id: str, stage: str, item: dict):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
         box["summary"] = item["summary"]
+        box["inputs"] = item.get("inputs")  # the config values the stage read, as recorded where it ran
 
 
 def run_packed_cell(cell_config: dict, cell_id: str, packed: dict, stages) -> tuple[dict, list, dict]:
