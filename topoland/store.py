@@ -97,10 +97,15 @@ def index_problem(path) -> str | None:
     page = int.from_bytes(head[16:18], "big")
     page = 65536 if page == 1 else page
     n_pages = int.from_bytes(head[28:32], "big")
-    if head[24:28] == head[92:96] and size < page * n_pages:  # the page count is valid
+    wal = path.with_name(path.name + "-wal")
+    # with a WAL left by a killed process the main file may lag behind its header until SQLite
+    # replays the WAL: then only SQLite itself can tell (a plain connection, which replays it)
+    pending = wal.is_file() and wal.stat().st_size > 0
+    if not pending and head[24:28] == head[92:96] and size < page * n_pages:  # the page count is valid
         return f"is truncated ({size} bytes, its header says {page * n_pages})"
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+        con = (sqlite3.connect(path, timeout=30) if pending
+               else sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True))
         try:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
             cols = {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in _COLUMNS}
@@ -225,6 +230,9 @@ class RunStore:
             raise StoreError(f"run index '{self._db_path}' {problem}; {_INDEX_REMEDY}")
 
     def _index_error(self, e: Exception) -> StoreError:
+        if "locked" in str(e) or "busy" in str(e):
+            return StoreError(f"run index '{self._db_path}' is busy ({e}): another process is writing "
+                              "it; wait for it and retry")
         return StoreError(f"run index '{self._db_path}' cannot be used ({e}); {_INDEX_REMEDY}")
 
     def _json(self, text, what: str):
