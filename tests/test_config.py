@@ -1,6 +1,7 @@
 """Config validation and grid expansion."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from topoland.config import expand_grid, load_config, to_toml, validate
@@ -54,6 +55,14 @@ def test_defaults_fill_every_section():
     (_cfg(train={"target_acc": 1.5}), "train.target_acc"),
     (_cfg(train={"optimizer": "swa", "target_acc": 0.9}), "train.target_acc"),
     (_cfg(topology={"t": -5}), "topology.t"),
+    (_cfg(surface={"grid": 1}), "surface.grid"),
+    (_cfg(sample={"steps": []}), "sample.steps"),
+    (_cfg(sample={"steps": [0.5, "big"]}), "sample.steps"),
+    (_cfg(surface={"range": [-1.0, float("nan")]}), "surface.range"),
+    (_cfg(surface={"range": [1.0, -1.0]}), "surface.range"),
+    (_cfg(model={"name": "mlp", "widths": [16, 0]}), "model.widths"),
+    (_cfg(run={"seed": 2 ** 32}), "run.seed"),
+    (_cfg(run={"stages": []}), "run.stages"),
     (_cfg(topology={"t": "soon"}), "topology.t"),
     (_cfg(topology={"min_persistence": -0.1}), "topology.min_persistence"),
     (_cfg(topology={"min_persistence": float("nan")}), "topology.min_persistence"),
@@ -203,3 +212,65 @@ def test_analysis_adjustment_and_permutation_keys():
                         ({"compare_permutations": 0}, "analysis.compare_permutations")):
         with pytest.raises(ConfigError, match=match):
             validate({"analysis": body})
+
+
+#: single-key corruptions that are valid on purpose: the empty root (no folder), an empty
+#: milestone list (a constant learning rate), no classifier targets (the analysis still
+#: correlates and compares)
+_VALID_CORRUPTIONS = {("data.root", '""'), ("train.milestones", "[]"), ("analysis.targets", "[]")}
+
+
+def _toml_value(v):
+    if isinstance(v, dict):
+        return "{ a = 1 }"
+    if isinstance(v, float) and v != v:
+        return "nan"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[]"
+    return repr(v)
+
+
+def _corruptions(spec):
+    """Wrong type, out of range, NaN and empty values for one key (as TOML text)."""
+    t, out = spec.types, []
+    out.append("{ a = 1 }" if str in t else ('"abc"' if set(t) & {int, float, list, bool} else "1"))
+    if set(t) & {int, float} and bool not in t:
+        out += ["-1000000", str(2 ** 62)]
+    if float in t:
+        out.append("nan")
+    if list in t:
+        out.append("[]")
+    if str in t and int not in t:
+        out.append('""')
+    return out
+
+
+def test_random_single_key_corruptions_are_refused_by_name(tmp_path, capsys):
+    """Every key of every section, corrupted one at a time (wrong type, out of range, NaN, empty),
+    is refused by `topoland config` with one error line naming the key, exit 2."""
+    from topoland.cli import main
+    from topoland.config import SCHEMA
+    rng = np.random.default_rng(0)
+    cases = [(f"{s}.{k}", c) for s, keys in SCHEMA.items() if s != "model"
+             for k, spec in keys.items() for c in _corruptions(spec)]
+    cases += [("model.widths", "[100, 0]"), ("run.seed", str(2 ** 32)), ("surface.range", "[0.0, nan]")]
+    rng.shuffle(cases)
+    accepted, unnamed = [], []
+    for i, (key, text) in enumerate(cases):
+        section, name = key.split(".")
+        path = tmp_path / f"c{i}.toml"
+        path.write_text(f'[model]\nname = "mlp"\nwidths = [8]\n\n[{section}]\n{name} = {text}\n'
+                        if section != "model" else f'[model]\nname = "mlp"\n{name} = {text}\n')
+        rc = main(["config", str(path)])
+        err = capsys.readouterr().err
+        if (key, text) in _VALID_CORRUPTIONS:
+            assert rc == 0, (key, text, err)
+        elif rc == 0:
+            accepted.append((key, text))
+        elif rc != 2 or f"'{key}" not in err or len(err.strip().splitlines()) != 1:
+            unnamed.append((key, text, rc, err.strip()[:120]))
+    assert not accepted, accepted
+    assert not unnamed, unnamed
+    assert len(cases) > 150

@@ -88,6 +88,54 @@ def _each(check):
     return inner
 
 
+_SEED_LIMIT = 2 ** 32      # numpy's legacy seeding, and the data splits, need seeds below 2^32
+_INT_LIMIT = 2 ** 31 - 1   # no count or size topoland handles is larger
+
+
+def _seed(v):
+    return None if 0 <= v < _SEED_LIMIT else f"must be in [0, {_SEED_LIMIT})"
+
+
+def _numbers(check=None, *, min_len: int = 1):
+    """A list of at least ``min_len`` finite numbers (not booleans), each passing ``check``."""
+    def inner(vs):
+        if len(vs) < min_len:
+            return f"must list at least {min_len} number{'s' if min_len > 1 else ''}, got {len(vs)}"
+        for x in vs:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                return f"entry {x!r} is not a finite number"
+            msg = check(x) if check else None
+            if msg:
+                return f"entry {x!r} {msg}"
+        return None
+    return inner
+
+
+def _interval(vs):
+    msg = _numbers(min_len=2)(vs)
+    if msg:
+        return msg
+    if len(vs) != 2 or not vs[0] < vs[1]:
+        return f"must be [lo, hi] with lo < hi, got {vs!r}"
+    return None
+
+
+def _nonempty(check):
+    def inner(vs):
+        return "must not be empty" if not vs else check(vs)
+    return inner
+
+
+def _at_least(n):
+    def check(v):
+        return None if v >= n else f"must be >= {n}"
+    return check
+
+
+def _is_str(v):
+    return None if isinstance(v, str) and v else "must be a non-empty string"
+
+
 def _open_unit(v):
     return None if 0 < v < 1 else "must be in (0, 1)"
 
@@ -112,9 +160,9 @@ _LIST = (list,)
 SCHEMA: dict[str, dict[str, _Key]] = {
     "run": {
         "name": _Key((str,), "run", _run_name, "run name: the run directory and the report are named after it"),
-        "seed": _Key((int,), 0, _nonneg, "master seed of every stage"),
+        "seed": _Key((int,), 0, _seed, "master seed of every stage"),
         "device": _Key((str,), "auto", _one_of("auto", "cpu", "cuda"), "auto picks CUDA when present"),
-        "stages": _Key(_LIST, list(DEFAULT_STAGES), _each(_one_of(*STAGES)),
+        "stages": _Key(_LIST, list(DEFAULT_STAGES), _nonempty(_each(_one_of(*STAGES))),
                         "stages to run, in pipeline order (optional, by name only: ensemble)"),
         "executor": _Key((str,), "local", _one_of("local", "ray"), "where grid cells run"),
         "workers": _Key((int,), 1, _pos, "local worker processes (one GPU each when several exist)"),
@@ -127,11 +175,11 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "root": _Key((str,), "", None, "local folder of torchvision datasets"),
         "download": _Key((bool,), False, None, "let torchvision download where a network exists"),
         "val_fraction": _Key(_NUM, 0.1, _frac, "share of the training set held out for validation"),
-        "val_seed": _Key((int,), 0, _nonneg, "seed of the validation split"),
+        "val_seed": _Key((int,), 0, _seed, "seed of the validation split"),
         "label_noise": _Key(_NUM, 0.0, _unit, "share of training labels replaced by random ones"),
         "n_train": _Key((int,), 0, _nonneg, "subsample the training set (0 = all)"),
         "n_test": _Key((int,), 0, _nonneg, "subsample the test set (0 = all)"),
-        "label_seed": _Key((int,), 0, _nonneg, "seed of the label corruption"),
+        "label_seed": _Key((int,), 0, _seed, "seed of the label corruption"),
         "synthetic": _Key((dict,), {}, _synthetic_opts,
                           "synthetic set: n_train, n_test, num_classes, input_shape, separation, noise"),
     },
@@ -160,7 +208,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "weight_decay": _Key(_NUM, 0.0, _nonneg, "L2 weight decay"),
         "batch_size": _Key((int,), 128, _pos, "minibatch size"),
         "epochs": _Key((int,), 20, _pos, "training epochs"),
-        "milestones": _Key(_LIST, [0.5, 0.75, 0.925], _each(_frac), "lr steps as fractions of epochs"),
+        "milestones": _Key(_LIST, [0.5, 0.75, 0.925], _numbers(_frac, min_len=0), "lr steps as fractions of epochs"),
         "gamma": _Key(_NUM, 0.1, _pos, "lr factor at each milestone"),
         "augment": _Key((bool,), False, None, "crop+flip (images) / circular shift (signals)"),
         "target_loss": _Key(_NUM, 0.0, _nonneg, "stop at the first epoch end with train cross-entropy "
@@ -172,7 +220,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "sample": {
         "directions": _Key((int,), 4, _pos, "random filter-normalized directions"),
-        "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _each(_pos), "jump sizes along each direction"),
+        "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _numbers(_pos), "jump sizes along each direction"),
         "epochs": _Key((int,), 40, _pos, "retraining epochs per jump"),
         "lr": _Key(_NUM, 0.001, _pos, "retraining learning rate"),
         "momentum": _Key(_NUM, "inherit", _frac, "retraining SGD momentum ('inherit' = train.momentum)",
@@ -216,8 +264,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "surface": {
         "kind": _Key((str,), "plane", _one_of("plane", "line", "none"), "surface around each minimum"),
-        "grid": _Key((int,), 21, _pos, "points per axis"),
-        "range": _Key(_LIST, [-1.0, 1.0], None, "coordinate range of each axis"),
+        "grid": _Key((int,), 21, _at_least(2), "points per axis"),
+        "range": _Key(_LIST, [-1.0, 1.0], _interval, "coordinate range of each axis"),
         "n_samples": _Key((int,), 0, _nonneg, "evaluate on a fixed training subset (0 = all)"),
     },
     "curvature": {
@@ -251,7 +299,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "batch_size": _Key((int,), 0, _nonneg, "minibatch per step (0 = full batch)"),
     },
     "analysis": {
-        "targets": _Key(_LIST, ["gen_label"], None, "targets: gen_label and/or setting keys"),
+        "targets": _Key(_LIST, ["gen_label"], _each(_is_str), "classifier targets: gen_label and/or setting keys ([] = none)"),
         "n_splits": _Key((int,), 5, _pos, "folds"),
         "n_repeats": _Key((int,), 3, _pos, "repeats of the stratified k-fold"),
         "n_permutations": _Key((int, str), "auto", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 0)
@@ -334,6 +382,9 @@ def _check_value(where: str, spec: _Key, value):
         raise ConfigError(f"config key '{where}': {value!r} is not a finite number")
     if not ok:
         raise ConfigError(f"config key '{where}' must be a {_type_name(spec.types)}, got {type(value).__name__} {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and value > _INT_LIMIT and spec.check is not _seed:
+        raise ConfigError(f"config key '{where}' = {value!r}: must be <= {_INT_LIMIT} (no count or size "
+                          "topoland handles is larger)")
     if spec.check is not None:
         msg = spec.check(value)
         if msg:
@@ -354,6 +405,9 @@ def _model_kwargs_check(model: dict, where="model"):
             continue
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
             raise ConfigError(f"config key '{where}.{k}' = {v!r}: must be >= 0")
+        if isinstance(v, list) and any(isinstance(x, (int, float)) and not isinstance(x, bool) and x <= 0
+                                       for x in v):
+            raise ConfigError(f"config key '{where}.{k}' = {v!r}: every layer size must be > 0")
     if name == "wrn":
         depth = model.get("depth", 16)
         if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
