@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import checks as _c
 from . import topology as _topo
 from .errors import ConfigError
 
@@ -42,116 +43,6 @@ class _Key:
     inherit: str | None = None  # the [train] key whose value "inherit" takes (None: no "inherit")
 
 
-def _run_name(v):
-    # the name becomes a folder and a file name: no separators, no '..', nothing hidden
-    import re
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v) or ".." in v:
-        return "must be a plain name (letters, digits, '_', '-', '.'; no path separators or '..')"
-    return None
-
-
-def _synthetic_opts(v):
-    allowed = {"n_train", "n_test", "num_classes", "input_shape", "separation", "noise"}
-    bad = sorted(set(v) - allowed)
-    return f"unknown option {bad[0]!r} (known: {', '.join(sorted(allowed))})" if bad else None
-
-
-def _nonneg(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def _pos(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _frac(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def _unit(v):
-    return None if 0 <= v <= 1 else "must be in [0, 1]"
-
-
-def _one_of(*opts):
-    def check(v):
-        return None if v in opts else f"must be one of {', '.join(map(repr, opts))}"
-    return check
-
-
-def _each(check):
-    def inner(vs):
-        for v in vs:
-            msg = check(v)
-            if msg:
-                return f"entry {v!r} {msg}"
-        return None
-    return inner
-
-
-_SEED_LIMIT = 2 ** 32      # numpy's legacy seeding, and the data splits, need seeds below 2^32
-_INT_LIMIT = 2 ** 31 - 1   # no count or size topoland handles is larger
-
-
-def _seed(v):
-    return None if 0 <= v < _SEED_LIMIT else f"must be in [0, {_SEED_LIMIT})"
-
-
-def _numbers(check=None, *, min_len: int = 1):
-    """A list of at least ``min_len`` finite numbers (not booleans), each passing ``check``."""
-    def inner(vs):
-        if len(vs) < min_len:
-            return f"must list at least {min_len} number{'s' if min_len > 1 else ''}, got {len(vs)}"
-        for x in vs:
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-                return f"entry {x!r} is not a finite number"
-            msg = check(x) if check else None
-            if msg:
-                return f"entry {x!r} {msg}"
-        return None
-    return inner
-
-
-def _interval(vs):
-    msg = _numbers(min_len=2)(vs)
-    if msg:
-        return msg
-    if len(vs) != 2 or not vs[0] < vs[1]:
-        return f"must be [lo, hi] with lo < hi, got {vs!r}"
-    return None
-
-
-def _nonempty(check):
-    def inner(vs):
-        return "must not be empty" if not vs else check(vs)
-    return inner
-
-
-def _at_least(n):
-    def check(v):
-        return None if v >= n else f"must be >= {n}"
-    return check
-
-
-def _is_str(v):
-    return None if isinstance(v, str) and v else "must be a non-empty string"
-
-
-def _open_unit(v):
-    return None if 0 < v < 1 else "must be in (0, 1)"
-
-
-def _auto_or_nonneg(v):
-    if isinstance(v, str):
-        return None if v == "auto" else "must be 'auto' or a number >= 0"
-    return None if math.isfinite(v) and v >= 0 else "must be 'auto' or a finite number >= 0"
-
-
-def _auto_or_pos_int(v):
-    if isinstance(v, str):
-        return None if v == "auto" else "must be 'auto' or a positive integer"
-    return None if v >= 1 else "must be 'auto' or a positive integer"
-
-
 _NUM = (int, float)
 _LIST = (list,)
 
@@ -159,160 +50,160 @@ _LIST = (list,)
 # model builder); every other section is closed.
 SCHEMA: dict[str, dict[str, _Key]] = {
     "run": {
-        "name": _Key((str,), "run", _run_name, "run name: the run directory and the report are named after it"),
-        "seed": _Key((int,), 0, _seed, "master seed of every stage"),
-        "device": _Key((str,), "auto", _one_of("auto", "cpu", "cuda"), "auto picks CUDA when present"),
-        "stages": _Key(_LIST, list(DEFAULT_STAGES), _nonempty(_each(_one_of(*STAGES))),
+        "name": _Key((str,), "run", _c.run_name, "run name: the run directory and the report are named after it"),
+        "seed": _Key((int,), 0, _c.seed, "master seed of every stage"),
+        "device": _Key((str,), "auto", _c.one_of("auto", "cpu", "cuda"), "auto picks CUDA when present"),
+        "stages": _Key(_LIST, list(DEFAULT_STAGES), _c.nonempty(_c.each(_c.one_of(*STAGES))),
                         "stages to run, in pipeline order (optional, by name only: ensemble)"),
-        "executor": _Key((str,), "local", _one_of("local", "ray"), "where grid cells run"),
-        "workers": _Key((int,), 1, _pos, "local worker processes (one GPU each when several exist)"),
-        "threads": _Key((int,), 0, _nonneg, "torch CPU threads per process (0 = torch's default)"),
-        "num_cpus": _Key(_NUM, 1, _pos, "CPUs per cell (Ray)"),
-        "num_gpus": _Key(_NUM, 0, _nonneg, "GPUs per cell (Ray)"),
+        "executor": _Key((str,), "local", _c.one_of("local", "ray"), "where grid cells run"),
+        "workers": _Key((int,), 1, _c.pos, "local worker processes (one GPU each when several exist)"),
+        "threads": _Key((int,), 0, _c.nonneg, "torch CPU threads per process (0 = torch's default)"),
+        "num_cpus": _Key(_NUM, 1, _c.pos, "CPUs per cell (Ray)"),
+        "num_gpus": _Key(_NUM, 0, _c.nonneg, "GPUs per cell (Ray)"),
     },
     "data": {
-        "name": _Key((str,), "mnist1d", _one_of(*DATASET_NAMES), "dataset"),
+        "name": _Key((str,), "mnist1d", _c.one_of(*DATASET_NAMES), "dataset"),
         "root": _Key((str,), "", None, "local folder of torchvision datasets"),
         "download": _Key((bool,), False, None, "let torchvision download where a network exists"),
-        "val_fraction": _Key(_NUM, 0.1, _frac, "share of the training set held out for validation"),
-        "val_seed": _Key((int,), 0, _seed, "seed of the validation split"),
-        "label_noise": _Key(_NUM, 0.0, _unit, "share of training labels replaced by random ones"),
-        "n_train": _Key((int,), 0, _nonneg, "subsample the training set (0 = all)"),
-        "n_test": _Key((int,), 0, _nonneg, "subsample the test set (0 = all)"),
-        "label_seed": _Key((int,), 0, _seed, "seed of the label corruption"),
-        "synthetic": _Key((dict,), {}, _synthetic_opts,
+        "val_fraction": _Key(_NUM, 0.1, _c.frac, "share of the training set held out for validation"),
+        "val_seed": _Key((int,), 0, _c.seed, "seed of the validation split"),
+        "label_noise": _Key(_NUM, 0.0, _c.unit, "share of training labels replaced by random ones"),
+        "n_train": _Key((int,), 0, _c.nonneg, "subsample the training set (0 = all)"),
+        "n_test": _Key((int,), 0, _c.nonneg, "subsample the test set (0 = all)"),
+        "label_seed": _Key((int,), 0, _c.seed, "seed of the label corruption"),
+        "synthetic": _Key((dict,), {}, _c.synthetic_opts,
                           "synthetic set: n_train, n_test, num_classes, input_shape, separation, noise"),
     },
     "model": {
-        "name": _Key((str,), "mlp", _one_of(*MODEL_NAMES), "architecture"),
+        "name": _Key((str,), "mlp", _c.one_of(*MODEL_NAMES), "architecture"),
     },
     "train": {
-        "optimizer": _Key((str,), "sgd", _one_of("sgd", "adam", "swa", "entropy_sgd", "pal"), "optimizer"),
+        "optimizer": _Key((str,), "sgd", _c.one_of("sgd", "adam", "swa", "entropy_sgd", "pal"), "optimizer"),
         "nesterov": _Key((bool,), False, None, "Nesterov momentum"),
-        "swa_start": _Key(_NUM, 0.75, _frac, "SWA: averaging starts at this fraction of epochs"),
-        "swa_lr": _Key(_NUM, 0.01, _pos, "SWA: constant lr reached by SWALR"),
-        "swa_anneal_epochs": _Key((int,), 1, _nonneg, "SWA: epochs of cosine annealing to swa_lr"),
-        "entropy_L": _Key((int,), 5, _pos, "Entropy-SGD: SGLD steps (minibatches) per outer step"),
-        "entropy_gamma0": _Key(_NUM, 0.03, _pos, "Entropy-SGD: initial scope gamma"),
-        "entropy_gamma1": _Key(_NUM, 0.001, _nonneg, "Entropy-SGD: scoping growth, gamma_t = gamma0 (1+gamma1)^t"),
-        "entropy_sgld_lr": _Key(_NUM, 0.1, _pos, "Entropy-SGD: inner SGLD step size"),
-        "entropy_noise": _Key(_NUM, 1e-4, _nonneg, "Entropy-SGD: SGLD thermal noise"),
+        "swa_start": _Key(_NUM, 0.75, _c.frac, "SWA: averaging starts at this fraction of epochs"),
+        "swa_lr": _Key(_NUM, 0.01, _c.pos, "SWA: constant lr reached by SWALR"),
+        "swa_anneal_epochs": _Key((int,), 1, _c.nonneg, "SWA: epochs of cosine annealing to swa_lr"),
+        "entropy_L": _Key((int,), 5, _c.pos, "Entropy-SGD: SGLD steps (minibatches) per outer step"),
+        "entropy_gamma0": _Key(_NUM, 0.03, _c.pos, "Entropy-SGD: initial scope gamma"),
+        "entropy_gamma1": _Key(_NUM, 0.001, _c.nonneg, "Entropy-SGD: scoping growth, gamma_t = gamma0 (1+gamma1)^t"),
+        "entropy_sgld_lr": _Key(_NUM, 0.1, _c.pos, "Entropy-SGD: inner SGLD step size"),
+        "entropy_noise": _Key(_NUM, 1e-4, _c.nonneg, "Entropy-SGD: SGLD thermal noise"),
         "entropy_alpha": _Key(_NUM, 0.75, lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
                               "Entropy-SGD: averaging weight of mu"),
-        "pal_mu": _Key(_NUM, 0.1, _pos, "PAL: measuring step"),
-        "pal_max_step": _Key(_NUM, 1.0, _pos, "PAL: maximum step"),
-        "pal_momentum": _Key(_NUM, 0.0, _frac, "PAL: conjugate-gradient momentum"),
-        "pal_adapt": _Key(_NUM, 1.0, _pos, "PAL: factor on the vertex step"),
-        "lr": _Key(_NUM, 0.1, _pos, "learning rate"),
-        "momentum": _Key(_NUM, 0.9, _frac, "SGD momentum"),
-        "weight_decay": _Key(_NUM, 0.0, _nonneg, "L2 weight decay"),
-        "batch_size": _Key((int,), 128, _pos, "minibatch size"),
-        "epochs": _Key((int,), 20, _pos, "training epochs"),
-        "milestones": _Key(_LIST, [0.5, 0.75, 0.925], _numbers(_frac, min_len=0), "lr steps as fractions of epochs"),
-        "gamma": _Key(_NUM, 0.1, _pos, "lr factor at each milestone"),
+        "pal_mu": _Key(_NUM, 0.1, _c.pos, "PAL: measuring step"),
+        "pal_max_step": _Key(_NUM, 1.0, _c.pos, "PAL: maximum step"),
+        "pal_momentum": _Key(_NUM, 0.0, _c.frac, "PAL: conjugate-gradient momentum"),
+        "pal_adapt": _Key(_NUM, 1.0, _c.pos, "PAL: factor on the vertex step"),
+        "lr": _Key(_NUM, 0.1, _c.pos, "learning rate"),
+        "momentum": _Key(_NUM, 0.9, _c.frac, "SGD momentum"),
+        "weight_decay": _Key(_NUM, 0.0, _c.nonneg, "L2 weight decay"),
+        "batch_size": _Key((int,), 128, _c.pos, "minibatch size"),
+        "epochs": _Key((int,), 20, _c.pos, "training epochs"),
+        "milestones": _Key(_LIST, [0.5, 0.75, 0.925], _c.numbers(_c.frac, min_len=0), "lr steps as fractions of epochs"),
+        "gamma": _Key(_NUM, 0.1, _c.pos, "lr factor at each milestone"),
         "augment": _Key((bool,), False, None, "crop+flip (images) / circular shift (signals)"),
-        "target_loss": _Key(_NUM, 0.0, _nonneg, "stop at the first epoch end with train cross-entropy "
+        "target_loss": _Key(_NUM, 0.0, _c.nonneg, "stop at the first epoch end with train cross-entropy "
                             "<= this (nats, eval mode, full training split; 0 = no target)"),
-        "target_acc": _Key(_NUM, 0.0, _unit, "stop at the first epoch end with train accuracy >= this "
+        "target_acc": _Key(_NUM, 0.0, _c.unit, "stop at the first epoch end with train accuracy >= this "
                            "(eval mode, full training split; 0 = no target); with target_loss both must hold"),
-        "pretrain_random_epochs": _Key((int,), 0, _nonneg, "bad minima: epochs on random labels first"),
-        "checkpoints_per_epoch": _Key((int,), 0, _nonneg, "snapshots per epoch for PCA trajectories"),
+        "pretrain_random_epochs": _Key((int,), 0, _c.nonneg, "bad minima: epochs on random labels first"),
+        "checkpoints_per_epoch": _Key((int,), 0, _c.nonneg, "snapshots per epoch for PCA trajectories"),
     },
     "sample": {
-        "directions": _Key((int,), 4, _pos, "random filter-normalized directions"),
-        "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _numbers(_pos), "jump sizes along each direction"),
-        "epochs": _Key((int,), 40, _pos, "retraining epochs per jump"),
-        "lr": _Key(_NUM, 0.001, _pos, "retraining learning rate"),
-        "momentum": _Key(_NUM, "inherit", _frac, "retraining SGD momentum ('inherit' = train.momentum)",
+        "directions": _Key((int,), 4, _c.pos, "random filter-normalized directions"),
+        "steps": _Key(_LIST, [0.25, 0.5, 0.75, 1.0], _c.numbers(_c.pos), "jump sizes along each direction"),
+        "epochs": _Key((int,), 40, _c.pos, "retraining epochs per jump"),
+        "lr": _Key(_NUM, 0.001, _c.pos, "retraining learning rate"),
+        "momentum": _Key(_NUM, "inherit", _c.frac, "retraining SGD momentum ('inherit' = train.momentum)",
                          inherit="momentum"),
-        "weight_decay": _Key(_NUM, "inherit", _nonneg, "retraining weight decay ('inherit' = train.weight_decay)",
+        "weight_decay": _Key(_NUM, "inherit", _c.nonneg, "retraining weight decay ('inherit' = train.weight_decay)",
                              inherit="weight_decay"),
-        "batch_size": _Key((int,), "inherit", _pos, "retraining batch size ('inherit' = train.batch_size)",
+        "batch_size": _Key((int,), "inherit", _c.pos, "retraining batch size ('inherit' = train.batch_size)",
                            inherit="batch_size"),
         "augment": _Key((bool,), "inherit", None, "augmentation while retraining ('inherit' = train.augment)",
                         inherit="augment"),
-        "records_per_epoch": _Key((int,), 1, _pos, "recorded points per epoch"),
-        "storage": _Key((str,), "full", _one_of("full", "half", "sketch"), "what is kept of the snapshots"),
-        "sketch_dim": _Key((int,), 256, _pos, "random projection size of the sketch"),
+        "records_per_epoch": _Key((int,), 1, _c.pos, "recorded points per epoch"),
+        "storage": _Key((str,), "full", _c.one_of("full", "half", "sketch"), "what is kept of the snapshots"),
+        "sketch_dim": _Key((int,), 256, _c.pos, "random projection size of the sketch"),
         "batched": _Key((bool,), True, None, "train all jumps at once (False: the sequential reference)"),
     },
     "topology": {
-        "k": _Key((int,), 20, _pos, "neighbours of the k-NN graph"),
-        "value": _Key((str,), "val_loss", _one_of(*_topo.VALUES), "vertex value"),
-        "graph": _Key((str,), "knn_mst", _one_of(*_topo.GRAPHS),
+        "k": _Key((int,), 20, _c.pos, "neighbours of the k-NN graph"),
+        "value": _Key((str,), "val_loss", _c.one_of(*_topo.VALUES), "vertex value"),
+        "graph": _Key((str,), "knn_mst", _c.one_of(*_topo.GRAPHS),
                       "filtration graph: k-NN united with a minimum spanning tree (connected), or bare k-NN"),
-        "graph_on": _Key((str,), "cosine", _one_of(*_topo.GRAPH_ON),
+        "graph_on": _Key((str,), "cosine", _c.one_of(*_topo.GRAPH_ON),
                          "metric of the filtration graph: the snapshots' cosine distances, PHATE's potential or 2-D embedding"),
-        "complex": _Key((str,), "planar", _one_of(*_topo.COMPLEXES),
+        "complex": _Key((str,), "planar", _c.one_of(*_topo.COMPLEXES),
                         "planar: H0 on the graph, H1 on the graph filled by the Delaunay triangulation of `plane`"),
-        "plane": _Key((str,), "pca", _one_of(*_topo.PLANES),
+        "plane": _Key((str,), "pca", _c.one_of(*_topo.PLANES),
                       "plane whose Delaunay triangulation fills loops: principal plane of the snapshots, or PHATE's"),
-        "p": _Key(_NUM, 2, _pos, "exponent of total persistence and activity"),
-        "essential": _Key((str,), "drop", _one_of(*_topo.ESSENTIAL),
+        "p": _Key(_NUM, 2, _c.pos, "exponent of total persistence and activity"),
+        "essential": _Key((str,), "drop", _c.one_of(*_topo.ESSENTIAL),
                           "essential classes in total_persistence: dropped, or capped at the largest value (measures the loss range)"),
-        "min_persistence": _Key((str, int, float), "auto", _auto_or_nonneg,
+        "min_persistence": _Key((str, int, float), "auto", _c.auto_or_nonneg,
                                 "bars shorter than this are noise in n_basins/n_loops ('auto': 20 noise standard deviations)"),
-        "n_resamples": _Key((int,), 50, _nonneg, "resampled trajectory sets for the features' confidence intervals (0 = none)"),
-        "ci_level": _Key((float,), 0.9, _open_unit, "level of the percentile intervals"),
-        "resample": _Key((str,), "trajectory", _one_of(*_topo.RESAMPLE), "unit drawn with replacement for the intervals"),
-        "knn": _Key((int,), 5, _pos, "PHATE kNN"),
-        "decay": _Key(_NUM, 40, _pos, "PHATE alpha decay"),
-        "t": _Key((int, str), 20, _auto_or_pos_int, "PHATE diffusion time (fixed so pictures compare, or 'auto'; the value used is stored)"),
-        "n_landmark": _Key((int,), 0, _nonneg, "PHATE landmarks (0 = none)"),
-        "distances": _Key((str,), "exact", _one_of(*_topo.DISTANCES), "cosine distances of the snapshots: exact, or estimated from a count sketch (large N)"),
-        "sketch_dim": _Key((int,), 4096, _pos, "buckets of the count sketch (relative error about sqrt(2 / sketch_dim))"),
+        "n_resamples": _Key((int,), 50, _c.nonneg, "resampled trajectory sets for the features' confidence intervals (0 = none)"),
+        "ci_level": _Key((float,), 0.9, _c.open_unit, "level of the percentile intervals"),
+        "resample": _Key((str,), "trajectory", _c.one_of(*_topo.RESAMPLE), "unit drawn with replacement for the intervals"),
+        "knn": _Key((int,), 5, _c.pos, "PHATE kNN"),
+        "decay": _Key(_NUM, 40, _c.pos, "PHATE alpha decay"),
+        "t": _Key((int, str), 20, _c.auto_or_pos_int, "PHATE diffusion time (fixed so pictures compare, or 'auto'; the value used is stored)"),
+        "n_landmark": _Key((int,), 0, _c.nonneg, "PHATE landmarks (0 = none)"),
+        "distances": _Key((str,), "exact", _c.one_of(*_topo.DISTANCES), "cosine distances of the snapshots: exact, or estimated from a count sketch (large N)"),
+        "sketch_dim": _Key((int,), 4096, _c.pos, "buckets of the count sketch (relative error about sqrt(2 / sketch_dim))"),
     },
     "surface": {
-        "kind": _Key((str,), "plane", _one_of("plane", "line", "none"), "surface around each minimum"),
-        "grid": _Key((int,), 21, _at_least(2), "points per axis"),
-        "range": _Key(_LIST, [-1.0, 1.0], _interval, "coordinate range of each axis"),
-        "n_samples": _Key((int,), 0, _nonneg, "evaluate on a fixed training subset (0 = all)"),
+        "kind": _Key((str,), "plane", _c.one_of("plane", "line", "none"), "surface around each minimum"),
+        "grid": _Key((int,), 21, _c.at_least(2), "points per axis"),
+        "range": _Key(_LIST, [-1.0, 1.0], _c.interval, "coordinate range of each axis"),
+        "n_samples": _Key((int,), 0, _c.nonneg, "evaluate on a fixed training subset (0 = all)"),
     },
     "curvature": {
         "enabled": _Key((bool,), True, None, "compute Hessian curvature"),
-        "top_k": _Key((int,), 1, _pos, "top Hessian eigenvalues"),
-        "n_probes": _Key((int,), 20, _pos, "Hutchinson probes for the trace"),
-        "n_samples": _Key((int,), 2048, _pos, "training samples in the Hessian"),
-        "sharpness_radius": _Key(_NUM, 0.5, _pos, "filter-normalized radius of sharpness"),
-        "n_directions": _Key((int,), 8, _pos, "random directions for sharpness and volume"),
-        "volume_threshold": _Key(_NUM, 0.1, _pos, "loss rise that ends the basin (nats)"),
+        "top_k": _Key((int,), 1, _c.pos, "top Hessian eigenvalues"),
+        "n_probes": _Key((int,), 20, _c.pos, "Hutchinson probes for the trace"),
+        "n_samples": _Key((int,), 2048, _c.pos, "training samples in the Hessian"),
+        "sharpness_radius": _Key(_NUM, 0.5, _c.pos, "filter-normalized radius of sharpness"),
+        "n_directions": _Key((int,), 8, _c.pos, "random directions for sharpness and volume"),
+        "volume_threshold": _Key(_NUM, 0.1, _c.pos, "loss rise that ends the basin (nats)"),
         "density": _Key((bool,), False, None, "eigenvalue density by SLQ"),
     },
     "ensemble": {
-        "cycles": _Key((int,), 4, _pos, "FGE: cycles of the cyclic learning rate (one snapshot each)"),
-        "cycle_epochs": _Key((int,), 2, _pos, "FGE: epochs per cycle"),
-        "lr1": _Key(_NUM, 0.05, _pos, "FGE: highest learning rate (cycle start and end)"),
-        "lr2": _Key(_NUM, 5e-4, _pos, "FGE: lowest learning rate (mid-cycle, where the snapshot is taken)"),
-        "schedule": _Key((str,), "triangular", _one_of("triangular", "cosine"), "FGE: shape of each cycle"),
-        "batch_size": _Key((int,), 128, _pos, "FGE: minibatch size"),
-        "momentum": _Key(_NUM, 0.9, _frac, "FGE: SGD momentum"),
-        "weight_decay": _Key(_NUM, 5e-4, _nonneg, "FGE: L2 weight decay"),
+        "cycles": _Key((int,), 4, _c.pos, "FGE: cycles of the cyclic learning rate (one snapshot each)"),
+        "cycle_epochs": _Key((int,), 2, _c.pos, "FGE: epochs per cycle"),
+        "lr1": _Key(_NUM, 0.05, _c.pos, "FGE: highest learning rate (cycle start and end)"),
+        "lr2": _Key(_NUM, 5e-4, _c.pos, "FGE: lowest learning rate (mid-cycle, where the snapshot is taken)"),
+        "schedule": _Key((str,), "triangular", _c.one_of("triangular", "cosine"), "FGE: shape of each cycle"),
+        "batch_size": _Key((int,), 128, _c.pos, "FGE: minibatch size"),
+        "momentum": _Key(_NUM, 0.9, _c.frac, "FGE: SGD momentum"),
+        "weight_decay": _Key(_NUM, 5e-4, _c.nonneg, "FGE: L2 weight decay"),
     },
     "paths": {
-        "method": _Key((str,), "neb", _one_of("neb", "autoneb", "bezier", "polychain"), "path algorithm"),
-        "pairs": _Key((str,), "first", _one_of("first", "all", "mst", "none"), "which minima to connect"),
-        "n_images": _Key((int,), 9, _pos, "images (NEB) or evaluation points per segment"),
-        "steps": _Key((int,), 100, _pos, "optimization steps"),
-        "lr": _Key(_NUM, 0.05, _pos, "learning rate"),
+        "method": _Key((str,), "neb", _c.one_of("neb", "autoneb", "bezier", "polychain"), "path algorithm"),
+        "pairs": _Key((str,), "first", _c.one_of("first", "all", "mst", "none"), "which minima to connect"),
+        "n_images": _Key((int,), 9, _c.pos, "images (NEB) or evaluation points per segment"),
+        "steps": _Key((int,), 100, _c.pos, "optimization steps"),
+        "lr": _Key(_NUM, 0.05, _c.pos, "learning rate"),
         "climbing": _Key((bool,), False, None, "climbing image"),
-        "n_samples": _Key((int,), 0, _nonneg, "training subset for the path loss (0 = all)"),
-        "batch_size": _Key((int,), 0, _nonneg, "minibatch per step (0 = full batch)"),
+        "n_samples": _Key((int,), 0, _c.nonneg, "training subset for the path loss (0 = all)"),
+        "batch_size": _Key((int,), 0, _c.nonneg, "minibatch per step (0 = full batch)"),
     },
     "analysis": {
-        "targets": _Key(_LIST, ["gen_label"], _each(_is_str), "classifier targets: gen_label and/or setting keys ([] = none)"),
-        "n_splits": _Key((int,), 5, _pos, "folds"),
-        "n_repeats": _Key((int,), 3, _pos, "repeats of the stratified k-fold"),
+        "targets": _Key(_LIST, ["gen_label"], _c.each(_c.is_str), "classifier targets: gen_label and/or setting keys ([] = none)"),
+        "n_splits": _Key((int,), 5, _c.pos, "folds"),
+        "n_repeats": _Key((int,), 3, _c.pos, "repeats of the stratified k-fold"),
         "n_permutations": _Key((int, str), "auto", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 0)
                                else "must be an integer >= 0 or 'auto'",
                                "permutations of each classifier-table cell ('auto' = 20 x the number of "
                                "cells: the fewest for which a cell can be a finding after Holm)"),
-        "compare_permutations": _Key((int,), 9999, _pos, "random within-strata relabellings of each comparison "
+        "compare_permutations": _Key((int,), 9999, _c.pos, "random within-strata relabellings of each comparison "
                                      "(every relabelling is enumerated when there are fewer)"),
-        "p_adjust": _Key((str,), "holm", _one_of("holm", "bh"), "multiple-comparison adjustment of every family "
+        "p_adjust": _Key((str,), "holm", _c.one_of("holm", "bh"), "multiple-comparison adjustment of every family "
                          "(classifier cells, comparisons, correlations): Holm or Benjamini-Hochberg"),
-        "n_boot": _Key((int,), 1000, _pos, "bootstrap resamples"),
+        "n_boot": _Key((int,), 1000, _c.pos, "bootstrap resamples"),
         "n_classes": _Key((int,), 5, lambda v: None if v >= 2 else "must be >= 2", "quantile classes of gen_label"),
-        "n_jobs": _Key((int,), 1, _pos, "processes for the classifier permutation test"),
+        "n_jobs": _Key((int,), 1, _c.pos, "processes for the classifier permutation test"),
     },
     "report": {
         "enabled": _Key((bool,), True, None, "write the PDF report"),
@@ -382,8 +273,8 @@ def _check_value(where: str, spec: _Key, value):
         raise ConfigError(f"config key '{where}': {value!r} is not a finite number")
     if not ok:
         raise ConfigError(f"config key '{where}' must be a {_type_name(spec.types)}, got {type(value).__name__} {value!r}")
-    if isinstance(value, int) and not isinstance(value, bool) and value > _INT_LIMIT and spec.check is not _seed:
-        raise ConfigError(f"config key '{where}' = {value!r}: must be <= {_INT_LIMIT} (no count or size "
+    if isinstance(value, int) and not isinstance(value, bool) and value > _c.INT_LIMIT and spec.check is not _c.seed:
+        raise ConfigError(f"config key '{where}' = {value!r}: must be <= {_c.INT_LIMIT} (no count or size "
                           "topoland handles is larger)")
     if spec.check is not None:
         msg = spec.check(value)
