@@ -31,6 +31,24 @@ batch_size = 32
 """
 
 
+#: the tiny retraining every multi-stage test config uses (2 directions x 2 steps, 2 epochs)
+TINY_SAMPLE = """
+[sample]
+directions = 2
+steps = [0.5, 1.0]
+epochs = 2
+lr = 0.01
+batch_size = 32
+"""
+#: a topology small enough for those samples (k-NN and PHATE kNN 3, t = 5)
+TINY_TOPOLOGY = """
+[topology]
+k = 3
+knn = 3
+t = 5
+"""
+
+
 def tiny_config(path, *, stages='["train"]', epochs=3, extra=""):
     path = Path(path)
     path.write_text(TINY.format(stages=stages, epochs=epochs, extra=extra))

@@ -11,7 +11,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import TINY_SAMPLE, TINY_TOPOLOGY, tiny_config
 from tests.test_hostile import one_error_line, tree_hash
 from tests.test_ray import assert_same_results
 from topoland import run as run_mod
@@ -181,17 +181,7 @@ def test_unknown_stage_refused_before_any_write(trained, tmp_path, capsys, flag,
 #: date; the test below leaves the report stage out to stay fast, its tables are pandas CSV)
 TIME_OR_PROCESS_FILES = {".lock", "index.sqlite", "run/report/report.pdf"}
 
-_DETERMINISM = '''
-[sample]
-directions = 2
-steps = [0.5, 1.0]
-epochs = 2
-lr = 0.01
-batch_size = 32
-[topology]
-k = 3
-knn = 3
-t = 5
+_DETERMINISM = TINY_SAMPLE + TINY_TOPOLOGY + '''
 [surface]
 kind = "none"
 [curvature]

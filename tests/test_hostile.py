@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import TINY, tiny_config
+from tests.helpers import TINY, TINY_SAMPLE, TINY_TOPOLOGY, tiny_config
 from topoland import run as run_mod
 from topoland.cli import main
 from topoland.store import RUN_LEVEL, RunStore
@@ -272,16 +272,7 @@ batch_size = 32
 [grid]
 "train.lr" = [0.05, 1e8]
 "train.weight_decay" = [0.0, 0.001]
-[sample]
-directions = 2
-steps = [0.5, 1.0]
-epochs = 2
-lr = 0.01
-batch_size = 32
-[topology]
-k = 3
-knn = 3
-t = 5
+""" + TINY_SAMPLE + TINY_TOPOLOGY + """
 [surface]
 kind = "line"
 grid = 3

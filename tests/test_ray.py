@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.helpers import cli, tiny_config
+from tests.helpers import TINY_SAMPLE, cli, tiny_config
 from topoland.store import RUN_LEVEL, RunStore
 
 pytest.importorskip("ray")
@@ -21,14 +21,7 @@ pytest.importorskip("ray")
 SAMPLE = """
 [[cells]]
 "sample.records_per_epoch" = 1000   # more records than minibatches: fails at run time
-
-[sample]
-directions = 2
-steps = [0.5, 1.0]
-epochs = 2
-lr = 0.01
-batch_size = 32
-"""
+""" + TINY_SAMPLE
 STAGES = '["train", "sample"]'
 
 
