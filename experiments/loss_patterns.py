@@ -35,8 +35,8 @@ from scipy import stats
 
 from topoland.data import load_dataset
 from topoland.landscape.patterns import LossPatternFitter, pattern_gap, random_mask
-from topoland.models import build_model
-from topoland.train import TrainRecipe, train_minimum
+from topoland.nets.models import build_model
+from topoland.train.training import TrainRecipe, train_minimum
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ def test_every_exported_name_resolves(package):
 
 def test_main_api_from_the_package():
     import topoland as tl
-    from topoland.sampling import jump_and_retrain
+    from topoland.sampling.sampler import jump_and_retrain
     from topoland.topology import topology_of_samples
     assert tl.jump_and_retrain is jump_and_retrain and tl.topology_of_samples is topology_of_samples
     assert tl.DataSplits.__name__ == "DataSplits" and callable(tl.random_plane)

@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from topoland.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from topoland.nets.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from topoland.errors import CheckpointError
-from topoland.models import build_model
+from topoland.nets.models import build_model
 
 SPEC = {"name": "mlp", "input_shape": [6], "num_classes": 3, "kwargs": {"widths": [8], "batchnorm": True}}
 

@@ -45,7 +45,7 @@ lr = 0.01
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from topoland.run import run
+    from topoland.pipeline.driver import run
     work = tmp_path_factory.mktemp("comparable")
     cfg = work / "c.toml"
     cfg.write_text(CONFIG)
@@ -55,7 +55,7 @@ def tiny(tmp_path_factory):
 
 
 def test_retraining_inherits_each_minimums_settings(tiny):
-    from topoland.store import RunStore
+    from topoland.runs.store import RunStore
     _, run_dir = tiny
     store = RunStore.open(run_dir)
     for cid in store.cells().cell_id:
@@ -72,8 +72,8 @@ def test_retraining_inherits_each_minimums_settings(tiny):
 
 
 def test_explicit_retraining_value_overrides(tiny, tmp_path):
-    from topoland.run import run_stage_in_dir
-    from topoland.store import RunStore
+    from topoland.pipeline.driver import run_stage_in_dir
+    from topoland.runs.store import RunStore
     _, run_dir = tiny
     copy = tmp_path / "run"
     import shutil
@@ -92,8 +92,8 @@ def test_explicit_retraining_value_overrides(tiny, tmp_path):
 def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys, tmp_path):
     import pandas as pd
 
-    from topoland.run import analysis_table, minima_table, missed_target
-    from topoland.store import RunStore
+    from topoland.pipeline.driver import analysis_table, minima_table, missed_target
+    from topoland.runs.store import RunStore
     _, run_dir = tiny
     store = RunStore.open(run_dir)
     table = minima_table(run_dir).set_index("cell_id")
@@ -114,13 +114,13 @@ def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys, tmp_pa
     ft = analysis_table(store)
     assert ft.frame.loc[missed, "reached_target"].eq(False).all()
     assert ft.frame["reached_target"].sum() == len(table) - 1
-    from topoland.run import _stored_config, stage_analysis
+    from topoland.pipeline.driver import _stored_config, stage_analysis
     cfg = _stored_config(store)
     cfg["analysis"]["n_permutations"] = 0
     (tmp_path / "analysis").mkdir()
     notes = stage_analysis(store, cfg, tmp_path / "analysis")["notes"]
     assert [n for n in notes if "missed the training target" in n and n.endswith(missed[0])]
-    from topoland.cli import main
+    from topoland.cli.main import main
     assert main(["list", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "reached_target" in out and "stop_epoch" in out

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from topoland.config import expand_grid, load_config, to_toml, validate
+from topoland.runs.config import expand_grid, load_config, to_toml, validate
 from topoland.errors import ConfigError
 
 BASE = {"data": {"name": "synthetic"}, "model": {"name": "mlp", "widths": [8]}, "train": {"epochs": 1}}
@@ -94,7 +94,7 @@ def test_grid_is_product_plus_cells_with_stable_ids():
 def test_keys_added_later_keep_old_cell_ids():
     """Cell ids of configs that leave the later keys at their defaults do not change, so run
     directories made before those keys existed are resumed, not redone."""
-    from topoland.config import _cell_settings, cell_id
+    from topoland.runs.config import _cell_settings, cell_id
     cfg = validate(_cfg())
     cell = expand_grid(cfg)[0]
     old = _cell_settings(cell.config)
@@ -125,7 +125,7 @@ QUICKSTART_ID = "613c96e6e8"
 
 
 def test_retraining_inherits_the_minimum_by_default():
-    from topoland.config import inheritable_keys, resolve_inherited
+    from topoland.runs.config import inheritable_keys, resolve_inherited
     assert inheritable_keys() == ["sample.momentum", "sample.weight_decay", "sample.batch_size", "sample.augment"]
     cfg = validate(_cfg(train={"epochs": 1, "weight_decay": 1e-3, "batch_size": 64, "momentum": 0.5,
                                "augment": True}))
@@ -250,8 +250,8 @@ def _corruptions(spec):
 def test_random_single_key_corruptions_are_refused_by_name(tmp_path, capsys):
     """Every key of every section, corrupted one at a time (wrong type, out of range, NaN, empty),
     is refused by `topoland config` with one error line naming the key, exit 2."""
-    from topoland.cli import main
-    from topoland.config import SCHEMA
+    from topoland.cli.main import main
+    from topoland.runs.config import SCHEMA
     rng = np.random.default_rng(0)
     cases = [(f"{s}.{k}", c) for s, keys in SCHEMA.items() if s != "model"
              for k, spec in keys.items() for c in _corruptions(spec)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.helpers import cli, popen_cli
 from tests.test_ray import assert_same_results
-from topoland.store import RUN_LEVEL, RunStore
+from topoland.runs.store import RUN_LEVEL, RunStore
 
 TINY = Path(__file__).parent / "data" / "tiny_pipeline.toml"
 CELL_STAGES = ["train", "sample", "topology", "surface", "curvature"]
@@ -125,7 +125,7 @@ def test_second_run_on_same_directory_is_refused(tmp_path):
 def test_resume_data_is_not_a_result(tmp_path):
     """Resume data beside a stage (paths.pairs/, surface.partial.h5) is ignored by verify and
     removed with the stage by invalidate (so --force recomputes instead of reusing it)."""
-    from topoland.config import expand_grid, to_toml, validate
+    from topoland.runs.config import expand_grid, to_toml, validate
     cfg = validate({"data": {"name": "synthetic"}})
     cells = expand_grid(cfg)
     st = RunStore.create(tmp_path / "run", to_toml(cfg), cells)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from topoland import directions as D
-from topoland import params as P
-from topoland.embedding import cosine_distances, cosine_distances_reference
+from topoland.nets import directions as D
+from topoland.nets import params as P
+from topoland.topology.embedding import cosine_distances, cosine_distances_reference
 from topoland.landscape import curvature as C
 from topoland.landscape import surfaces as S
-from topoland.models import build_model
-from topoland.sampling import jump_and_retrain
+from topoland.nets.models import build_model
+from topoland.sampling.sampler import jump_and_retrain
 
 from tests.helpers import cli
 from tests.test_sampling import _data, _trained_bn_model
@@ -125,5 +125,5 @@ def test_pipeline_runs_on_gpu(tmp_path):
     run = tmp_path / "run"
     r = cli("run", cfg, "--out", run, "--quiet", "--only", "train,sample,topology")
     assert r.returncode == 0, r.stdout + r.stderr
-    from topoland.store import RunStore
+    from topoland.runs.store import RunStore
     assert RunStore(run).get_meta("device").startswith("cuda")

@@ -1,10 +1,10 @@
-"""Random, filter-normalized, orthogonal and between-model directions (topoland.directions)."""
+"""Random, filter-normalized, orthogonal and between-model directions (topoland.nets.directions)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from topoland import directions as td
+from topoland.nets import directions as td
 from topoland.errors import TopolandError
 
 

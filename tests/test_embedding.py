@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from topoland.embedding import (_sketch_layout, alpha_decay_affinity, cosine_distances,
+from topoland.topology.embedding import (_sketch_layout, alpha_decay_affinity, cosine_distances,
                                 cosine_distances_from_gram, cosine_distances_reference,
                                 cosine_sketch, phate_embedding, sketch_cosine_distances)
 from topoland.errors import ConfigError, DataError

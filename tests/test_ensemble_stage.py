@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from topoland.config import DEFAULT_STAGES, STAGES, ConfigError, expand_grid, validate
+from topoland.runs.config import DEFAULT_STAGES, STAGES, ConfigError, expand_grid, validate
 
 CONFIG = """
 [run]
@@ -41,7 +41,7 @@ batch_size = 32
 
 @pytest.fixture(scope="module")
 def ens_run(tmp_path_factory):
-    from topoland.run import run
+    from topoland.pipeline.driver import run
     tmp = tmp_path_factory.mktemp("ens")
     cfg = tmp / "ens.toml"
     cfg.write_text(CONFIG.format(bn="batchnorm = true"))
@@ -51,7 +51,7 @@ def ens_run(tmp_path_factory):
 
 
 def _cells(rep):
-    from topoland.store import RunStore
+    from topoland.runs.store import RunStore
     store = RunStore.open(rep.run_dir)
     return store, list(store.cells().cell_id)
 
@@ -82,9 +82,9 @@ def test_ensemble_csv_and_summary(ens_run):
 def test_stored_snapshots_reproduce_the_ensemble_accuracy(ens_run):
     """Plain reference: load every stored member (parameters and its BN statistics) into the
     model with load_state_dict, average the softmax outputs on the test split, take argmax."""
-    from topoland.params import param_names, unflatten
-    from topoland.run import CellContext
-    from topoland.store import load_tensors
+    from topoland.nets.params import param_names, unflatten
+    from topoland.pipeline.driver import CellContext
+    from topoland.runs.store import load_tensors
     store, cells = _cells(ens_run)
     cid = cells[0]
     ctx = CellContext(store, cid, store.cell_config(cid))
@@ -122,7 +122,7 @@ def test_report_has_the_ensemble_page(ens_run):
     tab = pd.read_csv(pdf.with_name(f"{ens_run.run_dir.name}_ensembles.csv"))
     assert set(tab["minimum"]) == {"M1", "M2"} and len(tab) == 6
     # the stage is not a feature group (its numbers are test metrics)
-    from topoland.run import FEATURE_STAGES
+    from topoland.pipeline.driver import FEATURE_STAGES
     assert "ensemble" not in FEATURE_STAGES.values()
 
 
@@ -153,7 +153,7 @@ def test_ensemble_config_errors_name_the_key():
 
 def test_old_cell_config_without_the_section_gets_defaults(tmp_path):
     """A cell stored before the ensemble section existed still runs the stage with defaults."""
-    from topoland.run import CellContext, stage_options
+    from topoland.pipeline.driver import CellContext, stage_options
     ctx = CellContext(store=None, cell_id="c", config={"run": {"seed": 0}})
     opts = stage_options(ctx, "ensemble")
     assert opts == validate({})["ensemble"]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from topoland.ensembles import (EnsembleError, _member_probabilities_loop, cyclic_lr, ensemble_curve,
+from topoland.train.ensembles import (EnsembleError, _member_probabilities_loop, cyclic_lr, ensemble_curve,
                                 fast_geometric_ensemble, member_probabilities)
-from topoland.models import build_model
-from topoland.params import flatten, get_params
+from topoland.nets.models import build_model
+from topoland.nets.params import flatten, get_params
 from topoland.plots.ensembles import plot_cyclic_lr, plot_ensemble_curve
-from topoland.train import TrainRecipe, train_minimum
+from topoland.train.training import TrainRecipe, train_minimum
 
 
 def test_cyclic_lr_by_hand():

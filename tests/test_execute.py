@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import cli, tiny_config
-from topoland.store import RunStore
+from topoland.runs.store import RunStore
 
 
 def _weights(run_dir):

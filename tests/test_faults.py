@@ -14,9 +14,9 @@ import pytest
 from tests.helpers import TINY_SAMPLE, TINY_TOPOLOGY, tiny_config
 from tests.test_hostile import one_error_line, tree_hash
 from tests.test_ray import assert_same_results
-from topoland import run as run_mod
-from topoland.cli import main
-from topoland.store import RunStore
+from topoland.pipeline import driver as run_mod
+from topoland.cli.main import main
+from topoland.runs.store import RunStore
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_diverged_cells_skipped_downstream_report_included(tmp_path, monkeypatch
     paths leave the diverged minima out; a run whose report stage failed on them resumes to the
     results of an undisturbed run."""
     from tests.test_report import _page_texts
-    from topoland.store import RUN_LEVEL
+    from topoland.runs.store import RUN_LEVEL
     monkeypatch.chdir(tmp_path)
     cfg = _diverge_config(tmp_path / "div.toml")
     assert main(["run", str(cfg), "--out", "run", "--quiet"]) == 0, capsys.readouterr().err
@@ -201,7 +201,7 @@ def test_safetensors_bytes_fixed_order():
     import torch
     from safetensors.torch import load
 
-    from topoland.store import safetensors_bytes
+    from topoland.runs.store import safetensors_bytes
     tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float64)}
     keys = [f"key{i}" for i in range(12)]
     blobs = {safetensors_bytes(dict(reversed(tensors.items())) if i % 2 else tensors,
@@ -292,7 +292,7 @@ def test_verify_flags_what_a_run_never_writes(trained, tmp_path, capsys, what):
 
 def test_verify_accepts_what_a_run_may_hold(trained, tmp_path):
     """Resume data, temporaries of a killed process and the index's SQLite side files are known."""
-    from topoland.store import RUN_LEVEL
+    from topoland.runs.store import RUN_LEVEL
     run_dir = _copy_run(trained[1], tmp_path / "run")
     st = RunStore.open(run_dir)
     cid = st.cells().cell_id[0]
@@ -312,7 +312,7 @@ def _tampered(src, dst, *, spec=None, tensors=None):
     """A copy of checkpoint ``src`` with its spec changed by ``spec(dict)`` / tensors by ``tensors(dict)``."""
     import json
 
-    from topoland.checkpoint import load_tensors, save_tensors
+    from topoland.nets.checkpoint import load_tensors, save_tensors
     ts, meta = load_tensors(src)
     s = json.loads(meta["spec"])
     if spec:
@@ -356,8 +356,8 @@ def test_checkpoint_spec_is_untrusted_input(trained, tmp_path, capsys, what, key
 
 def test_checkpoint_parameter_budget_flag(trained, tmp_path, capsys):
     """The budget is a flag: a model above a lowered budget is refused, the default lets it in."""
-    from topoland.checkpoint import MAX_PARAMS
-    from topoland.cli_tools import _MAX_PARAMS_TEXT
+    from topoland.nets.checkpoint import MAX_PARAMS
+    from topoland.cli.tools import _MAX_PARAMS_TEXT
     assert f"{MAX_PARAMS:,}" == _MAX_PARAMS_TEXT
     st = RunStore.open(trained[1])
     src = st.stage_dir(st.cells().cell_id[0], "train") / "model.safetensors"
@@ -445,8 +445,8 @@ def test_stage_dependencies_and_changed_config(tmp_path, capsys):
     """Recomputing a stage invalidates what read it (topology reads sample, the analysis every
     cell's features); a changed config section reruns the stages that read it; and going back
     to the config gives the bytes of an undisturbed run."""
-    from topoland.run import dependents
-    from topoland.store import RUN_LEVEL
+    from topoland.pipeline.driver import dependents
+    from topoland.runs.store import RUN_LEVEL
     assert dependents("sample") == ["topology", "analysis", "report"]
     assert dependents("paths") == ["report"] and dependents("report") == []
     stages = '["train", "sample", "topology", "surface", "curvature", "analysis"]'
@@ -488,8 +488,8 @@ def test_stage_dependencies_and_changed_config(tmp_path, capsys):
 def test_ray_cells_bring_back_their_recorded_inputs(trained, tmp_path):
     """A cell run elsewhere (a Ray task's body) returns the config values its stages read, and
     the driver records them as a local run does."""
-    from topoland.execute import _unpack_into, run_packed_cell
-    from topoland.run import stage_inputs
+    from topoland.pipeline.executors import _unpack_into, run_packed_cell
+    from topoland.pipeline.driver import stage_inputs
     st = RunStore.open(_copy_run(trained[1], tmp_path / "run"))
     cid = st.cells().cell_id[0]
     cfg = st.cell_config(cid)

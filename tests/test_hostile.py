@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 
 from tests.helpers import TINY, TINY_SAMPLE, TINY_TOPOLOGY, tiny_config
-from topoland import run as run_mod
-from topoland.cli import main
-from topoland.store import RUN_LEVEL, RunStore
+from topoland.pipeline import driver as run_mod
+from topoland.cli.main import main
+from topoland.runs.store import RUN_LEVEL, RunStore
 
 
 def tree_hash(root: Path) -> str:

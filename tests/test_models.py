@@ -5,7 +5,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from topoland.errors import ConfigError
-from topoland.models import MODELS, build_model, count_parameters
+from topoland.nets.models import MODELS, build_model, count_parameters
 
 CIFAR = (3, 32, 32)
 

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from topoland.errors import ConfigError
-from topoland.models import build_model
-from topoland.optim import (PAL, EntropySGD, OptimError, SWAAverager, average_snapshots, entropy_gamma,
+from topoland.nets.models import build_model
+from topoland.train.optim import (PAL, EntropySGD, OptimError, SWAAverager, average_snapshots, entropy_gamma,
                             pal_step_size, update_bn)
-from topoland.train import TrainRecipe, make_optimizer, train_minimum
+from topoland.train.training import TrainRecipe, make_optimizer, train_minimum
 
 
 def _quadratic(seed=0, d=5):

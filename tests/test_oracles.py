@@ -10,7 +10,7 @@ import torch
 from topoland.errors import DataError
 from topoland.landscape.oracles import (ORACLE_SAMPLING, ORACLES, check_oracle, oracle,
                                         reference_diagrams, simulate_jump_and_retrain)
-from topoland.sampling import TABLE_COLUMNS
+from topoland.sampling.sampler import TABLE_COLUMNS
 from topoland.topology import TopologyWarning, topology_of_samples
 
 # the features that describe the landscape (the diagnostics beside them may move with N)
@@ -168,9 +168,9 @@ def test_headline_is_not_range_times_components_on_real_samples():
     """The audit found total persistence = components x range^2 (essential classes capped).
     On samples of a real network the headline activity must carry more than that."""
     from topoland.data import load_dataset
-    from topoland.models import build_model
-    from topoland.sampling import jump_and_retrain
-    from topoland.train import TrainRecipe, train_minimum
+    from topoland.nets.models import build_model
+    from topoland.sampling.sampler import jump_and_retrain
+    from topoland.train.training import TrainRecipe, train_minimum
 
     data = load_dataset("synthetic", seed=0)
     ratios, rows = [], []

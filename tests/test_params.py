@@ -1,4 +1,4 @@
-"""Batched functional evaluation (topoland.params) against plain loops and known answers."""
+"""Batched functional evaluation (topoland.nets.params) against plain loops and known answers."""
 import copy
 import math
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from topoland import params as tp
+from topoland.nets import params as tp
 from topoland.errors import TopolandError
 
 
@@ -345,7 +345,7 @@ def test_frozen_parameters_are_shared_not_points():
 def test_has_batchnorm():
     import torch.nn as nn
 
-    from topoland.params import has_batchnorm
+    from topoland.nets.params import has_batchnorm
     assert has_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
     assert has_batchnorm(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.BatchNorm2d(2))))
     assert not has_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))

@@ -11,9 +11,9 @@ import torch
 from topoland.landscape.patterns import (LossPatternFitter, PatternError, _cell_losses, _cell_losses_loop,
                                          cell_coordinates, gram_schmidt_, load_mask, pattern_gap, plane_points,
                                          random_mask)
-from topoland.models import build_model
+from topoland.nets.models import build_model
 from topoland.plots.patterns import plot_mask, plot_pattern, plot_pattern_gap
-from topoland.train import TrainRecipe, train_minimum
+from topoland.train.training import TrainRecipe, train_minimum
 
 
 @pytest.fixture(scope="module")

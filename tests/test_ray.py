@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from tests.helpers import TINY_SAMPLE, cli, tiny_config
-from topoland.store import RUN_LEVEL, RunStore
+from topoland.runs.store import RUN_LEVEL, RunStore
 
 pytest.importorskip("ray")
 
@@ -131,9 +131,9 @@ def test_cell_data_cache_is_keyed_by_the_run_seed():
     """A local run caches each cell's dataset in the process; a Ray task loads its own. Both
     must give a cell the data of its own seed (run.seed generates synthetic sets and draws
     the splits), or a grid over run.seed would differ between executors."""
-    from topoland.config import expand_grid, validate
+    from topoland.runs.config import expand_grid, validate
     from topoland.data import load_dataset
-    from topoland.run import load_cell_data
+    from topoland.pipeline.driver import load_cell_data
     cfg = validate({"data": {"name": "synthetic"}, "grid": {"run.seed": [0, 1]}})
     for cell in expand_grid(cfg):
         seed = cell.config["run"]["seed"]

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import cli, popen_cli, tiny_config
-from topoland.store import RunStore
+from topoland.runs.store import RunStore
 
 
 def _done(run_dir):

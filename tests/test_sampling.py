@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from topoland.data import DataSplits
-from topoland.directions import as_flat, filter_normalized_direction
-from topoland.embedding import cosine_distances_from_gram
+from topoland.nets.directions import as_flat, filter_normalized_direction
+from topoland.topology.embedding import cosine_distances_from_gram
 from topoland.errors import ConfigError, StoreError
-from topoland.models import build_model
-from topoland.params import param_names
-from topoland.sampling import (TABLE_COLUMNS, data_seed, direction_seeds,
+from topoland.nets.models import build_model
+from topoland.nets.params import param_names
+from topoland.sampling.sampler import (TABLE_COLUMNS, data_seed, direction_seeds,
                                jump_and_retrain, load_samples, random_projection, save_samples,
                                trajectory_features)
 
@@ -238,7 +238,7 @@ def test_bad_arguments_raise():
 def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
     """The hand-batched MLP forward (one GEMM for the shared first layer, baddbmm after) and the
     foreach SGD give the vmap path's and the sequential reference's trajectories."""
-    import topoland.sampling as sampling
+    import topoland.sampling.sampler as sampling
 
     data = _data(shape=(1, 16))
     mlp = build_model("mlp", data.input_shape, data.num_classes, seed=2, widths=(12, 9))

@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from topoland.config import expand_grid, to_toml, validate
+from topoland.runs.config import expand_grid, to_toml, validate
 from topoland.errors import StoreError
-from topoland.store import RunStore, load_tensors, save_tensors
+from topoland.runs.store import RunStore, load_tensors, save_tensors
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_reopen_with_other_grid_refused(store, tmp_path):
 def test_second_process_refused_by_lock(store):
     st, _ = store
     with st:
-        code = ("import sys; from topoland.store import RunStore\n"
+        code = ("import sys; from topoland.runs.store import RunStore\n"
                 "try:\n    RunStore.open(sys.argv[1]).lock()\nexcept Exception as e:\n    print(e); sys.exit(3)")
         r = subprocess.run([sys.executable, "-c", code, str(st.path)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": os.getcwd()})

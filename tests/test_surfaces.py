@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from topoland import directions as D
-from topoland import params as P
+from topoland.nets import directions as D
+from topoland.nets import params as P
 from topoland.landscape import surfaces as S
 from topoland.landscape.storage import GridStore, GridStoreError, read_grid
-from topoland.models import build_model
+from topoland.nets.models import build_model
 from topoland.plots import landscape as PL
 
 

@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 
-from topoland.embedding import cosine_distances  # noqa: E402
+from topoland.topology.embedding import cosine_distances  # noqa: E402
 from topoland.errors import ConfigError, DataError  # noqa: E402
 from topoland.topology import (LossTopology, TrajectorySet, betti_curve,  # noqa: E402
                                betti_curve_vector, bottleneck_distance, diagram_features,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from topoland.embedding import cosine_distances
+from topoland.topology.embedding import cosine_distances
 from topoland.errors import ConfigError, DataError
 from topoland.topology import (delaunay_edges, extended_diagrams, extended_features,
                                filtration_graph, knn_graph, landscape_features,

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from topoland.errors import ConfigError
-from topoland.models import build_model
-from topoland.train import (REFERENCE_RECIPE, TrainRecipe, evaluate_model, lr_at, make_optimizer,
+from topoland.nets.models import build_model
+from topoland.train.training import (REFERENCE_RECIPE, TrainRecipe, evaluate_model, lr_at, make_optimizer,
                             train_minimum)
 
 
@@ -133,7 +133,7 @@ def test_checkpoint_snapshots(tiny_data):
 
 
 def test_target_met_needs_every_set_target():
-    from topoland.train import target_met
+    from topoland.train.training import target_met
     both = TrainRecipe(target_loss=0.1, target_acc=0.9)
     assert target_met(both, 0.05, 0.95) and target_met(both, 0.1, 0.9)
     assert not target_met(both, 0.2, 0.95) and not target_met(both, 0.05, 0.8)

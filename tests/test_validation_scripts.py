@@ -29,7 +29,7 @@ def test_topology_oracles_default_mode_and_summary():
 
 
 def test_h1_fill_scale_restricts_the_delaunay_fill():
-    from topoland.embedding import cosine_distances
+    from topoland.topology.embedding import cosine_distances
     from topoland.landscape.oracles import simulate_jump_and_retrain
     from topoland.topology import delaunay_edges, principal_plane
     mod = _script("h1_fill_scale")

@@ -12,11 +12,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     **dict.fromkeys(("DataSplits", "load_dataset"), "topoland.data"),
-    **dict.fromkeys(("build_model",), "topoland.models"),
-    **dict.fromkeys(("TrainRecipe", "train_minimum"), "topoland.train"),
+    **dict.fromkeys(("build_model",), "topoland.nets.models"),
+    **dict.fromkeys(("TrainRecipe", "train_minimum"), "topoland.train.training"),
     **dict.fromkeys(("jump_and_retrain", "SampleResult", "load_samples", "save_samples",
-                     "trajectory_features"), "topoland.sampling"),
-    **dict.fromkeys(("cosine_distances", "phate_embedding"), "topoland.embedding"),
+                     "trajectory_features"), "topoland.sampling.sampler"),
+    **dict.fromkeys(("cosine_distances", "phate_embedding"), "topoland.topology.embedding"),
     **dict.fromkeys(("topology_of_samples", "LossTopology", "TrajectorySet", "TopologyResult"),
                     "topoland.topology"),
     **dict.fromkeys(("line", "random_lines", "interpolate", "plane", "random_plane",

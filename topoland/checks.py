@@ -1,6 +1,6 @@
 """Checks of single config values: each takes a value and returns an error text or None.
 
-The config schema (:mod:`topoland.config`) attaches one to every key.
+The config schema (:mod:`topoland.runs.config`) attaches one to every key.
 """
 from __future__ import annotations
 

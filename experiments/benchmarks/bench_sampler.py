@@ -24,8 +24,8 @@ import time
 import torch
 
 from topoland.data import DataSplits, load_dataset
-from topoland.models import build_model, count_parameters
-from topoland.sampling import jump_and_retrain
+from topoland.nets.models import build_model, count_parameters
+from topoland.sampling.sampler import jump_and_retrain
 from topoland.utils import resolve_device
 
 MODELS = {

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from topoland.embedding import (cosine_distances, phate_embedding,  # noqa: E402
+from topoland.topology.embedding import (cosine_distances, phate_embedding,  # noqa: E402
                                 sketch_cosine_distances)
 from topoland.topology import (COMPLEXES, delaunay_edges, diagram_features,  # noqa: E402
                                filtration_graph, landscape_features, lower_star_persistence,

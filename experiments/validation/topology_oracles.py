@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from topoland.embedding import cosine_distances, phate_embedding  # noqa: E402
+from topoland.topology.embedding import cosine_distances, phate_embedding  # noqa: E402
 from topoland.landscape.oracles import ORACLES, check_oracle, simulate_jump_and_retrain  # noqa: E402
 from topoland.topology import (DEFAULT_COMPLEX, delaunay_edges, euclidean_distances,  # noqa: E402
                                extended_diagrams, filtration_graph, lower_star_persistence,

@@ -162,9 +162,9 @@ def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
 
 
 def _unflatten_stacked(thetas: Tensor, model: nn.Module) -> dict[str, Tensor]:
-    """``(B, D)`` flat vectors -> stacked ``{name: (B, *shape)}`` (:func:`topoland.params.unflatten`
+    """``(B, D)`` flat vectors -> stacked ``{name: (B, *shape)}`` (:func:`topoland.nets.params.unflatten`
     order: trainable parameters in module order, each flattened row-major)."""
-    from topoland.params import unflatten
+    from topoland.nets.params import unflatten
 
     d = sum(p.numel() for _, p in _trainable(model))
     if thetas.shape[1] != d:
@@ -324,7 +324,7 @@ def network_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int | No
     """Batched loss ``thetas (B, D) -> (B,)`` (mean cross-entropy, nats) of ``model``.
 
     Points are flat vectors of the trainable parameters in ``model.named_parameters()``
-    order (as :func:`topoland.params.flatten`). Evaluation: ``torch.func.functional_call`` + ``vmap`` over the stacked,
+    order (as :func:`topoland.nets.params.flatten`). Evaluation: ``torch.func.functional_call`` + ``vmap`` over the stacked,
     unflattened parameters (one call for all B points; ``chunk_size`` points per call to
     bound memory). The model itself is never modified.
 
@@ -333,7 +333,7 @@ def network_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int | No
     BN networks); ``"recompute"`` recomputes the running statistics at every point from
     ``bn_x`` (default ``x``; in chunks of ``bn_batch_size``) and then evaluates in eval mode
     (the statistics count as constants for gradients; to *evaluate* a final path prefer
-    :func:`network_metrics`). Dropout is always off (``topoland.params.functional_logits``
+    :func:`network_metrics`). Dropout is always off (``topoland.nets.params.functional_logits``
     with ``train=True`` would also switch dropout on, hence this module's own BN-only
     train mode). ``batch_size``: draw a random minibatch per call (seeded by
     ``seed``); None uses all of ``x``.
@@ -386,12 +386,12 @@ def network_metrics(model: nn.Module, splits: dict[str, tuple[Tensor, Tensor]], 
     """Batched metrics ``thetas (B, D) -> {f"{split}_loss", f"{split}_error": (B,)}``.
 
     Loss: mean cross-entropy (nats); error: fraction misclassified (0..1). Evaluated by
-    :func:`topoland.params.evaluate` (vmap over points, no gradients); with
+    :func:`topoland.nets.params.evaluate` (vmap over points, no gradients); with
     ``bn="recompute"`` (default) the BN statistics are recomputed at every point from
     ``bn_x`` (default: the first split's inputs, normally ``"train"``) in batches of
     ``batch_size``.
     """
-    from topoland.params import evaluate
+    from topoland.nets.params import evaluate
 
     if not splits:
         raise PathError("network_metrics needs at least one split (name -> (x, y))")

@@ -14,7 +14,7 @@ Conventions
 -----------
 * The loss is the **mean** over the samples used of ``loss_fn(logits, y) -> (N,)``, a
   per-sample loss (default: cross-entropy in nats; the convention of
-  :func:`topoland.params.evaluate` metrics). The Hessian is taken with respect to the trainable parameters flattened in module
+  :func:`topoland.nets.params.evaluate` metrics). The Hessian is taken with respect to the trainable parameters flattened in module
   order (``model.named_parameters()``), shape ``(D,)``.
 * Networks are evaluated in **eval mode**: BatchNorm uses its running statistics (the
   buffers passed in, by default the model's own) and dropout is off, so the loss is a
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from topoland import directions as _directions
-from topoland import params as _params
+from topoland.nets import directions as _directions
+from topoland.nets import params as _params
 from topoland.errors import TopolandError
 from topoland.utils import make_generator, resolve_device
 
@@ -525,10 +525,10 @@ def random_directions(model: nn.Module, n: int, seed: int = 0, *, norm: str | No
     """``n`` random normalized directions at ``params`` as flat rows: (n, D), trainable
     parameters in model order.
 
-    Direction i is :func:`topoland.directions.random_direction` with the seed
+    Direction i is :func:`topoland.nets.directions.random_direction` with the seed
     ``numpy.random.SeedSequence(seed).generate_state(n)[i] >> 1`` (so the first directions do
     not depend on ``n``), normalized against ``params`` (default: the model's weights) by
-    :func:`topoland.directions.normalize_direction`: ``norm`` "filter" (Li et al. 2018: each
+    :func:`topoland.nets.directions.normalize_direction`: ``norm`` "filter" (Li et al. 2018: each
     slice along dim 0 rescaled to the norm of the weights' slice), "layer", or None/"none";
     ``ignore="biasbn"`` zeroes tensors with <= 1 dim. BN running statistics never move.
     """
@@ -549,7 +549,7 @@ def random_directions(model: nn.Module, n: int, seed: int = 0, *, norm: str | No
 
 def _points_loss(s: _Setup, points: Tensor, chunk_size: int | None) -> Tensor:
     """Mean loss at each flat parameter point (P, D) -> (P,) float64, batched through
-    :func:`topoland.params.evaluate` (functional_call + vmap, BN in eval mode)."""
+    :func:`topoland.nets.params.evaluate` (functional_call + vmap, BN in eval mode)."""
     pts = _params.unflatten(points, s.model, s.names)
     if s.buffers:
         P = points.shape[0]
@@ -576,7 +576,7 @@ def loss_along_directions(model: nn.Module, x: Tensor, y: Tensor, directions: Te
                           device="auto") -> np.ndarray:
     """Mean loss at theta + alpha d for every direction d (n, D) and alpha (A,): (n, A) float64.
 
-    All n*A points go through :func:`topoland.params.evaluate` (vmap over ``chunk_size`` points
+    All n*A points go through :func:`topoland.nets.params.evaluate` (vmap over ``chunk_size`` points
     per call; None: sized from its memory estimate); same subset, batches and eval-mode
     convention as :func:`hvp_fn`.
     """

@@ -9,7 +9,7 @@ picture is not distorted by the parametrization.
 Grid convention: a mask is ``(H, W)`` bool, ``True`` = high-loss cell; row 0 is the top of the
 picture. Cell ``(i, j)`` sits at ``x = linspace(-1, 1, W)[j]``, ``y = linspace(1, -1, H)[i]``.
 Cells per step go through the network in one batched call
-(:func:`topoland.params.functional_logits`, vmap over cells); :func:`_cell_losses_loop` is the
+(:func:`topoland.nets.params.functional_logits`, vmap over cells); :func:`_cell_losses_loop` is the
 plain reference.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from topoland.directions import orthogonal_pair
+from topoland.nets.directions import orthogonal_pair
 from topoland.errors import TopolandError
-from topoland.params import (evaluate, flatten, functional_logits, get_params, has_batchnorm,
+from topoland.nets.params import (evaluate, flatten, functional_logits, get_params, has_batchnorm,
                              param_names, unflatten)
 from topoland.utils import make_generator, resolve_device
 
@@ -163,7 +163,7 @@ class LossPatternFitter:
     directions, cell and batch draws), device.
 
     ``fit(model, x, y, mask)`` starts from the model's weights as origin and an exactly
-    orthogonal filter-normalized pair (:func:`topoland.directions.orthogonal_pair`) as right/up.
+    orthogonal filter-normalized pair (:func:`topoland.nets.directions.orthogonal_pair`) as right/up.
     BN models are trained with batch statistics and evaluated with statistics recomputed per
     cell. Fitted attributes: ``origin_``, ``right_``, ``up_`` ``(D,)`` float32, ``scale_`` (float),
     ``mask_`` and ``history_`` (step, loss, low_loss, high_loss, cos, norm_ratio; the last two
@@ -246,7 +246,7 @@ class LossPatternFitter:
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024,
                  device=None) -> dict[str, np.ndarray]:
         """Loss (nats) and accuracy of every cell on ``(x, y)``: ``{"loss", "accuracy"}`` of shape
-        ``(H, W)``, via :func:`topoland.params.evaluate` (BN statistics recomputed per cell from x).
+        ``(H, W)``, via :func:`topoland.nets.params.evaluate` (BN statistics recomputed per cell from x).
 
         Pass held-out data (the test split, as the source paper does): the plane was optimized on
         the training data given to :meth:`fit`, so a pattern that shows there measures only the

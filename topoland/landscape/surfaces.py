@@ -1,13 +1,13 @@
 """Loss surfaces around minima: 1-D lines and interpolations, 2-D planes, PCA trajectories.
 
 Every surface is a set of parameter points ``theta = origin + sum_j c_j d_j`` (flat vectors
-in :func:`topoland.directions.direction_names` order) evaluated on the training data (and the
+in :func:`topoland.nets.directions.direction_names` order) evaluated on the training data (and the
 test data when given). Points are evaluated in chunks of ``chunk_points``.
 
 Evaluators (``evaluator=``):
 
-- ``"batched"``: :func:`topoland.params.evaluate` (functional_call + vmap, P points per pass).
-- ``"loop"``: :func:`topoland.params.evaluate_loop`, the plain reference.
+- ``"batched"``: :func:`topoland.nets.params.evaluate` (functional_call + vmap, P points per pass).
+- ``"loop"``: :func:`topoland.nets.params.evaluate_loop`, the plain reference.
 - ``"linear-first"``: exact reformulation for models whose first layer (a Conv1d/Conv2d/Linear
   applied to the input and nothing else) is linear in its weights and bias jointly:
   ``layer(x; W0 + sum_j c_j D_j) = layer(x; W0) + sum_j c_j layer(x; D_j)``. The k + 1 first-layer
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from topoland import directions as _dirs
-from topoland import params as _params
+from topoland.nets import directions as _dirs
+from topoland.nets import params as _params
 from topoland.errors import TopolandError
 from topoland.utils import resolve_device
 
@@ -846,7 +846,7 @@ def random_plane(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, norm=
                  ignore="biasbn", exact: bool = False, **kw) -> Surface:
     """2-D surface on two seeded random (filter-normalized) directions (Li et al. 2018).
 
-    Directions: :func:`topoland.directions.orthogonal_pair` (exact=False: as drawn, nearly
+    Directions: :func:`topoland.nets.directions.orthogonal_pair` (exact=False: as drawn, nearly
     orthogonal). kw: as :func:`plane`."""
     d1, d2 = _dirs.orthogonal_pair(model, seed, exact=exact, norm=norm, ignore=ignore)
     srf = plane(model, d1, d2, x, y, **kw)

@@ -1,4 +1,4 @@
-"""Figures of fast geometric ensembles (:mod:`topoland.ensembles`)."""
+"""Figures of fast geometric ensembles (:mod:`topoland.train.ensembles`)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -19,7 +19,7 @@ def _ax(ax):
 def plot_ensemble_curve(curve: pd.DataFrame, ax=None, *, label: str | None = None, **kw):
     """Ensemble accuracy (and mean/individual member accuracy) against the number of members.
 
-    curve: :func:`topoland.ensembles.ensemble_curve` output. Returns the Axes.
+    curve: :func:`topoland.train.ensembles.ensemble_curve` output. Returns the Axes.
     """
     need = {"members", "ensemble_acc", "member_acc", "mean_member_acc"}
     if not need <= set(curve.columns):

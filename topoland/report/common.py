@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import load_tensors
+from topoland.runs.store import load_tensors
 
 __all__ = ["fmt", "blank", "read_topology"]
 

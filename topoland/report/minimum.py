@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import StoreError
-from .common import blank, fmt, read_topology
+from topoland.errors import StoreError
+from topoland.report.common import blank, fmt, read_topology
 
 __all__ = ["minimum_page", "intervals_page"]
 
@@ -35,7 +35,7 @@ def _geometry_line(topo: dict, settings: dict) -> str:
 
 
 def _line_surfaces(d: Path) -> list:
-    from ..landscape.surfaces import Surface
+    from topoland.landscape.surfaces import Surface
     out = []
     for p in sorted(d.glob("line_*.csv"), key=lambda p: int(p.stem.split("_")[1])):
         df = pd.read_csv(p)
@@ -50,7 +50,7 @@ def _line_surfaces(d: Path) -> list:
 def _draw_lines(ax, lines, quantity: str):
     from matplotlib.lines import Line2D
 
-    from ..plots.landscape import plot_line
+    from topoland.plots.landscape import plot_line
     for i, srf in enumerate(lines):
         plot_line(srf, ax=ax, quantity=quantity, color=f"C{i}", lw=1.2)
     for ln in ax.get_lines():
@@ -66,12 +66,12 @@ def _draw_lines(ax, lines, quantity: str):
 def minimum_page(w, run, cid: str) -> None:
     """One page for a minimum with a finished topology stage (``w``: the report writer,
     ``run``: the run being reported)."""
-    from ..plots.curvature import plot_eigenvalue_density
-    from ..plots.landscape import plot_contour
-    from ..plots.topology import (plot_betti_curves, plot_diagram, plot_embedding,
+    from topoland.plots.curvature import plot_eigenvalue_density
+    from topoland.plots.landscape import plot_contour
+    from topoland.plots.topology import (plot_betti_curves, plot_diagram, plot_embedding,
                                   plot_filtration_graph, plot_intervals)
-    from ..sampling import load_samples
-    from ..topology import betti_curve
+    from topoland.sampling.sampler import load_samples
+    from topoland.topology import betti_curve
 
     name = run.names[cid]
     title = f"Minimum {name}: {run.labels[cid]}"
@@ -164,8 +164,8 @@ def minimum_page(w, run, cid: str) -> None:
     surf_summary = run.summary(cid, "surface")
     plane = sdir / "plane.h5"
     if run.done(cid, "surface") and plane.is_file():
-        from ..landscape.storage import read_grid
-        from ..landscape.surfaces import Surface
+        from topoland.landscape.storage import read_grid
+        from topoland.landscape.surfaces import Surface
         g = read_grid(plane)
         srf = Surface(xs=g["xs"], ys=g["ys"], values=g["values"], meta=dict(g["meta"]) | {"kind": g["kind"]})
 

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import StoreError, TopolandError
-from ..store import RUN_LEVEL, RunStore, atomic_write_bytes
-from .common import blank as _blank
-from .common import fmt as _fmt
-from .minimum import intervals_page as _intervals_page
-from .minimum import minimum_page as _minimum_page
+from topoland.errors import StoreError, TopolandError
+from topoland.runs.store import RUN_LEVEL, RunStore, atomic_write_bytes
+from topoland.report.common import blank as _blank
+from topoland.report.common import fmt as _fmt
+from topoland.report.minimum import intervals_page as _intervals_page
+from topoland.report.minimum import minimum_page as _minimum_page
 
 __all__ = ["build_report", "pdf_pages", "ReportError", "PAGE_SIZE", "MIN_FONT_PT", "CELL_STAGE_ORDER"]
 
@@ -465,8 +465,8 @@ def _ensemble_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
 
 # ---------------------------------------------------------------------------------- page 4
 def _classifier_heatmap(clf: pd.DataFrame, ax) -> None:
-    from ..analysis.classify import pivot_classifier_table
-    from ..plots.analysis import plot_classifier_table
+    from topoland.analysis.classify import pivot_classifier_table
+    from topoland.plots.analysis import plot_classifier_table
     plot_classifier_table(clf, ax=ax)
     ax.grid(False)
     ax.tick_params(axis="y", labelrotation=0)
@@ -553,8 +553,8 @@ def _flatness_page(w: _Writer, flat: pd.DataFrame | None) -> None:
 
 def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
     """Across-minima pages; returns the analysis tables to copy beside the PDF."""
-    from ..analysis import load_feature_table
-    from ..plots.analysis import plot_feature_vs_target, plot_grouped
+    from topoland.analysis import load_feature_table
+    from topoland.plots.analysis import plot_feature_vs_target, plot_grouped
 
     d = run.store.stage_dir(RUN_LEVEL, "analysis")
     tables = {name: pd.read_csv(d / f"{name}.csv")
@@ -678,8 +678,8 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
 
 # ---------------------------------------------------------------------------------- page 5
 def _paths_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
-    from ..landscape.barriers import PathError, barrier_matrix, disconnectivity_tree
-    from ..plots.paths import plot_disconnectivity, plot_profiles
+    from topoland.landscape.barriers import PathError, barrier_matrix, disconnectivity_tree
+    from topoland.plots.paths import plot_disconnectivity, plot_profiles
 
     summ = run.summary(RUN_LEVEL, "paths")
     if "skipped" in summ:
@@ -831,7 +831,7 @@ def build_report(run_dir, pdf_path) -> dict:
 
     Returns ``{"pages": int, "headings": [page titles], "path": Path, "tables": [csv paths]}``.
     """
-    from ..run import minima_table
+    from topoland.pipeline.driver import minima_table
 
     store = RunStore.open(run_dir)
     pdf_path = Path(pdf_path)

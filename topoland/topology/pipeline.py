@@ -130,7 +130,7 @@ def _usable(table, n, value, drop_diverged):
 
 
 def _cosines(params, gram, keep, n, distances, sketch_dim, sketch_seed, device):
-    from topoland.embedding import (cosine_distances, cosine_distances_from_gram,
+    from topoland.topology.embedding import (cosine_distances, cosine_distances_from_gram,
                                     sketch_cosine_distances)
     if gram is not None:
         G = np.asarray(gram.detach().cpu().numpy() if hasattr(gram, "detach") else gram,
@@ -213,7 +213,7 @@ def topology_of_samples(table: pd.DataFrame, params=None, gram=None, *, k: int =
     ``drop_diverged``: remove samples flagged ``diverged`` or with a non-finite value
     (otherwise they raise).
     """
-    from topoland.embedding import phate_embedding
+    from topoland.topology.embedding import phate_embedding
 
     _check_options(k, value, complex, p, essential, graph_on, distances, sketch_dim, graph, plane,
                    min_persistence, n_resamples, ci_level, resample)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import TopolandError
+from topoland.cli.output import finish
+from topoland.errors import TopolandError
 
 HANDLERS: dict = {}
 
 
-_MAX_PARAMS_TEXT = "200,000,000"  # topoland.checkpoint.MAX_PARAMS, without importing torch for --help
+_MAX_PARAMS_TEXT = "200,000,000"  # topoland.nets.checkpoint.MAX_PARAMS, without importing torch for --help
 
 
 def _positive_int(text: str) -> int:
@@ -113,10 +114,10 @@ def add_commands(subs, make):
 def _load(path, data_name=None, root=None, max_params=None):
     """A checkpoint's model (eval mode) and the dataset it was trained on (or ``data_name``).
 
-    The checkpoint's spec is untrusted (:func:`topoland.checkpoint.check_spec`): validated, at
+    The checkpoint's spec is untrusted (:func:`topoland.nets.checkpoint.check_spec`): validated, at
     most ``max_params`` parameters, and never a reason to download a dataset."""
-    from .checkpoint import MAX_PARAMS, load_checkpoint
-    from .run import load_cell_data
+    from topoland.nets.checkpoint import MAX_PARAMS, load_checkpoint
+    from topoland.pipeline.driver import load_cell_data
     model, meta = load_checkpoint(path, max_params=max_params or MAX_PARAMS)
     spec = meta.get("spec") or {}
     data_cfg = dict(spec.get("data") or {})
@@ -127,7 +128,7 @@ def _load(path, data_name=None, root=None, max_params=None):
         raise TopolandError(f"checkpoint '{path}' does not record its dataset; pass --data NAME")
     if root:
         data_cfg["root"] = root
-    from .config import defaults
+    from topoland.runs.config import defaults
     cfg = defaults()
     cfg["data"].update(data_cfg)
     cfg["data"]["download"] = False  # a checkpoint never makes topoland reach the network
@@ -160,18 +161,17 @@ def _save_fig(ax_fn, path):
 
 # ---------------------------------------------------------------------------------- commands
 def _cmd_surface(a):
-    from .landscape import surfaces as S
-    from .plots.landscape import export_vtk, plot_contour, plot_line
-    from .run import run_stage_in_dir
+    from topoland.landscape import surfaces as S
+    from topoland.plots.landscape import export_vtk, plot_contour, plot_line
+    from topoland.pipeline.driver import run_stage_in_dir
     src = Path(a.source)
     if src.is_dir():
         if a.kind not in ("plane", "line"):
             raise TopolandError("on a run directory, --kind must be plane or line")
-        from .cli import _finish
         rep = run_stage_in_dir(src, "surface", overrides={"kind": a.kind, "grid": a.grid,
                                                           "range": list(a.range), "n_samples": a.samples},
                                force=True)
-        return _finish(rep)
+        return finish(rep)
     model, data = _load(src, a.data, a.root, a.max_params)
     x, y = _subset(data, a.samples, a.seed)
     common = dict(x_test=data.x_test, y_test=data.y_test)
@@ -210,8 +210,8 @@ def _cmd_surface(a):
 
 
 def _cmd_neb(a):
-    from .plots.paths import plot_profiles
-    from .run import connect_models
+    from topoland.plots.paths import plot_profiles
+    from topoland.pipeline.driver import connect_models
     ma, data = _load(a.a, a.data, a.root, a.max_params)
     mb, _ = _load(a.b, a.data, a.root, a.max_params)
     res = connect_models(ma, mb, data, method=a.method, n_images=a.images, steps=a.steps, lr=a.lr,
@@ -231,7 +231,6 @@ def _cmd_neb(a):
 
 
 def _cmd_connect(a):
-    from .cli import _finish
-    from .run import connect_run
+    from topoland.pipeline.driver import connect_run
     rep = connect_run(a.run_dir, strategy=a.strategy, method=a.method, steps=a.steps)
-    return _finish(rep)
+    return finish(rep)

@@ -23,9 +23,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import Cell
-from .errors import TopolandError
-from .store import RunStore
+from topoland.runs.config import Cell
+from topoland.errors import TopolandError
+from topoland.runs.store import RunStore
 
 
 def execute_cells(store: RunStore, cell_ids, stages, *, executor="local", address=None, config=None,
@@ -50,7 +50,7 @@ def _bar(total, progress, desc):
 
 
 def _execute_inline(store, todo, stages, progress):
-    from .run import run_cell_stages
+    from topoland.pipeline.driver import run_cell_stages
     failures = []
     with _bar(len(todo), progress, "cells") as bar:
         def on_stage(cid, stage):
@@ -65,7 +65,7 @@ def _worker(args):
     run_dir, cid, stages, gpu = args
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from .run import run_cell_stages
+    from topoland.pipeline.driver import run_cell_stages
     return run_cell_stages(RunStore.open(run_dir), cid, stages)
 
 
@@ -88,7 +88,7 @@ def _execute_processes(store, todo, stages, workers, progress):
 def _pack(store: RunStore, cell_id: str, stages=None) -> dict:
     """The finished stage folders (files as bytes, and summaries) of a cell; by default all of
     them, since a stage reads the folders of earlier stages even when only it is asked for."""
-    from .run import CELL_STAGES
+    from topoland.pipeline.driver import CELL_STAGES
     packed = {}
     for stage in CELL_STAGES if stages is None else stages:
         if store.is_done(cell_id, stage):
@@ -114,7 +114,7 @@ def run_packed_cell(cell_config: dict, cell_id: str, packed: dict, stages) -> tu
 
     Returns ``(new stage folders as bytes, failures, tracebacks by stage)``.
     """
-    from .run import run_cell_stages
+    from topoland.pipeline.driver import run_cell_stages
     with tempfile.TemporaryDirectory(prefix="topoland-cell-") as tmp:
         st = RunStore.create(Path(tmp) / "run", "", [Cell(cell_id, 0, cell_config)])
         for stage, item in packed.items():

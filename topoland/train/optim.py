@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel
 
 from topoland.errors import TopolandError
-from topoland.params import has_batchnorm
+from topoland.nets.params import has_batchnorm
 
 __all__ = ["OptimError", "average_snapshots", "SWAAverager", "update_bn", "EntropySGD", "PAL",
            "entropy_gamma", "pal_step_size"]

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as _st_save
 
-from .errors import StoreError
+from topoland.errors import StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);

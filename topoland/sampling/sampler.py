@@ -47,9 +47,9 @@ from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from topoland.data import augment_batch, minibatch_order
-from topoland.directions import as_flat, filter_normalized_direction
+from topoland.nets.directions import as_flat, filter_normalized_direction
 from topoland.errors import ConfigError, StoreError
-from topoland.params import flatten, param_names, unflatten
+from topoland.nets.params import flatten, param_names, unflatten
 from topoland.utils import make_generator, resolve_device
 
 __all__ = [
@@ -287,11 +287,11 @@ def _mlp_chain(model: nn.Module) -> list[tuple[str, str | None]] | None:
     """The layers of a plain MLP as ``[("linear", name) | ("relu", None) | ("flatten", None)]``.
 
     Only models whose forward is known to apply their layers in order qualify: an exact
-    ``nn.Sequential`` or ``topoland.models.MLP`` (its ``net``), nested exact ``nn.Sequential``s,
+    ``nn.Sequential`` or ``topoland.nets.models.MLP`` (its ``net``), nested exact ``nn.Sequential``s,
     leaves exactly ``nn.Linear`` / ``nn.ReLU`` / ``nn.Identity`` / ``nn.Flatten(1, -1)`` (the
     latter only before the first Linear), no buffers. Anything else returns None (vmap path).
     """
-    from topoland.models import MLP
+    from topoland.nets.models import MLP
 
     if type(model) is MLP:
         root, prefix = model.net, "net."

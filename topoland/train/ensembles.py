@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from topoland.data import DataSplits, augment_batch, minibatch_order
 from topoland.errors import TopolandError
-from topoland.optim import update_bn
-from topoland.params import (flatten, functional_logits, get_buffers, has_batchnorm, param_names,
+from topoland.train.optim import update_bn
+from topoland.nets.params import (flatten, functional_logits, get_buffers, has_batchnorm, param_names,
                              stack, unflatten)
 from topoland.utils import make_generator, resolve_device
 

@@ -1,4 +1,4 @@
-"""The ``topoland`` command: arguments and output only; the work is done by ``topoland.run``.
+"""The ``topoland`` command: arguments and output only; the work is done by ``topoland.pipeline.driver``.
 
 Every error a user can cause ends in one ``error: ...`` line naming the culprit and exit 2.
 """
@@ -10,7 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .errors import TopolandError
+from topoland.cli.output import finish
+from topoland.errors import TopolandError
 
 EPILOG = """\
 typical session:
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Train minima over a grid of settings, sample around each by jump and retrain,\n"
                     "measure the topology of the sampled region (PHATE, k-NN graphs, persistence),\n"
                     "surfaces, curvature and minimum-energy paths, and relate them to generalization.")
-    from . import __version__
+    from topoland import __version__
     p.add_argument("--version", action="version", version=f"topoland {__version__}")
     subs = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -155,42 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_extra_commands(subs):
     """Commands that work on checkpoints rather than run directories (surface, neb, connect)."""
-    from . import cli_tools
+    from topoland.cli import tools as cli_tools
     cli_tools.add_commands(subs, _sub)
 
 
 # ---------------------------------------------------------------------------------- handlers
 def _cmd_run(a):
-    from .run import run
+    from topoland.pipeline.driver import run
     rep = run(a.config, out=a.out, only=a.only, force=a.force, executor=a.executor, address=a.address,
               progress=not a.quiet)
-    return _finish(rep)
+    return finish(rep)
 
 
 def _cmd_train(a):
-    from .run import run
-    return _finish(run(a.config, out=a.out, only=["train"], progress=not a.quiet))
-
-
-def _finish(rep) -> int:
-    for note in getattr(rep, "notes", ()):
-        print(f"note: {note}")
-    print(f"run directory: {rep.run_dir}")
-    tables = rep.run_dir / "run" / "analysis"
-    if tables.is_dir():
-        print(f"tables:        {tables}")
-    if rep.report_path:
-        print(f"report:        {rep.report_path}")
-    if rep.failures:
-        print(f"\n{len(rep.failures)} failed stage(s); rerun the same command to retry them:", file=sys.stderr)
-        for cid, stage, msg in rep.failures:
-            print(f"  cell {cid} · {stage}: {msg.splitlines()[0] if msg else ''}", file=sys.stderr)
-        return 1
-    return 0
+    from topoland.pipeline.driver import run
+    return finish(run(a.config, out=a.out, only=["train"], progress=not a.quiet))
 
 
 def _cmd_list(a):
-    from .run import minima_table
+    from topoland.pipeline.driver import minima_table
     df = minima_table(a.run_dir)
     import pandas as pd
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", 500):
@@ -210,8 +194,8 @@ def _cmd_info(a):
 
     import torch
 
-    from . import __version__
-    from .data import DATASETS, dataset_available
+    from topoland import __version__
+    from topoland.data import DATASETS, dataset_available
     print(f"topoland   {__version__}")
     print(f"python     {platform.python_version()}")
     for mod in ("torch", "torchvision", "numpy", "scipy", "sklearn", "pandas", "phate", "gudhi", "networkx",
@@ -234,7 +218,7 @@ def _cmd_info(a):
 
 
 def _cmd_config(a):
-    from .config import describe_schema, expand_grid, load_config
+    from topoland.runs.config import describe_schema, expand_grid, load_config
     if a.keys or not a.config:
         print(describe_schema())
         return 0
@@ -247,7 +231,7 @@ def _cmd_config(a):
 
 
 def _cmd_verify(a):
-    from .store import RunStore
+    from topoland.runs.store import RunStore
     problems = RunStore.open(a.run_dir).verify()
     if problems:
         print(f"{len(problems)} problem(s) in {a.run_dir}:")
@@ -276,25 +260,25 @@ def _parse_sets(sets, extra=None):
 
 
 def _cmd_stage(a):
-    from .run import run_stage_in_dir
+    from topoland.pipeline.driver import run_stage_in_dir
     extra = {}
     if a.command == "sample":
         extra = {"directions": a.directions, "epochs": a.epochs, "lr": a.lr, "storage": a.storage,
                  "steps": [float(x) for x in a.steps.split(",")] if a.steps else None}
     rep = run_stage_in_dir(a.run_dir, a.command, overrides=_parse_sets(a.set, extra), force=a.force,
                            progress=not a.quiet)
-    return _finish(rep)
+    return finish(rep)
 
 
 def _cmd_report(a):
-    from .run import write_report
+    from topoland.pipeline.driver import write_report
     path = write_report(a.run_dir, a.dir)
     print(f"report: {path}")
     return 0
 
 
 def _cmd_compare(a):
-    from .run import compare_in_dir
+    from topoland.pipeline.driver import compare_in_dir
     import pandas as pd
     res = compare_in_dir(a.run_dir, by=a.by, metric=a.metric, n_permutations=a.permutations, seed=a.seed)
     sizes = ", ".join(f"{k}: {v}" for k, v in res.n.items())
@@ -356,7 +340,7 @@ def main(argv=None) -> int:
     if not a.command:
         parser.print_help()
         return 0
-    from . import cli_tools
+    from topoland.cli import tools as cli_tools
     handler = HANDLERS.get(a.command) or cli_tools.HANDLERS[a.command]
     try:
         return handler(a)
@@ -369,7 +353,3 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

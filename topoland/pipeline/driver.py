@@ -18,10 +18,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import STAGES, Cell, expand_grid, load_config, to_toml
-from .errors import StoreError, TopolandError
-from .store import RUN_LEVEL, RunStore
-from .utils import resolve_device
+from topoland.runs.config import STAGES, Cell, expand_grid, load_config, to_toml
+from topoland.errors import StoreError, TopolandError
+from topoland.runs.store import RUN_LEVEL, RunStore
+from topoland.utils import resolve_device
 
 CELL_STAGES = ("train", "sample", "topology", "surface", "curvature", "ensemble")
 RUN_STAGES = ("paths", "analysis", "report")
@@ -66,7 +66,7 @@ def invalidate_stage(store: RunStore, cell_id: str, stage: str) -> None:
 def stage_inputs(cfg: dict, stage: str) -> dict:
     """The config values ``stage`` reads (:data:`READS`, with any command-line overrides),
     keys at their defaults left out, so that a key added later does not count as a change."""
-    from .config import defaults
+    from topoland.runs.config import defaults
     base = defaults()
     out = {"run.seed": cfg["run"]["seed"]}
     for section in READS[stage]:
@@ -117,7 +117,7 @@ class CellContext:
 
     @property
     def device(self):
-        from .utils import resolve_device
+        from topoland.utils import resolve_device
         return resolve_device(self.config["run"]["device"])
 
     @property
@@ -129,8 +129,8 @@ class CellContext:
     def model(self):
         """The trained minimum of this cell (an ``nn.Module`` in eval mode), built from the cell's
         validated config, not from the spec inside the file (a checkpoint's spec is untrusted)."""
-        from .checkpoint import load_checkpoint
-        from .models import build_model
+        from topoland.nets.checkpoint import load_checkpoint
+        from topoland.nets.models import build_model
         name, kwargs = model_spec(self.config)
         shell = build_model(name, self.data.input_shape, self.data.num_classes, **kwargs)
         model, _ = load_checkpoint(self.stage_dir("train") / "model.safetensors", model=shell)
@@ -142,7 +142,7 @@ _DATA_CACHE: dict[str, object] = {}
 
 def load_cell_data(cfg: dict):
     """Load (and cache per process) the dataset a cell's config names."""
-    from .data import load_dataset
+    from topoland.data import load_dataset
     d = cfg["data"]
     # the run seed generates synthetic sets and draws the splits: it is part of the key
     key = json.dumps([d, cfg["run"]["seed"]], sort_keys=True)
@@ -162,10 +162,10 @@ def model_spec(cfg: dict) -> tuple[str, dict]:
 
 # ---------------------------------------------------------------------------------- stages
 def stage_train(ctx: CellContext, out: Path) -> dict:
-    from .checkpoint import save_checkpoint
-    from .models import build_model
-    from .store import save_tensors
-    from .train import TrainRecipe, train_minimum
+    from topoland.nets.checkpoint import save_checkpoint
+    from topoland.nets.models import build_model
+    from topoland.runs.store import save_tensors
+    from topoland.train.training import TrainRecipe, train_minimum
 
     cfg, data = ctx.config, ctx.data
     name, kwargs = model_spec(cfg)
@@ -199,8 +199,8 @@ def train_summary(metrics: dict, recipe) -> dict:
 def sample_options(ctx: CellContext) -> dict:
     """The sample stage's options for this cell with every "inherit" resolved to the minimum's
     own ``train.*`` value (weight decay, batch size, momentum, augmentation)."""
-    from .config import resolve_inherited
-    from .errors import ConfigError
+    from topoland.runs.config import resolve_inherited
+    from topoland.errors import ConfigError
     try:
         return resolve_inherited(stage_options(ctx, "sample"), ctx.config["train"])
     except ConfigError as e:
@@ -208,7 +208,7 @@ def sample_options(ctx: CellContext) -> dict:
 
 
 def stage_sample(ctx: CellContext, out: Path) -> dict:
-    from .sampling import jump_and_retrain, save_samples, trajectory_features
+    from topoland.sampling.sampler import jump_and_retrain, save_samples, trajectory_features
 
     opts = sample_options(ctx)
     inherited = [k for k, v in stage_options(ctx, "sample").items() if v == "inherit"]
@@ -241,9 +241,9 @@ def stage_topology(ctx: CellContext, out: Path) -> dict:
     import numpy as np
     import torch
 
-    from .sampling import load_samples
-    from .store import save_tensors
-    from .topology import TopologyWarning, topology_of_samples
+    from topoland.sampling.sampler import load_samples
+    from topoland.runs.store import save_tensors
+    from topoland.topology import TopologyWarning, topology_of_samples
 
     opts = stage_options(ctx, "topology")
     s = load_samples(ctx.stage_dir("sample"))
@@ -284,7 +284,7 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
 
     import numpy as np
 
-    from .landscape.surfaces import random_lines, random_plane, surface_features
+    from topoland.landscape.surfaces import random_lines, random_plane, surface_features
     opts = stage_options(ctx, "surface")
     if opts["kind"] == "none":
         return {"skipped": "surface.kind = 'none'"}
@@ -302,8 +302,8 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
         surfaces.append(srf)
     ckpt = ctx.stage_dir("train") / "checkpoints.safetensors"
     if ckpt.is_file():  # the training trajectory was recorded: PCA plane with the path over it
-        from .landscape.surfaces import trajectory_plane
-        from .store import load_tensors
+        from topoland.landscape.surfaces import trajectory_plane
+        from topoland.runs.store import load_tensors
         pca_partial = partial.with_name("surface.pca.partial.h5")  # store.RESUME_DATA names it
         srf = trajectory_plane(model, load_tensors(ckpt)["checkpoints"], x, y, grid=opts["grid"],
                                store=pca_partial, **common)
@@ -325,7 +325,7 @@ def _write_line_csv(srf, path):
 
 
 def stage_curvature(ctx: CellContext, out: Path) -> dict:
-    from .landscape.curvature import curvature_features
+    from topoland.landscape.curvature import curvature_features
     opts = stage_options(ctx, "curvature")
     if not opts["enabled"]:
         return {"skipped": "curvature.enabled = false"}
@@ -338,7 +338,7 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
     if opts["density"]:
         import pandas as pd
 
-        from .landscape.curvature import eigenvalue_density, hvp_fn
+        from topoland.landscape.curvature import eigenvalue_density, hvp_fn
         op = hvp_fn(model, ctx.data.x_train, ctx.data.y_train, n_samples=opts["n_samples"],
                     seed=ctx.config["run"]["seed"], device=ctx.device)
         grid, dens = eigenvalue_density(op, seed=ctx.config["run"]["seed"])
@@ -351,8 +351,8 @@ def stage_ensemble(ctx: CellContext, out: Path) -> dict:
     """Fast geometric ensemble from the cell's minimum; its accuracy vs members on the test split."""
     import pandas as pd
 
-    from .ensembles import ensemble_curve, fast_geometric_ensemble, member_probabilities
-    from .store import save_tensors
+    from topoland.train.ensembles import ensemble_curve, fast_geometric_ensemble, member_probabilities
+    from topoland.runs.store import save_tensors
     opts = stage_options(ctx, "ensemble")
     model, data = ctx.model(), ctx.data
     res = fast_geometric_ensemble(model, data, cycles=opts["cycles"], cycle_epochs=opts["cycle_epochs"],
@@ -492,13 +492,13 @@ def run(config_path, *, out=None, only=None, force=(), executor=None, address=No
             for cid in [c.cell_id for c in cells] if stage in CELL_STAGES else [RUN_LEVEL]:
                 invalidate_stage(store, cid, stage)
         if store.config_text() != to_toml(cfg):  # what the run is asked to do now (a run-level section)
-            from .store import atomic_write_text
+            from topoland.runs.store import atomic_write_text
             atomic_write_text(store.path / "config.toml", to_toml(cfg))
         report.notes += refresh_stages(store, {c.cell_id: store.cell_config(c.cell_id) for c in cells}, cfg)
         cell_stages = [s for s in stages if s in CELL_STAGES]
         done_before = _n_done(store)
         t0 = time.time()
-        from .execute import execute_cells
+        from topoland.pipeline.executors import execute_cells
         report.failures += execute_cells(store, [c.cell_id for c in cells], cell_stages,
                                          executor=executor or cfg["run"]["executor"], address=address,
                                          config=cfg, progress=progress)
@@ -621,7 +621,7 @@ def run_stage_in_dir(run_dir, stage: str, *, overrides=None, force=False, progre
     report = RunReport(store.path)
     overrides = overrides or {}
     if overrides:
-        from .config import SCHEMA, _check_value
+        from topoland.runs.config import SCHEMA, _check_value
         for k, v in overrides.items():
             if k not in SCHEMA[stage]:
                 raise TopolandError(f"unknown option '{k}' for stage '{stage}' (known: {', '.join(SCHEMA[stage])})")
@@ -636,7 +636,7 @@ def run_stage_in_dir(run_dir, stage: str, *, overrides=None, force=False, progre
                     invalidate_stage(store, cid, stage)
             # this stage only: damage upstream is the whole run's business (`topoland run`)
             report.notes += refresh_stages(store, {cid: store.cell_config(cid) for cid in ids}, stages=[stage])
-            from .execute import execute_cells
+            from topoland.pipeline.executors import execute_cells
             report.failures += execute_cells(store, ids, [stage], progress=progress)
     finally:
         _OVERRIDES.pop(stage, None)
@@ -651,7 +651,7 @@ def stage_options(ctx: CellContext, stage: str) -> dict:
 
     Keys missing from the cell's stored config (run directories made before a key or an
     optional stage existed) take their defaults."""
-    from .config import defaults
+    from topoland.runs.config import defaults
     return defaults().get(stage, {}) | dict(ctx.config.get(stage, {})) | _OVERRIDES.get(stage, {})
 
 
@@ -671,8 +671,8 @@ def connect_models(model_a, model_b, data, *, method="neb", n_images=9, steps=10
     """
     import torch
 
-    from .landscape import paths as P
-    from .params import flatten, get_params
+    from topoland.landscape import paths as P
+    from topoland.nets.params import flatten, get_params
     theta_a = flatten(get_params(model_a)).float()
     theta_b = flatten(get_params(model_b)).float()
     if theta_a.shape != theta_b.shape:
@@ -738,7 +738,7 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0) 
     """Connect two cells' minima (cached per pair and attempt, so a killed run resumes)."""
     import shutil
 
-    from .store import save_tensors
+    from topoland.runs.store import save_tensors
     opts = cfg["paths"]
     pdir = store.path / "run" / "paths.pairs" / f"{a}__{b}" / f"attempt{attempt}"
     if not (pdir / "barriers.json").is_file():
@@ -773,7 +773,7 @@ def stage_paths(store: RunStore, cfg: dict, out: Path) -> dict:
 
     import pandas as pd
 
-    from .store import write_table
+    from topoland.runs.store import write_table
     opts = cfg["paths"]
     m = opts["method"]
     if opts["pairs"] == "mst":
@@ -799,8 +799,8 @@ def _connect_mst(store: RunStore, cfg: dict):
     tree by barrier (train loss maximum along the path) and retry across its highest edge."""
     import pandas as pd
 
-    from .landscape.paths import connect_all
-    from .params import flatten, get_params
+    from topoland.landscape.paths import connect_all
+    from topoland.nets.params import flatten, get_params
     cells = [c for c in _pairs_cells(store)]
     if len(cells) < 2:
         return pd.DataFrame()
@@ -885,7 +885,7 @@ def feature_groups(store: RunStore) -> dict:
 
 def analysis_table(store: RunStore):
     """The feature table of a run: settings, metrics and every available feature group."""
-    from .analysis import feature_table
+    from topoland.analysis import feature_table
     cells = minima_table(store.path).drop(columns=["stages"])
     cells = cells[[store.is_done(c, "train") for c in cells.cell_id]]
     if "diverged" in cells:
@@ -898,7 +898,7 @@ def analysis_table(store: RunStore):
 def _test_derived_groups(store: RunStore, cell_ids) -> dict:
     """Groups computed on the test split whatever their column names: a topology filtered by
     test loss (``topology.value = "test_loss"``) in any cell."""
-    from .config import defaults
+    from topoland.runs.config import defaults
     base = defaults()["topology"]["value"]
     values = {store.cell_config(c).get("topology", {}).get("value", base) for c in cell_ids}
     return {"topology": "all"} if "test_loss" in values else {}
@@ -909,7 +909,7 @@ def run_design(store: RunStore, cfg: dict):
     (``[[cells]]``: the cells after the grid's product, by position)."""
     import math
 
-    from .analysis.comparisons import Design
+    from topoland.analysis.comparisons import Design
     axes = tuple(cfg["grid"])
     n_grid = math.prod(len(v) for v in cfg["grid"].values())
     cells = store.cells()
@@ -949,10 +949,10 @@ def _targets(cfg: dict, ft) -> list[str]:
 def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     import pandas as pd
 
-    from .analysis import classifier_table, correlations, save_feature_table
-    from .analysis.comparisons import FLATNESS_MEASURES, comparison_table, flatness_ordering
-    from .errors import NotEnoughSamplesError
-    from .store import write_table
+    from topoland.analysis import classifier_table, correlations, save_feature_table
+    from topoland.analysis.comparisons import FLATNESS_MEASURES, comparison_table, flatness_ordering
+    from topoland.errors import NotEnoughSamplesError
+    from topoland.runs.store import write_table
     ft = analysis_table(store)
     save_feature_table(ft, out)
     a = cfg["analysis"]
@@ -1006,8 +1006,8 @@ def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0
     """``topoland compare``: compare ``metric`` by the grid axis ``by`` over the grid cells,
     stratified on the other axes; or, when ``by`` is the setting by which extra cells leave the
     grid (``train.pretrain_random_epochs``), those extra cells vs the grid."""
-    from .analysis import resolve_column
-    from .analysis.comparisons import extra_comparison, extra_kinds, grid_comparison, value_sizes
+    from topoland.analysis import resolve_column
+    from topoland.analysis.comparisons import extra_comparison, extra_kinds, grid_comparison, value_sizes
     store = RunStore.open(run_dir)
     cfg = _stored_config(store)
     ft = analysis_table(store)
@@ -1030,7 +1030,7 @@ def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0
 
 
 def stage_report(store: RunStore, cfg: dict, out: Path) -> dict:
-    from .report import build_report
+    from topoland.report import build_report
     pdf = build_report(store.path, out / "report.pdf")
     return {"pages": pdf["pages"]}
 
@@ -1049,7 +1049,7 @@ def write_report(run_dir, reports_dir="reports") -> Path:
 def _stored_config(store: RunStore) -> dict:
     import tomllib
 
-    from .config import validate
+    from topoland.runs.config import validate
     raw = tomllib.loads(store.config_text())
     return validate(raw)
 

@@ -1,6 +1,6 @@
 """Training and evaluation of minima.
 
-Determinism: the model's initial weights come from :func:`topoland.models.build_model`'s
+Determinism: the model's initial weights come from :func:`topoland.nets.models.build_model`'s
 ``seed``; :func:`train_minimum` trains the given model *in place* from its current weights,
 and its ``seed`` drives the minibatch order, the augmentation draws and the random labels of
 the pretraining phase, each from its own ``torch.Generator``. The global RNG is never used, so
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from topoland.data import DataSplits, augment_batch, minibatch_order
 from topoland.errors import ConfigError
-from topoland.optim import PAL, EntropySGD, SWAAverager, update_bn
+from topoland.train.optim import PAL, EntropySGD, SWAAverager, update_bn
 from topoland.utils import resolve_device
 
 __all__ = ["TrainRecipe", "REFERENCE_RECIPE", "TrainResult", "train_minimum", "evaluate_model",
@@ -47,19 +47,19 @@ class TrainRecipe:
     (both when both are set); ``epochs`` is then the budget. The milestone schedule stays a
     function of ``epochs``. Not with ``"swa"`` (its result is an average, not the iterate tested).
 
-    Optimizers (:mod:`topoland.optim`):
+    Optimizers (:mod:`topoland.train.optim`):
 
     * ``"sgd"``, ``"adam"``: torch's, under the milestone schedule.
     * ``"swa"``: SGD (milestone schedule) up to epoch ``min(floor(swa_start * epochs),
       epochs - 1)``; from there ``SWALR`` anneals to ``swa_lr`` over ``swa_anneal_epochs``
       (cosine) and the weights are averaged at the end of every epoch; the final model is
       the average with BN statistics recomputed on the training inputs.
-    * ``"entropy_sgd"``: :class:`topoland.optim.EntropySGD`; one outer step per ``entropy_L``
+    * ``"entropy_sgd"``: :class:`topoland.train.optim.EntropySGD`; one outer step per ``entropy_L``
       consecutive minibatches (one SGLD step each), so an epoch costs as many gradients as an
       SGD epoch. ``lr`` (milestone schedule), ``momentum``, ``nesterov`` act on the outer step,
       ``weight_decay`` on the inner gradient; scoping ``gamma_t = entropy_gamma0 * (1 +
       entropy_gamma1) ** t`` over outer steps t.
-    * ``"pal"``: :class:`topoland.optim.PAL` (``pal_mu``, ``pal_max_step``, ``pal_momentum``,
+    * ``"pal"``: :class:`topoland.train.optim.PAL` (``pal_mu``, ``pal_max_step``, ``pal_momentum``,
       ``pal_adapt``); ``lr`` and milestones are unused; ``weight_decay`` is added to the measured
       losses as ``weight_decay / 2 * |theta|^2``. The history's ``lr`` column holds the mean PAL step.
     """
@@ -253,9 +253,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
     of one example are skipped for models with BatchNorm (batch statistics need two).
     ``on_step(step, n_steps)`` is called after each update (1-based step).
 
-    Closure optimizers: :class:`~topoland.optim.PAL` measures twice on each (once augmented)
+    Closure optimizers: :class:`~topoland.train.optim.PAL` measures twice on each (once augmented)
     batch, the second forward leaving BN running statistics untouched; models with active
-    dropout are refused (PAL needs the same random draws). :class:`~topoland.optim.EntropySGD`
+    dropout are refused (PAL needs the same random draws). :class:`~topoland.train.optim.EntropySGD`
     takes ``L`` consecutive batches per outer step; the reported loss/accuracy are those of the
     first batch of each outer step (measured at the outer point).
     """

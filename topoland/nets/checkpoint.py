@@ -23,8 +23,8 @@ from safetensors.torch import load as _st_load_bytes
 from torch import Tensor, nn
 
 from topoland.errors import CheckpointError, ConfigError
-from topoland.models import build_model
-from topoland.store import safetensors_bytes
+from topoland.nets.models import build_model
+from topoland.runs.store import safetensors_bytes
 
 __all__ = ["save_checkpoint", "load_checkpoint", "save_tensors", "load_tensors", "compare_state"]
 
@@ -131,13 +131,13 @@ def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
     """A checkpoint's embedded spec, checked as untrusted input before anything is built.
 
     The model and data sections and the seed are validated by the config's own declarations
-    (:func:`topoland.config.validate`); ``input_shape`` and ``num_classes`` must be positive
+    (:func:`topoland.runs.config.validate`); ``input_shape`` and ``num_classes`` must be positive
     integers; the model's parameters are counted on the meta device (nothing allocated) and a
     model above ``max_params`` is refused (None: no limit). Returns the spec with the data
     section resolved over its defaults and ``download`` forced off: a checkpoint never makes
     topoland reach the network. Raises :class:`CheckpointError` naming the file and the key.
     """
-    from topoland.config import validate
+    from topoland.runs.config import validate
     if not isinstance(spec, dict):
         raise CheckpointError(f"checkpoint {path}: spec must be a JSON object, got {type(spec).__name__}")
     missing = [k for k in _SPEC_KEYS if k not in spec]
@@ -198,7 +198,7 @@ def save_checkpoint(path, model: nn.Module, *, spec: dict, metrics: dict | None 
     """Save ``model.state_dict()`` and its ``spec`` (+ ``metrics``) to ``path`` atomically.
 
     ``spec``: ``{"name", "input_shape", "num_classes", "kwargs"}`` as given to
-    :func:`topoland.models.build_model` (extra JSON-serializable keys are kept).
+    :func:`topoland.nets.models.build_model` (extra JSON-serializable keys are kept).
     """
     metadata = {"topoland_checkpoint": FORMAT_VERSION, "spec": _spec_json(spec),
                 "metrics": json.dumps({k: float(v) for k, v in (metrics or {}).items()}, sort_keys=True)}

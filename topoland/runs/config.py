@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import checks as _c
-from . import topology as _topo
-from .errors import ConfigError
+from topoland import checks as _c
+from topoland import topology as _topo
+from topoland.errors import ConfigError
 
 STAGES = ("train", "sample", "topology", "surface", "curvature", "ensemble", "paths", "analysis", "report")
 # the stages a config runs when it does not list run.stages: the optional ones (ensemble) are
@@ -285,7 +285,7 @@ def _check_value(where: str, spec: _Key, value):
 def _model_kwargs_check(model: dict, where="model"):
     import inspect
 
-    from .models import MODELS
+    from topoland.nets.models import MODELS
     name = model.get("name", "mlp")
     allowed = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("input_shape", "num_classes")]
     for k in model:
