@@ -10,6 +10,7 @@ from topoland.analysis.classify import (
     pivot_classifier_table,
 )
 from topoland.analysis.comparisons import (
+    FLATNESS_MEASURES,
     Design,
     comparison_table,
     extra_comparison,
@@ -49,7 +50,7 @@ from topoland.analysis.stats import (
 )
 
 __all__ = [
-    "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
+    "FLATNESS_MEASURES", "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
     "cv_standard_error", "extra_comparison", "extra_kinds", "flatness_ordering", "grid_comparison",
     "is_test_derived", "permutation_p_min", "permutations_for_family", "stratified_permutation_test",
     "value_sizes", "AnalysisError", "CLASSIFIERS", "CompareResult", "DiagramTestResult", "FeatureTable",

@@ -116,7 +116,7 @@ def _load(path, data_name=None, root=None, max_params=None):
 
     The checkpoint's spec is untrusted (:func:`topoland.nets.checkpoint.check_spec`): validated, at
     most ``max_params`` parameters, and never a reason to download a dataset."""
-    from topoland.nets.checkpoint import MAX_PARAMS, load_checkpoint
+    from topoland.nets import MAX_PARAMS, load_checkpoint
     from topoland.pipeline.driver import load_cell_data
     model, meta = load_checkpoint(path, max_params=max_params or MAX_PARAMS)
     spec = meta.get("spec") or {}

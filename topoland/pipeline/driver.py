@@ -129,8 +129,8 @@ class CellContext:
     def model(self):
         """The trained minimum of this cell (an ``nn.Module`` in eval mode), built from the cell's
         validated config, not from the spec inside the file (a checkpoint's spec is untrusted)."""
-        from topoland.nets.checkpoint import load_checkpoint
-        from topoland.nets.models import build_model
+        from topoland.nets import load_checkpoint
+        from topoland.nets import build_model
         name, kwargs = model_spec(self.config)
         shell = build_model(name, self.data.input_shape, self.data.num_classes, **kwargs)
         model, _ = load_checkpoint(self.stage_dir("train") / "model.safetensors", model=shell)
@@ -162,10 +162,10 @@ def model_spec(cfg: dict) -> tuple[str, dict]:
 
 # ---------------------------------------------------------------------------------- stages
 def stage_train(ctx: CellContext, out: Path) -> dict:
-    from topoland.nets.checkpoint import save_checkpoint
-    from topoland.nets.models import build_model
+    from topoland.nets import save_checkpoint
+    from topoland.nets import build_model
     from topoland.runs.store import save_tensors
-    from topoland.train.training import TrainRecipe, train_minimum
+    from topoland.train import TrainRecipe, train_minimum
 
     cfg, data = ctx.config, ctx.data
     name, kwargs = model_spec(cfg)
@@ -208,7 +208,7 @@ def sample_options(ctx: CellContext) -> dict:
 
 
 def stage_sample(ctx: CellContext, out: Path) -> dict:
-    from topoland.sampling.sampler import jump_and_retrain, save_samples, trajectory_features
+    from topoland.sampling import jump_and_retrain, save_samples, trajectory_features
 
     opts = sample_options(ctx)
     inherited = [k for k, v in stage_options(ctx, "sample").items() if v == "inherit"]
@@ -241,7 +241,7 @@ def stage_topology(ctx: CellContext, out: Path) -> dict:
     import numpy as np
     import torch
 
-    from topoland.sampling.sampler import load_samples
+    from topoland.sampling import load_samples
     from topoland.runs.store import save_tensors
     from topoland.topology import TopologyWarning, topology_of_samples
 
@@ -284,7 +284,7 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
 
     import numpy as np
 
-    from topoland.landscape.surfaces import random_lines, random_plane, surface_features
+    from topoland.landscape import random_lines, random_plane, surface_features
     opts = stage_options(ctx, "surface")
     if opts["kind"] == "none":
         return {"skipped": "surface.kind = 'none'"}
@@ -302,7 +302,7 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
         surfaces.append(srf)
     ckpt = ctx.stage_dir("train") / "checkpoints.safetensors"
     if ckpt.is_file():  # the training trajectory was recorded: PCA plane with the path over it
-        from topoland.landscape.surfaces import trajectory_plane
+        from topoland.landscape import trajectory_plane
         from topoland.runs.store import load_tensors
         pca_partial = partial.with_name("surface.pca.partial.h5")  # store.RESUME_DATA names it
         srf = trajectory_plane(model, load_tensors(ckpt)["checkpoints"], x, y, grid=opts["grid"],
@@ -325,7 +325,7 @@ def _write_line_csv(srf, path):
 
 
 def stage_curvature(ctx: CellContext, out: Path) -> dict:
-    from topoland.landscape.curvature import curvature_features
+    from topoland.landscape import curvature_features
     opts = stage_options(ctx, "curvature")
     if not opts["enabled"]:
         return {"skipped": "curvature.enabled = false"}
@@ -338,7 +338,7 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
     if opts["density"]:
         import pandas as pd
 
-        from topoland.landscape.curvature import eigenvalue_density, hvp_fn
+        from topoland.landscape import eigenvalue_density, hvp_fn
         op = hvp_fn(model, ctx.data.x_train, ctx.data.y_train, n_samples=opts["n_samples"],
                     seed=ctx.config["run"]["seed"], device=ctx.device)
         grid, dens = eigenvalue_density(op, seed=ctx.config["run"]["seed"])
@@ -351,7 +351,7 @@ def stage_ensemble(ctx: CellContext, out: Path) -> dict:
     """Fast geometric ensemble from the cell's minimum; its accuracy vs members on the test split."""
     import pandas as pd
 
-    from topoland.train.ensembles import ensemble_curve, fast_geometric_ensemble, member_probabilities
+    from topoland.train import ensemble_curve, fast_geometric_ensemble, member_probabilities
     from topoland.runs.store import save_tensors
     opts = stage_options(ctx, "ensemble")
     model, data = ctx.model(), ctx.data
@@ -672,7 +672,7 @@ def connect_models(model_a, model_b, data, *, method="neb", n_images=9, steps=10
     import torch
 
     from topoland.landscape import paths as P
-    from topoland.nets.params import flatten, get_params
+    from topoland.nets import flatten, get_params
     theta_a = flatten(get_params(model_a)).float()
     theta_b = flatten(get_params(model_b)).float()
     if theta_a.shape != theta_b.shape:
@@ -800,7 +800,7 @@ def _connect_mst(store: RunStore, cfg: dict):
     import pandas as pd
 
     from topoland.landscape.paths import connect_all
-    from topoland.nets.params import flatten, get_params
+    from topoland.nets import flatten, get_params
     cells = [c for c in _pairs_cells(store)]
     if len(cells) < 2:
         return pd.DataFrame()
@@ -909,7 +909,7 @@ def run_design(store: RunStore, cfg: dict):
     (``[[cells]]``: the cells after the grid's product, by position)."""
     import math
 
-    from topoland.analysis.comparisons import Design
+    from topoland.analysis import Design
     axes = tuple(cfg["grid"])
     n_grid = math.prod(len(v) for v in cfg["grid"].values())
     cells = store.cells()
@@ -950,7 +950,7 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     import pandas as pd
 
     from topoland.analysis import classifier_table, correlations, save_feature_table
-    from topoland.analysis.comparisons import FLATNESS_MEASURES, comparison_table, flatness_ordering
+    from topoland.analysis import FLATNESS_MEASURES, comparison_table, flatness_ordering
     from topoland.errors import NotEnoughSamplesError
     from topoland.runs.store import write_table
     ft = analysis_table(store)
@@ -1007,7 +1007,7 @@ def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0
     stratified on the other axes; or, when ``by`` is the setting by which extra cells leave the
     grid (``train.pretrain_random_epochs``), those extra cells vs the grid."""
     from topoland.analysis import resolve_column
-    from topoland.analysis.comparisons import extra_comparison, extra_kinds, grid_comparison, value_sizes
+    from topoland.analysis import extra_comparison, extra_kinds, grid_comparison, value_sizes
     store = RunStore.open(run_dir)
     cfg = _stored_config(store)
     ft = analysis_table(store)

@@ -35,7 +35,7 @@ def _geometry_line(topo: dict, settings: dict) -> str:
 
 
 def _line_surfaces(d: Path) -> list:
-    from topoland.landscape.surfaces import Surface
+    from topoland.landscape import Surface
     out = []
     for p in sorted(d.glob("line_*.csv"), key=lambda p: int(p.stem.split("_")[1])):
         df = pd.read_csv(p)
@@ -70,7 +70,7 @@ def minimum_page(w, run, cid: str) -> None:
     from topoland.plots.landscape import plot_contour
     from topoland.plots.topology import (plot_betti_curves, plot_diagram, plot_embedding,
                                   plot_filtration_graph, plot_intervals)
-    from topoland.sampling.sampler import load_samples
+    from topoland.sampling import load_samples
     from topoland.topology import betti_curve
 
     name = run.names[cid]
@@ -164,8 +164,8 @@ def minimum_page(w, run, cid: str) -> None:
     surf_summary = run.summary(cid, "surface")
     plane = sdir / "plane.h5"
     if run.done(cid, "surface") and plane.is_file():
-        from topoland.landscape.storage import read_grid
-        from topoland.landscape.surfaces import Surface
+        from topoland.landscape import read_grid
+        from topoland.landscape import Surface
         g = read_grid(plane)
         srf = Surface(xs=g["xs"], ys=g["ys"], values=g["values"], meta=dict(g["meta"]) | {"kind": g["kind"]})
 

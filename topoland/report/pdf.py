@@ -465,7 +465,7 @@ def _ensemble_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
 
 # ---------------------------------------------------------------------------------- page 4
 def _classifier_heatmap(clf: pd.DataFrame, ax) -> None:
-    from topoland.analysis.classify import pivot_classifier_table
+    from topoland.analysis import pivot_classifier_table
     from topoland.plots.analysis import plot_classifier_table
     plot_classifier_table(clf, ax=ax)
     ax.grid(False)
@@ -678,7 +678,7 @@ def _analysis_pages(w: _Writer, run: _Run) -> dict[str, pd.DataFrame]:
 
 # ---------------------------------------------------------------------------------- page 5
 def _paths_pages(w: _Writer, run: _Run) -> pd.DataFrame | None:
-    from topoland.landscape.barriers import PathError, barrier_matrix, disconnectivity_tree
+    from topoland.landscape import PathError, barrier_matrix, disconnectivity_tree
     from topoland.plots.paths import plot_disconnectivity, plot_profiles
 
     summ = run.summary(RUN_LEVEL, "paths")

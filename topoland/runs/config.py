@@ -285,7 +285,7 @@ def _check_value(where: str, spec: _Key, value):
 def _model_kwargs_check(model: dict, where="model"):
     import inspect
 
-    from topoland.nets.models import MODELS
+    from topoland.nets import MODELS
     name = model.get("name", "mlp")
     allowed = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("input_shape", "num_classes")]
     for k in model:
