@@ -6,7 +6,8 @@ import pickle
 import pytest
 import torch
 
-from topoland.nets.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from topoland.io import load_tensors, save_tensors
+from topoland.nets.checkpoint import load_checkpoint, save_checkpoint
 from topoland.errors import CheckpointError
 from topoland.nets.models import build_model
 

@@ -92,7 +92,7 @@ def test_explicit_retraining_value_overrides(tiny, tmp_path):
 def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys, tmp_path):
     import pandas as pd
 
-    from topoland.pipeline.driver import analysis_table, minima_table, missed_target
+    from topoland.runs.tables import analysis_table, minima_table, missed_target
     from topoland.runs.store import RunStore
     _, run_dir = tiny
     store = RunStore.open(run_dir)
@@ -114,8 +114,9 @@ def test_training_stops_at_the_target_and_a_miss_is_flagged(tiny, capsys, tmp_pa
     ft = analysis_table(store)
     assert ft.frame.loc[missed, "reached_target"].eq(False).all()
     assert ft.frame["reached_target"].sum() == len(table) - 1
-    from topoland.pipeline.driver import _stored_config, stage_analysis
-    cfg = _stored_config(store)
+    from topoland.pipeline.run_stages import stage_analysis
+    from topoland.runs.tables import stored_config
+    cfg = stored_config(store)
     cfg["analysis"]["n_permutations"] = 0
     (tmp_path / "analysis").mkdir()
     notes = stage_analysis(store, cfg, tmp_path / "analysis")["notes"]

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from topoland.runs.config import DEFAULT_STAGES, STAGES, ConfigError, expand_grid, validate
+from topoland.runs.config import ConfigError, expand_grid, validate
+from topoland.runs.stages import DEFAULT_STAGES, STAGES
 
 CONFIG = """
 [run]
@@ -83,13 +84,13 @@ def test_stored_snapshots_reproduce_the_ensemble_accuracy(ens_run):
     """Plain reference: load every stored member (parameters and its BN statistics) into the
     model with load_state_dict, average the softmax outputs on the test split, take argmax."""
     from topoland.nets.params import param_names, unflatten
-    from topoland.pipeline.driver import CellContext
-    from topoland.runs.store import load_tensors
+    from topoland.pipeline.context import CellContext
+    from topoland.io import load_tensors
     store, cells = _cells(ens_run)
     cid = cells[0]
     ctx = CellContext(store, cid, store.cell_config(cid))
     model = ctx.model()
-    t = load_tensors(store.stage_dir(cid, "ensemble") / "snapshots.safetensors")
+    t, _ = load_tensors(store.stage_dir(cid, "ensemble") / "snapshots.safetensors")
     snaps = t["snapshots"]
     bufs = {k[len("buffer."):]: v for k, v in t.items() if k.startswith("buffer.")}
     assert snaps.shape == (3, sum(p.numel() for p in model.parameters()))
@@ -122,7 +123,7 @@ def test_report_has_the_ensemble_page(ens_run):
     tab = pd.read_csv(pdf.with_name(f"{ens_run.run_dir.name}_ensembles.csv"))
     assert set(tab["minimum"]) == {"M1", "M2"} and len(tab) == 6
     # the stage is not a feature group (its numbers are test metrics)
-    from topoland.pipeline.driver import FEATURE_STAGES
+    from topoland.runs.tables import FEATURE_STAGES
     assert "ensemble" not in FEATURE_STAGES.values()
 
 
@@ -153,7 +154,7 @@ def test_ensemble_config_errors_name_the_key():
 
 def test_old_cell_config_without_the_section_gets_defaults(tmp_path):
     """A cell stored before the ensemble section existed still runs the stage with defaults."""
-    from topoland.pipeline.driver import CellContext, stage_options
+    from topoland.pipeline.context import CellContext
     ctx = CellContext(store=None, cell_id="c", config={"run": {"seed": 0}})
-    opts = stage_options(ctx, "ensemble")
+    opts = ctx.options("ensemble")
     assert opts == validate({})["ensemble"]

@@ -201,7 +201,7 @@ def test_safetensors_bytes_fixed_order():
     import torch
     from safetensors.torch import load
 
-    from topoland.runs.store import safetensors_bytes
+    from topoland.io import safetensors_bytes
     tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3, dtype=torch.float64)}
     keys = [f"key{i}" for i in range(12)]
     blobs = {safetensors_bytes(dict(reversed(tensors.items())) if i % 2 else tensors,
@@ -312,7 +312,7 @@ def _tampered(src, dst, *, spec=None, tensors=None):
     """A copy of checkpoint ``src`` with its spec changed by ``spec(dict)`` / tensors by ``tensors(dict)``."""
     import json
 
-    from topoland.nets.checkpoint import load_tensors, save_tensors
+    from topoland.io import load_tensors, save_tensors
     ts, meta = load_tensors(src)
     s = json.loads(meta["spec"])
     if spec:
@@ -445,7 +445,7 @@ def test_stage_dependencies_and_changed_config(tmp_path, capsys):
     """Recomputing a stage invalidates what read it (topology reads sample, the analysis every
     cell's features); a changed config section reruns the stages that read it; and going back
     to the config gives the bytes of an undisturbed run."""
-    from topoland.pipeline.driver import dependents
+    from topoland.runs.stages import dependents
     from topoland.runs.store import RUN_LEVEL
     assert dependents("sample") == ["topology", "analysis", "report"]
     assert dependents("paths") == ["report"] and dependents("report") == []
@@ -489,7 +489,7 @@ def test_ray_cells_bring_back_their_recorded_inputs(trained, tmp_path):
     """A cell run elsewhere (a Ray task's body) returns the config values its stages read, and
     the driver records them as a local run does."""
     from topoland.pipeline.executors import _unpack_into, run_packed_cell
-    from topoland.pipeline.driver import stage_inputs
+    from topoland.runs.freshness import stage_inputs
     st = RunStore.open(_copy_run(trained[1], tmp_path / "run"))
     cid = st.cells().cell_id[0]
     cfg = st.cell_config(cid)

@@ -20,6 +20,7 @@ import pytest
 
 from tests.helpers import TINY, TINY_SAMPLE, TINY_TOPOLOGY, tiny_config
 from topoland.pipeline import driver as run_mod
+from topoland.pipeline.cell_stages import CELL_STAGE_FUNCS
 from topoland.cli.main import main
 from topoland.runs.store import RUN_LEVEL, RunStore
 
@@ -221,7 +222,7 @@ def test_planted_pickle_in_run_is_never_unpickled(existing_run, tmp_path, capsys
 def test_failed_cell_recorded_others_go_on_rerun_retries_only_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(tmp_path / "t.toml", epochs=1)
-    real = run_mod.STAGE_FUNCS["train"]
+    real = CELL_STAGE_FUNCS["train"]
     victim = {}
 
     def flaky(ctx, out):
@@ -231,7 +232,7 @@ def test_failed_cell_recorded_others_go_on_rerun_retries_only_it(tmp_path, monke
             raise RuntimeError("simulated crash of the training code")
         return real(ctx, out)
 
-    monkeypatch.setitem(run_mod.STAGE_FUNCS, "train", flaky)
+    monkeypatch.setitem(CELL_STAGE_FUNCS, "train", flaky)
     rep = run_mod.run(cfg, out=tmp_path / "run", progress=False)
     assert [(c, s) for c, s, _ in rep.failures] == [(victim["cid"], "train")]
     assert "simulated crash" in rep.failures[0][2]

@@ -133,9 +133,9 @@ def test_cell_data_cache_is_keyed_by_the_run_seed():
     the splits), or a grid over run.seed would differ between executors."""
     from topoland.runs.config import expand_grid, validate
     from topoland.data import load_dataset
-    from topoland.pipeline.driver import load_cell_data
+    from topoland.pipeline.context import DataCache
     cfg = validate({"data": {"name": "synthetic"}, "grid": {"run.seed": [0, 1]}})
     for cell in expand_grid(cfg):
         seed = cell.config["run"]["seed"]
-        got = load_cell_data(cell.config)
+        got = DataCache().load(cell.config)
         assert torch.equal(got.x_train, load_dataset("synthetic", seed=seed, val_seed=0).x_train), seed

@@ -22,7 +22,8 @@ from topoland.landscape.storage import GridStore
 from topoland.landscape.surfaces import Surface, surface_features
 from topoland.report import ReportError, build_report
 from topoland.sampling.sampler import TABLE_COLUMNS, SampleResult, save_samples, trajectory_features
-from topoland.runs.store import RUN_LEVEL, RunStore, save_tensors
+from topoland.io import save_tensors
+from topoland.runs.store import RUN_LEVEL, RunStore
 from topoland.topology import (diagram_features, euclidean_distances, knn_graph, landscape_features,
                                lower_star_persistence, vertex_values)
 
@@ -171,7 +172,7 @@ def make_full_run(path):
     """10 minima (the fewest the classifier table accepts): train, sample and curvature for all,
     topology and surface for the first 3; one cell with a diverged trajectory; paths among the
     first 3 minima."""
-    from topoland.pipeline.driver import stage_analysis
+    from topoland.pipeline.run_stages import stage_analysis
     cfg, cells = _config("tinyreport", {"train.weight_decay": [0.0, 0.0001, 0.001, 0.003, 0.01],
                                         "train.batch_size": [16, 32]})
     store = RunStore.create(path, to_toml(cfg), cells)

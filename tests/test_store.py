@@ -8,7 +8,8 @@ import torch
 
 from topoland.runs.config import expand_grid, to_toml, validate
 from topoland.errors import StoreError
-from topoland.runs.store import RunStore, load_tensors, save_tensors
+from topoland.io import load_tensors, save_tensors
+from topoland.runs.store import RunStore
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def test_stage_is_atomic_and_checksummed(store):
         box["summary"] = {"loss": 0.5}
         assert not st.stage_dir(cid, "train").exists()  # nothing visible until the end
     assert st.is_done(cid, "train") and st.summary(cid, "train") == {"loss": 0.5}
-    assert torch.equal(load_tensors(st.stage_dir(cid, "train") / "t.safetensors")["w"], torch.arange(4.0))
+    assert torch.equal(load_tensors(st.stage_dir(cid, "train") / "t.safetensors")[0]["w"], torch.arange(4.0))
     assert st.verify() == []
     (st.stage_dir(cid, "train") / "t.safetensors").write_bytes(b"garbage")
     assert any("checksum" in p for p in st.verify())

@@ -474,3 +474,13 @@ def _augment_loop(x: Tensor, kind: str, generator: torch.Generator, *, pad: int 
     for i in range(n):
         out[i] = torch.roll(x[i], int(shift[i]), dims=-1)
     return out
+
+
+def seeded_subset(x: Tensor, y: Tensor, n: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` examples of a seeded permutation of ``(x, y)`` (in permutation order), or
+    all of them when ``n`` is 0/None or not below ``len(x)``: the fixed training subset that
+    surfaces, curvature and paths evaluate on."""
+    if not n or n >= len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    return x[idx], y[idx]

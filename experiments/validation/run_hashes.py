@@ -90,10 +90,13 @@ def hash_run(out):
     """Run the tiny config into ``out`` and return ``[(sha256, relative path, compared)]``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    if (out / "run").exists():
+        raise SystemExit(f"{out / 'run'} exists: give a new --out (a resumed run would recompute nothing)")
     cfg = out.parent / (out.name + ".toml")
     cfg.write_text(CONFIG)
     subprocess.run([sys.executable, "-m", "topoland.cli", "run", str(cfg), "--out", str(out / "run"),
-                    "--quiet"], check=True, stdout=sys.stderr)
+                    "--quiet"], check=True, stdout=sys.stderr, cwd=out)
     rows = []
     for p in sorted((out / "run").rglob("*")):
         if p.is_file():

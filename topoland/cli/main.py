@@ -1,4 +1,5 @@
-"""The ``topoland`` command: arguments and output only; the work is done by ``topoland.pipeline.driver``.
+"""The ``topoland`` command: arguments and output only; the work is done by ``topoland.pipeline``
+(stages) and ``topoland.runs`` (run-directory queries).
 
 Every error a user can cause ends in one ``error: ...`` line naming the culprit and exit 2.
 """
@@ -174,7 +175,7 @@ def _cmd_train(a):
 
 
 def _cmd_list(a):
-    from topoland.pipeline.driver import minima_table
+    from topoland.runs.tables import minima_table
     df = minima_table(a.run_dir)
     import pandas as pd
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_rows", 500):
@@ -278,7 +279,7 @@ def _cmd_report(a):
 
 
 def _cmd_compare(a):
-    from topoland.pipeline.driver import compare_in_dir
+    from topoland.runs.tables import compare_in_dir
     import pandas as pd
     res = compare_in_dir(a.run_dir, by=a.by, metric=a.metric, n_permutations=a.permutations, seed=a.seed)
     sizes = ", ".join(f"{k}: {v}" for k, v in res.n.items())

@@ -117,7 +117,7 @@ def _load(path, data_name=None, root=None, max_params=None):
     The checkpoint's spec is untrusted (:func:`topoland.nets.checkpoint.check_spec`): validated, at
     most ``max_params`` parameters, and never a reason to download a dataset."""
     from topoland.nets import MAX_PARAMS, load_checkpoint
-    from topoland.pipeline.driver import load_cell_data
+    from topoland.pipeline.context import DataCache
     model, meta = load_checkpoint(path, max_params=max_params or MAX_PARAMS)
     spec = meta.get("spec") or {}
     data_cfg = dict(spec.get("data") or {})
@@ -133,7 +133,7 @@ def _load(path, data_name=None, root=None, max_params=None):
     cfg["data"].update(data_cfg)
     cfg["data"]["download"] = False  # a checkpoint never makes topoland reach the network
     cfg["run"]["seed"] = seed
-    data = load_cell_data(cfg)
+    data = DataCache().load(cfg)
     if tuple(data.input_shape) != tuple(spec.get("input_shape", data.input_shape)):
         raise TopolandError(f"checkpoint '{path}' expects inputs {tuple(spec['input_shape'])}, "
                             f"dataset '{data_cfg['name']}' has {tuple(data.input_shape)}")
@@ -211,7 +211,7 @@ def _cmd_surface(a):
 
 def _cmd_neb(a):
     from topoland.plots.paths import plot_profiles
-    from topoland.pipeline.driver import connect_models
+    from topoland.landscape.connect import connect_models
     ma, data = _load(a.a, a.data, a.root, a.max_params)
     mb, _ = _load(a.b, a.data, a.root, a.max_params)
     res = connect_models(ma, mb, data, method=a.method, n_images=a.images, steps=a.steps, lr=a.lr,

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import tempfile
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as _st_load_bytes
 from torch import Tensor, nn
 
 from topoland.errors import CheckpointError, ConfigError
 from topoland.nets.models import build_model
-from topoland.runs.store import safetensors_bytes
-
-__all__ = ["save_checkpoint", "load_checkpoint", "save_tensors", "load_tensors", "compare_state"]
+from topoland.io import load_tensors, save_tensors, sniff_format
 
 FORMAT_VERSION = "1"
 _SPEC_KEYS = ("name", "input_shape", "num_classes")
@@ -34,71 +28,6 @@ _SPEC_KEYS = ("name", "input_shape", "num_classes")
 #: the largest model (scalar parameters) a checkpoint's spec may ask for unless the caller raises
 #: it (``max_params=``, ``--max-params``): 200 million, 800 MB in float32 (a WRN-28-10 has 36.5 M)
 MAX_PARAMS = 200_000_000
-
-
-def save_tensors(path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (name -> tensor, any device) and string ``metadata`` atomically."""
-    path = os.fspath(path)
-    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    blob = safetensors_bytes(flat, metadata)  # a fixed header order: equal inputs, equal bytes
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_tensors(path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a safetensors file: ``(tensors on the CPU, metadata)``.
-
-    Raises :class:`CheckpointError` for a missing, truncated, corrupted or non-safetensors file
-    (pickles are refused without being opened by an unpickler).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        blob = f.read()
-    kind = _sniff(blob)
-    if kind == "pickle":
-        raise CheckpointError(f"{path} is a pickle file; topoland never unpickles (it can run "
-                              f"arbitrary code): convert it to safetensors")
-    if kind == "torch-zip":
-        raise CheckpointError(f"{path} is a PyTorch zip file, not safetensors")
-    if len(blob) < 8:
-        raise CheckpointError(f"checkpoint {path} is truncated ({len(blob)} bytes)")
-    (n_header,) = struct.unpack("<Q", blob[:8])
-    if 8 + n_header > len(blob):
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file "
-                              f"(header of {n_header} bytes, file of {len(blob)})")
-    try:
-        header = json.loads(blob[8:8 + n_header])
-        tensors = _st_load_bytes(blob)
-    except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupted: {exc}") from exc
-    meta = header.get("__metadata__") or {}
-    return tensors, dict(meta)
-
-
-def _sniff(blob: bytes) -> str:
-    """Classify a file by its first bytes: safetensors, torch-zip, pickle or other."""
-    if blob[:4] == b"PK\x03\x04":
-        return "torch-zip"
-    if len(blob) >= 9 and blob[8:9] == b"{":
-        return "safetensors"  # 8-byte header length, then the JSON header
-    if blob[:1] == b"\x80" and len(blob) > 1 and blob[1] in range(2, 6):
-        return "pickle"  # pickle protocol 2-5 (also legacy torch.save files)
-    if blob[:1] in (b"(", b"]", b"}", b"c"):
-        return "pickle"  # protocol 0/1 opcodes
-    return "other"
 
 
 def _spec_json(spec: dict) -> str:
@@ -236,13 +165,13 @@ def load_checkpoint(path, *, model: nn.Module | None = None, device="cpu",
         raise CheckpointError(f"checkpoint {path} does not exist")
     with open(path, "rb") as f:
         head = f.read(16)
-    if _sniff(head) == "torch-zip":
+    if sniff_format(head) == "torch-zip":
         tensors, meta = _load_torch_zip(path), {"spec": None, "metrics": {}, "format": "torch"}
         if model is None:
             raise CheckpointError(f"{path} is a PyTorch file without a model spec: pass model= "
                                   f"to load it")
     else:
-        tensors, raw = load_tensors(path)
+        tensors, raw = load_tensors(path, what="checkpoint", error=CheckpointError)
         try:
             spec = json.loads(raw["spec"]) if "spec" in raw else None
             metrics = json.loads(raw.get("metrics", "{}"))

@@ -23,25 +23,34 @@ import os
 import tempfile
 from pathlib import Path
 
-from topoland.runs.config import Cell
 from topoland.errors import TopolandError
+from topoland.pipeline.cells import run_cell_stages
+from topoland.pipeline.context import DataCache
+from topoland.runs.config import Cell
+from topoland.runs.stages import CELL_STAGES
 from topoland.runs.store import RunStore
 
 
 def execute_cells(store: RunStore, cell_ids, stages, *, executor="local", address=None, config=None,
-                  progress=True) -> list[tuple]:
-    """Run ``stages`` for every cell; return failures as ``(cell_id, stage, message)``."""
+                  progress=True, overrides=None, data_cache: DataCache | None = None) -> list[tuple]:
+    """Run ``stages`` for every cell; return failures as ``(cell_id, stage, message)``.
+
+    ``config``: the run's config (``run.workers``, ``run.num_cpus``, ``run.num_gpus``);
+    ``overrides``: stage -> options of this invocation, given to every cell; ``data_cache``: the
+    datasets already loaded in this process (used by the inline executor)."""
     todo = [c for c in cell_ids if any(not store.is_done(c, s) for s in stages)]
     if not todo or not stages:
         return []
+    overrides = dict(overrides or {})
     if executor == "ray":
-        return _execute_ray(store, todo, stages, address=address, config=config or {}, progress=progress)
+        return _execute_ray(store, todo, stages, address=address, config=config or {}, progress=progress,
+                            overrides=overrides)
     workers = int((config or {}).get("run", {}).get("workers", 1))
     if executor != "local":
         raise TopolandError(f"unknown executor {executor!r} (use 'local' or 'ray')")
     if workers > 1:
-        return _execute_processes(store, todo, stages, workers, progress)
-    return _execute_inline(store, todo, stages, progress)
+        return _execute_processes(store, todo, stages, workers, progress, overrides)
+    return _execute_inline(store, todo, stages, progress, overrides, data_cache or DataCache())
 
 
 def _bar(total, progress, desc):
@@ -49,32 +58,31 @@ def _bar(total, progress, desc):
     return tqdm(total=total, desc=desc, unit="cell", disable=not progress, dynamic_ncols=True)
 
 
-def _execute_inline(store, todo, stages, progress):
-    from topoland.pipeline.driver import run_cell_stages
+def _execute_inline(store, todo, stages, progress, overrides, data_cache):
     failures = []
     with _bar(len(todo), progress, "cells") as bar:
         def on_stage(cid, stage):
             bar.set_postfix_str(f"cell {cid} · {stage}")
         for cid in todo:
-            failures += run_cell_stages(store, cid, stages, on_stage=on_stage)
+            failures += run_cell_stages(store, cid, stages, on_stage=on_stage, overrides=overrides,
+                                        data_cache=data_cache)
             bar.update(1)
     return failures
 
 
 def _worker(args):
-    run_dir, cid, stages, gpu = args
-    if gpu is not None:
+    run_dir, cid, stages, gpu, overrides = args
+    if gpu is not None:  # set before this worker process first touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from topoland.pipeline.driver import run_cell_stages
-    return run_cell_stages(RunStore.open(run_dir), cid, stages)
+    return run_cell_stages(RunStore.open(run_dir), cid, stages, overrides=overrides)
 
 
-def _execute_processes(store, todo, stages, workers, progress):
+def _execute_processes(store, todo, stages, workers, progress, overrides):
     import multiprocessing as mp
 
     import torch
     n_gpu = torch.cuda.device_count()
-    jobs = [(str(store.path), cid, list(stages), (i % n_gpu) if n_gpu > 1 else None)
+    jobs = [(str(store.path), cid, list(stages), (i % n_gpu) if n_gpu > 1 else None, overrides)
             for i, cid in enumerate(todo)]
     failures = []
     with mp.get_context("spawn").Pool(workers) as pool, _bar(len(todo), progress, "cells") as bar:
@@ -88,7 +96,6 @@ def _execute_processes(store, todo, stages, workers, progress):
 def _pack(store: RunStore, cell_id: str, stages=None) -> dict:
     """The finished stage folders (files as bytes, and summaries) of a cell; by default all of
     them, since a stage reads the folders of earlier stages even when only it is asked for."""
-    from topoland.pipeline.driver import CELL_STAGES
     packed = {}
     for stage in CELL_STAGES if stages is None else stages:
         if store.is_done(cell_id, stage):
@@ -109,17 +116,17 @@ def _unpack_into(store: RunStore, cell_id: str, stage: str, item: dict):
         box["inputs"] = item.get("inputs")  # the config values the stage read, as recorded where it ran
 
 
-def run_packed_cell(cell_config: dict, cell_id: str, packed: dict, stages) -> tuple[dict, list, dict]:
+def run_packed_cell(cell_config: dict, cell_id: str, packed: dict, stages, overrides=None
+                    ) -> tuple[dict, list, dict]:
     """Run a cell's missing stages in a private temporary run directory (a Ray task's body).
 
     Returns ``(new stage folders as bytes, failures, tracebacks by stage)``.
     """
-    from topoland.pipeline.driver import run_cell_stages
     with tempfile.TemporaryDirectory(prefix="topoland-cell-") as tmp:
         st = RunStore.create(Path(tmp) / "run", "", [Cell(cell_id, 0, cell_config)])
         for stage, item in packed.items():
             _unpack_into(st, cell_id, stage, item)
-        failures = run_cell_stages(st, cell_id, stages)
+        failures = run_cell_stages(st, cell_id, stages, overrides=overrides)
         new = {k: v for k, v in _pack(st, cell_id, stages).items() if k not in packed}
         errors = {}
         df = st.stages()
@@ -150,7 +157,7 @@ def _pythonpath() -> str:
     return here + (os.pathsep + rest if rest else "")
 
 
-def _execute_ray(store, todo, stages, *, address, config, progress):
+def _execute_ray(store, todo, stages, *, address, config, progress, overrides):
     # Ray reports usage statistics over the network unless told not to
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -169,7 +176,7 @@ def _execute_ray(store, todo, stages, *, address, config, progress):
     try:
         task = ray.remote(num_cpus=run_cfg.get("num_cpus", 1), num_gpus=run_cfg.get("num_gpus", 0),
                           max_retries=0)(run_packed_cell)
-        refs = {task.remote(store.cell_config(cid), cid, _pack(store, cid), list(stages)): cid
+        refs = {task.remote(store.cell_config(cid), cid, _pack(store, cid), list(stages), overrides): cid
                 for cid in todo}
         failures = []
         with _bar(len(refs), progress, "cells (ray)") as bar:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from topoland.runs.store import load_tensors
+from topoland.io import load_tensors
 
 __all__ = ["fmt", "blank", "read_topology"]
 
@@ -36,8 +36,5 @@ def blank(ax, message: str) -> None:
 
 def read_topology(path: Path) -> tuple[dict, dict]:
     """A topology stage's arrays and metadata (settings, t_used, notes)."""
-    from safetensors import safe_open
-    arrays = {k: v.numpy() for k, v in load_tensors(path).items()}
-    with safe_open(str(path), "np") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return arrays, meta
+    tensors, raw = load_tensors(path)
+    return {k: v.numpy() for k, v in tensors.items()}, {k: json.loads(v) for k, v in raw.items()}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import textwrap
 import tomllib
 from pathlib import Path
@@ -34,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from topoland.errors import StoreError, TopolandError
-from topoland.runs.store import RUN_LEVEL, RunStore, atomic_write_bytes
+from topoland.io import atomic_path, atomic_write_bytes
+from topoland.runs.store import RUN_LEVEL, RunStore
 from topoland.report.common import blank as _blank
 from topoland.report.common import fmt as _fmt
 from topoland.report.minimum import intervals_page as _intervals_page
@@ -149,14 +149,9 @@ def pdf_pages(pdf_path, *, title: str):
     if pdf_path.suffix.lower() != ".pdf":
         raise ReportError(f"report path '{pdf_path}' must end in .pdf")
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pdf_path.with_name(f".{pdf_path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(pdf_path) as tmp:
         with rc_context(_rc()), PdfPages(tmp, metadata={"Title": title, "Creator": "topoland"}) as pdf:
             yield pdf
-        os.replace(tmp, pdf_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def report_figure(title: str):
@@ -831,7 +826,7 @@ def build_report(run_dir, pdf_path) -> dict:
 
     Returns ``{"pages": int, "headings": [page titles], "path": Path, "tables": [csv paths]}``.
     """
-    from topoland.pipeline.driver import minima_table
+    from topoland.runs.tables import minima_table
 
     store = RunStore.open(run_dir)
     pdf_path = Path(pdf_path)

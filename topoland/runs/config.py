@@ -24,12 +24,8 @@ from typing import Any, Callable
 from topoland import checks as _c
 from topoland import topology as _topo
 from topoland.errors import ConfigError
+from topoland.runs.stages import DEFAULT_STAGES, OPTIONAL_STAGES, STAGES
 
-STAGES = ("train", "sample", "topology", "surface", "curvature", "ensemble", "paths", "analysis", "report")
-# the stages a config runs when it does not list run.stages: the optional ones (ensemble) are
-# asked for by name, so configs written before them run exactly as before
-OPTIONAL_STAGES = ("ensemble",)
-DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
 DATASET_NAMES = ("mnist1d", "digits", "synthetic", "cifar10", "mnist", "fashion_mnist")
 MODEL_NAMES = ("mlp", "cnn", "wrn", "resnet")
 
@@ -262,7 +258,7 @@ def _refuse_inherit(where: str):
                       f"Keys that take 'inherit': {', '.join(inheritable_keys())}")
 
 
-def _check_value(where: str, spec: _Key, value):
+def check_value(where: str, spec: _Key, value):
     if isinstance(value, str) and value == "inherit" and str not in spec.types:
         if spec.inherit:
             return
@@ -346,7 +342,7 @@ def _validate_section(section: str, values: dict, where_prefix: str = ""):
             continue
         if k not in schema:
             raise ConfigError(f"unknown config key '{where}' (known keys of [{section}]: {', '.join(schema)})")
-        _check_value(where, schema[k], v)
+        check_value(where, schema[k], v)
 
 
 def _set_dotted(cfg: dict, key: str, value, where: str):
@@ -358,7 +354,7 @@ def _set_dotted(cfg: dict, key: str, value, where: str):
     if section != "model" and name not in SCHEMA[section]:
         raise ConfigError(f"unknown config key '{where}' ('{key}' is not a key of [{section}])")
     if section != "model":
-        _check_value(where, SCHEMA[section][name], value)
+        check_value(where, SCHEMA[section][name], value)
     cfg[section][name] = value
 
 

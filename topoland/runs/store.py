@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as _st_save
 
 from topoland.errors import StoreError
+from topoland.io import atomic_path, atomic_write_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -129,54 +128,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path, data: bytes):
-    """Write ``data`` to ``path`` through a temporary name and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text: str):
-    atomic_write_bytes(path, text.encode())
-
-
-def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file's bytes with its JSON header in one fixed order (keys sorted, the
-    metadata's included), so that equal tensors and metadata always give equal bytes.
-
-    The safetensors writer orders the metadata keys by a per-process hash; the header is
-    re-serialized sorted (tensor offsets are explicit, so the data part is unchanged) and padded
-    with spaces to a multiple of 8 bytes, as the writer does.
-    """
-    blob = _st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
-    n = int.from_bytes(blob[:8], "little")
-    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":"),
-                        ensure_ascii=False).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
-
-
-def save_tensors(path, tensors: dict, metadata: dict | None = None):
-    """Save a dict of tensors as safetensors, atomically, in a fixed byte order
-    (:func:`safetensors_bytes`). Metadata values are JSON-encoded with sorted keys."""
-    meta = {k: json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
-    atomic_write_bytes(path, safetensors_bytes(tensors, meta))
-
-
-def load_tensors(path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise StoreError(f"tensor file '{path}' does not exist") from None
-    except Exception as e:  # safetensors raises its own error types for truncated headers
-        raise StoreError(f"tensor file '{path}' is unreadable ({e})") from None
-
-
 class RunStore:
     """A run directory. Open with :meth:`create` (new or matching) or :meth:`open` (existing)."""
 
@@ -201,9 +152,7 @@ class RunStore:
         atomic_write_text(store.path / "config.toml", config_toml)
         # the index is built under a temporary name and renamed: a killed create leaves no
         # empty or half-made index.sqlite that later commands would refuse
-        tmp = store._db_path.with_name(f".{store._db_path.name}.tmp-{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        with store._db(tmp) as db:
+        with atomic_path(store._db_path) as tmp, store._db(tmp) as db:
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(stmt)
             for c in cells:
@@ -211,7 +160,6 @@ class RunStore:
                            (c.cell_id, c.position, c.label, json.dumps(c.config, default=str),
                             json.dumps(c.overrides, default=str)))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('created', ?)", (str(time.time()),))
-        os.replace(tmp, store._db_path)
         return store
 
     @classmethod
@@ -573,6 +521,5 @@ def write_table(df: pd.DataFrame, path_without_suffix, parquet: bool = True):
     p = Path(path_without_suffix)
     atomic_write_text(p.with_suffix(".csv"), df.to_csv(index=False))
     if parquet:
-        tmp = p.with_name(f".{p.name}.parquet.tmp-{os.getpid()}")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, p.with_suffix(".parquet"))
+        with atomic_path(p.with_suffix(".parquet")) as tmp:
+            df.to_parquet(tmp, index=False)
