@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from topoland.nets import directions as D
-from topoland.nets import params as P
+from topoland import nets as P
 from topoland.topology.embedding import cosine_distances, cosine_distances_reference
-from topoland.landscape import curvature as C
 from topoland.landscape import surfaces as S
+from topoland.landscape.hessian import hvp_fn
+from topoland.landscape.spectrum import top_eigenvalues
 from topoland.nets.models import build_model
 from topoland.sampling.sampler import jump_and_retrain
 
@@ -112,8 +113,8 @@ def test_hessian_on_gpu_equals_cpu_float64():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 3, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
-    cpu, _ = C.top_eigenvalues(C.hvp_fn(model, x, y, batch_size=16, n_samples=None), k=3)
-    gpu, vecs = C.top_eigenvalues(C.hvp_fn(model, x, y, batch_size=16, n_samples=None, device="cuda"), k=3)
+    cpu, _ = top_eigenvalues(hvp_fn(model, x, y, batch_size=16, n_samples=None), k=3)
+    gpu, vecs = top_eigenvalues(hvp_fn(model, x, y, batch_size=16, n_samples=None, device="cuda"), k=3)
     assert vecs.device.type == "cuda"
     np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), rtol=1e-8)
 

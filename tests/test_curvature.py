@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from topoland.landscape import curvature as C
+from topoland.landscape.hessian import CurvatureError, _Setup, function_hvp, hvp_fn
+from topoland.landscape.spectrum import (eigenvalue_density, hessian_trace, slq_quadrature,
+                                         top_eigenvalues)
 
 D_IN, H, K, N = 3, 4, 3, 40
 
@@ -47,7 +50,7 @@ def _exact_hessian(model, x, y):
 def mlp_case():
     model, (x, y) = _mlp(), _data()
     Hm = _exact_hessian(model, x, y)
-    op = C.hvp_fn(model, x, y, batch_size=16, n_samples=None)  # 3 uneven batches
+    op = hvp_fn(model, x, y, batch_size=16, n_samples=None)  # 3 uneven batches
     return model, x, y, Hm, np.linalg.eigvalsh(Hm.numpy()), op
 
 
@@ -73,13 +76,13 @@ def test_hvp_equals_exact_hessian_single_and_batched(mlp_case):
 
 def test_hvp_subset_and_batch_size_independence():
     model, (x, y) = _mlp(1), _data(60, seed=2)
-    op = C.hvp_fn(model, x, y, batch_size=7, n_samples=25, seed=5)
+    op = hvp_fn(model, x, y, batch_size=7, n_samples=25, seed=5)
     idx = torch.randperm(60, generator=torch.Generator().manual_seed(5))[:25]
     Hm = _exact_hessian(model, x[idx], y[idx])
     v = torch.linspace(-1, 1, op.dim, dtype=torch.float64)
     torch.testing.assert_close(op(v), Hm @ v, rtol=1e-10, atol=1e-12)
     assert op.n_samples == 25
-    assert C.hvp_fn(model, x, y, n_samples=4096).n_samples == 60  # whole set when smaller
+    assert hvp_fn(model, x, y, n_samples=4096).n_samples == 60  # whole set when smaller
 
 
 def test_hvp_batchnorm_eval_mode_and_flags_restored():
@@ -89,7 +92,7 @@ def test_hvp_batchnorm_eval_mode_and_flags_restored():
     bn.running_var.copy_(torch.tensor([2.0, 0.5, 1.5, 0.8]))
     before = bn.running_mean.clone()
     model.train()
-    op = C.hvp_fn(model, x, y, n_samples=None)
+    op = hvp_fn(model, x, y, n_samples=None)
     assert model.training and bn.training
     model.eval()
     Hm = _exact_hessian(model, x, y)
@@ -102,11 +105,11 @@ def test_hvp_batchnorm_eval_mode_and_flags_restored():
 
 def test_function_hvp_quadratic_and_shape_check():
     A = torch.tensor([[2.0, 1.0, 0.0], [1.0, 3.0, -1.0], [0.0, -1.0, 4.0]], dtype=torch.float64)
-    op = C.function_hvp(lambda t: 0.5 * t @ A @ t + t.sum() ** 3, torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64))
+    op = function_hvp(lambda t: 0.5 * t @ A @ t + t.sum() ** 3, torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64))
     V = torch.eye(3, dtype=torch.float64)
     torch.testing.assert_close(op(V), A)
     torch.testing.assert_close(op(V[1]), A[1])
-    with pytest.raises(C.CurvatureError, match="v must have shape"):
+    with pytest.raises(CurvatureError, match="v must have shape"):
         op(torch.zeros(4, dtype=torch.float64))
 
 
@@ -115,7 +118,7 @@ def test_function_hvp_quadratic_and_shape_check():
 
 def test_lanczos_top_eigenpairs_match_exact(mlp_case):
     _, _, _, Hm, ev, op = mlp_case
-    vals, vecs = C.top_eigenvalues(op, k=3, method="lanczos", iters=100, tol=1e-10, seed=0)
+    vals, vecs = top_eigenvalues(op, k=3, method="lanczos", iters=100, tol=1e-10, seed=0)
     np.testing.assert_allclose(vals.numpy(), ev[::-1][:3], rtol=1e-8, atol=1e-10)
     for lam, v in zip(vals, vecs):
         assert float(v.norm()) == pytest.approx(1.0)
@@ -124,15 +127,15 @@ def test_lanczos_top_eigenpairs_match_exact(mlp_case):
 
 def test_power_and_lanczos_agree(mlp_case):
     _, _, _, Hm, ev, op = mlp_case
-    top_p, vec_p = C.top_eigenvalues(op, k=1, method="power", iters=300, tol=1e-7, seed=1)
-    top_l, vec_l = C.top_eigenvalues(op, k=1, method="lanczos", seed=1)
+    top_p, vec_p = top_eigenvalues(op, k=1, method="power", iters=300, tol=1e-7, seed=1)
+    top_l, vec_l = top_eigenvalues(op, k=1, method="lanczos", seed=1)
     assert float(top_p[0]) == pytest.approx(ev[-1], rel=1e-8)
     assert float(top_l[0]) == pytest.approx(float(top_p[0]), rel=1e-8)
     assert abs(float(vec_p[0] @ vec_l[0])) == pytest.approx(1.0, abs=1e-6)
     # deflation: top 3 of the exact matrix operator by both methods
     mop = _matrix_op(Hm)
-    p3, _ = C.top_eigenvalues(mop, k=3, method="power", iters=5000, tol=1e-9, seed=2)
-    l3, _ = C.top_eigenvalues(mop, k=3, method="lanczos", seed=2)
+    p3, _ = top_eigenvalues(mop, k=3, method="power", iters=5000, tol=1e-9, seed=2)
+    l3, _ = top_eigenvalues(mop, k=3, method="lanczos", seed=2)
     np.testing.assert_allclose(p3.numpy(), ev[::-1][:3], rtol=1e-6)
     np.testing.assert_allclose(l3.numpy(), ev[::-1][:3], rtol=1e-10)
 
@@ -142,14 +145,14 @@ def test_which_largest_algebraic_vs_magnitude():
     lam = torch.tensor([-5.0, 3.0, 2.0, 1.0, 0.5, -0.2], dtype=torch.float64)
     op = _matrix_op(q @ torch.diag(lam) @ q.T)
     for method in ("lanczos", "power"):
-        la, _ = C.top_eigenvalues(op, k=2, method=method, iters=3000, tol=1e-10, which="LA")
-        lm, _ = C.top_eigenvalues(op, k=2, method=method, iters=3000, tol=1e-10, which="LM")
+        la, _ = top_eigenvalues(op, k=2, method=method, iters=3000, tol=1e-10, which="LA")
+        lm, _ = top_eigenvalues(op, k=2, method=method, iters=3000, tol=1e-10, which="LM")
         np.testing.assert_allclose(la.numpy(), [3.0, 2.0], rtol=1e-6)
         np.testing.assert_allclose(lm.numpy(), [-5.0, 3.0], rtol=1e-6)
-    with pytest.raises(C.CurvatureError, match="k must be"):
-        C.top_eigenvalues(op, k=7)
-    with pytest.raises(C.CurvatureError, match="method"):
-        C.top_eigenvalues(op, method="arnoldi")
+    with pytest.raises(CurvatureError, match="k must be"):
+        top_eigenvalues(op, k=7)
+    with pytest.raises(CurvatureError, match="method"):
+        top_eigenvalues(op, method="arnoldi")
 
 
 def test_lanczos_breakdown_on_low_rank_operator():
@@ -157,7 +160,7 @@ def test_lanczos_breakdown_on_low_rank_operator():
     u = torch.zeros(2, 8, dtype=torch.float64)
     u[0, 0], u[1, 1] = 1.0, 1.0
     op = _matrix_op(u.T @ torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64)) @ u)
-    vals, _ = C.top_eigenvalues(op, k=4, seed=0)
+    vals, _ = top_eigenvalues(op, k=4, seed=0)
     np.testing.assert_allclose(vals.numpy(), [4.0, 1.0, 0.0, 0.0], atol=1e-10)
 
 
@@ -166,19 +169,19 @@ def test_lanczos_breakdown_on_low_rank_operator():
 
 def test_hutchinson_trace_within_stderr_and_batched_equals_loop(mlp_case):
     _, _, _, Hm, ev, op = mlp_case
-    est, se = C.hessian_trace(_matrix_op(Hm), n_probes=4000, seed=0, probe_batch=4000)
+    est, se = hessian_trace(_matrix_op(Hm), n_probes=4000, seed=0, probe_batch=4000)
     assert se > 0 and abs(est - ev.sum()) < 4 * se
     # the network operator, batched probes vs one at a time vs the exact matrix: same probes
-    a = C.hessian_trace(op, n_probes=6, seed=3, probe_batch=1)
-    b = C.hessian_trace(op, n_probes=6, seed=3, probe_batch=4)
-    m = C.hessian_trace(_matrix_op(Hm), n_probes=6, seed=3)
+    a = hessian_trace(op, n_probes=6, seed=3, probe_batch=1)
+    b = hessian_trace(op, n_probes=6, seed=3, probe_batch=4)
+    m = hessian_trace(_matrix_op(Hm), n_probes=6, seed=3)
     np.testing.assert_allclose(a, b, rtol=1e-10)
     np.testing.assert_allclose(a, m, rtol=1e-10)
 
 
 def test_hutchinson_exact_for_diagonal():
     d = torch.tensor([1.0, -2.0, 3.5, 0.25], dtype=torch.float64)
-    est, se = C.hessian_trace(_matrix_op(torch.diag(d)), n_probes=5, seed=0)
+    est, se = hessian_trace(_matrix_op(torch.diag(d)), n_probes=5, seed=0)
     assert est == pytest.approx(2.75) and se == pytest.approx(0.0, abs=1e-12)
 
 
@@ -186,7 +189,7 @@ def test_slq_gauss_quadrature_is_exact_for_low_degree(mlp_case):
     _, _, _, Hm, _, _ = mlp_case
     probes = torch.randn(3, Hm.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     m = 5
-    nodes, weights = C.slq_quadrature(_matrix_op(Hm), n_iter=m, probes=probes)
+    nodes, weights = slq_quadrature(_matrix_op(Hm), n_iter=m, probes=probes)
     np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-12)
     for r, v in enumerate(probes):
         for p in range(2 * m):
@@ -197,12 +200,12 @@ def test_slq_gauss_quadrature_is_exact_for_low_degree(mlp_case):
 def test_slq_density_moments_match_exact_spectrum(mlp_case):
     _, _, _, Hm, ev, op = mlp_case
     D = Hm.shape[0]
-    nodes, weights = C.slq_quadrature(_matrix_op(Hm), n_runs=200, n_iter=D, seed=0)
+    nodes, weights = slq_quadrature(_matrix_op(Hm), n_runs=200, n_iter=D, seed=0)
     # with m = D each run resolves the whole spectrum: the nodes are the exact eigenvalues
     keep = weights[0] > 1e-10
     assert np.abs(nodes[0][keep][:, None] - ev[None]).min(axis=1).max() < 1e-8
     sigma = 1e-3
-    grid, dens = C.eigenvalue_density(_matrix_op(Hm), n_runs=200, n_iter=D, seed=0, sigma=sigma, grid=4000)
+    grid, dens = eigenvalue_density(_matrix_op(Hm), n_runs=200, n_iter=D, seed=0, sigma=sigma, grid=4000)
     assert np.trapezoid(dens, grid) == pytest.approx(1.0, abs=1e-6)
     for p in (1, 2):
         per_run = (weights * nodes**p).sum(1)
@@ -211,8 +214,8 @@ def test_slq_density_moments_match_exact_spectrum(mlp_case):
         se = per_run.std(ddof=1) / math.sqrt(len(per_run))
         assert abs(est - np.mean(ev**p)) < 4 * se
     # the network operator gives the same quadrature as the exact matrix (same seeded probes)
-    n_net, w_net = C.slq_quadrature(op, n_runs=2, n_iter=8, seed=7)
-    n_mat, w_mat = C.slq_quadrature(_matrix_op(Hm), n_runs=2, n_iter=8, seed=7)
+    n_net, w_net = slq_quadrature(op, n_runs=2, n_iter=8, seed=7)
+    n_mat, w_mat = slq_quadrature(_matrix_op(Hm), n_runs=2, n_iter=8, seed=7)
     np.testing.assert_allclose(n_net, n_mat, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(w_net, w_mat, rtol=1e-6, atol=1e-9)
 
@@ -262,8 +265,8 @@ def test_sharpness_on_quadratic_matches_analytic():
 def test_batched_point_loss_equals_loop():
     model, (x, y) = _mlp(3, bn=True), _data()
     model[1].running_var.fill_(2.0)
-    s = C._Setup(model, x, y, params=None, buffers=None, batch_size=16, n_samples=None, seed=0,
-                 loss_fn=None, device="cpu")
+    s = _Setup(model, x, y, params=None, buffers=None, batch_size=16, n_samples=None, seed=0,
+               loss_fn=None, device="cpu")
     pts = s.theta[None] + 0.1 * C.random_directions(model, 5, seed=0)
     torch.testing.assert_close(C._points_loss(s, pts, chunk_size=2), C._points_loss_loop(s, pts), rtol=1e-12, atol=0)
 
@@ -286,7 +289,7 @@ def test_basin_volume_radii_on_quadratic():
     np.testing.assert_allclose(res_abs["radii"], res["radii"], atol=1e-9)
     cens = C.basin_volume(model, x, y, threshold=t, n_directions=5, seed=2, max_radius=0.05, loss_fn=_quad_loss)
     assert cens["n_censored"] == 5 and np.all(cens["radii"] == 0.05)
-    with pytest.raises(C.CurvatureError, match="level"):
+    with pytest.raises(CurvatureError, match="level"):
         C.basin_volume(model, x, y, threshold=-1.0, relative=False, loss_fn=_quad_loss)
 
 
@@ -318,11 +321,11 @@ def test_curvature_features_and_plots(mlp_case):
                                  lanczos_iters=40, tol=1e-8)
     assert feats["top_eigenvalue"] == pytest.approx(ev[-1], rel=1e-6)
     assert feats["eigenvalue_2"] == pytest.approx(ev[-2], rel=1e-6)
-    assert (feats["trace"], feats["trace_stderr"]) == pytest.approx(C.hessian_trace(_matrix_op(Hm), n_probes=8))
+    assert (feats["trace"], feats["trace_stderr"]) == pytest.approx(hessian_trace(_matrix_op(Hm), n_probes=8))
     assert feats["top_trace_ratio"] == pytest.approx(feats["top_eigenvalue"] / feats["trace"])
     assert feats["n_samples"] == N and all(np.isfinite(v) for v in feats.values())
     assert feats["sharpness"] > 0
-    ax = plot_eigenvalue_density(C.eigenvalue_density(_matrix_op(Hm), n_runs=3, n_iter=10), eigenvalues=ev[-2:])
+    ax = plot_eigenvalue_density(eigenvalue_density(_matrix_op(Hm), n_runs=3, n_iter=10), eigenvalues=ev[-2:])
     assert ax.get_yscale() == "log" and len(ax.lines) == 3
     prof = C.sharpness_profile(model, x, y, radius=0.5, n_directions=3, n_alphas=5)
     vol = C.basin_volume(model, x, y, n_directions=3, max_radius=2.0, n_grid=4, tol=1e-2)
@@ -341,7 +344,7 @@ def test_lanczos_stops_early_when_converged():
         return v @ Hm
 
     op.dim = 120
-    vals, vecs = C.top_eigenvalues(op, k=2, iters=120, tol=1e-10, seed=0)
+    vals, vecs = top_eigenvalues(op, k=2, iters=120, tol=1e-10, seed=0)
     np.testing.assert_allclose(vals.numpy(), [50.0, 20.0], rtol=1e-9)
     assert len(calls) < 60
     assert abs(float(vecs[0] @ q[:, 0])) == pytest.approx(1.0, abs=1e-8)

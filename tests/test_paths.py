@@ -19,7 +19,7 @@ from torch import nn
 from topoland.data import load_dataset
 from topoland.errors import TopolandError
 from topoland.landscape import paths as P
-from topoland.landscape.barriers import _TensorOptimizer, _loss_and_grad
+from topoland.landscape.path_losses import _loss_and_grad, _TensorOptimizer
 from topoland.landscape.potentials import (MULLER_BROWN_MINIMA, MULLER_BROWN_SADDLES,
                                            critical_point, curved_double_well, muller_brown,
                                            ring_valley)

@@ -10,7 +10,10 @@ import torch
 from topoland.nets import directions as D
 from topoland.nets import params as P
 from topoland.landscape import surfaces as S
+from topoland.landscape.linear_chain import _Chain
+from topoland.landscape.linear_first import _combine_first, _LinearFirst
 from topoland.landscape.storage import GridStore, GridStoreError, read_grid
+from topoland.landscape.surface_points import Surface, SurfaceError
 from topoland.nets.models import build_model
 from topoland.plots import landscape as PL
 
@@ -73,7 +76,7 @@ def test_auto_picks_linear_first_for_cnn_and_batched_for_mlp():
     assert srf.meta["evaluator"] == "batched"
     ref = _loop_grid(mlp, e1, e2, srf.xs, srf.ys, x, y)
     assert _rel(srf.values["train_loss"], ref["loss"]) < 1e-5
-    with pytest.raises(S.SurfaceError, match="linear-first"):
+    with pytest.raises(SurfaceError, match="linear-first"):
         S.plane(mlp, e1, e2, x, y, grid=2, evaluator="linear-first", device="cpu")
 
 
@@ -133,7 +136,7 @@ def test_plane_through_three_models_hits_each():
            for m in ms]
     got = [srf.values["train_loss"][0, 0], srf.values["train_loss"][0, 1], srf.values["train_loss"][1, 2]]
     assert _rel(np.array(got), np.array(own)) < 1e-5
-    with pytest.raises(S.SurfaceError, match="collinear"):
+    with pytest.raises(SurfaceError, match="collinear"):
         S.plane_through(ms[0], ms[1], ms[0], x, y, grid=2)
 
 
@@ -230,20 +233,20 @@ def test_trajectory_plane_draws_path(tmp_path):
 def _analytic_plane():
     xs = ys = np.linspace(-1, 1, 41)
     gx, gy = np.meshgrid(xs, ys)
-    return S.Surface(xs=xs, ys=ys, values={"train_loss": 1 + gx ** 2 + gy ** 2}, meta={"kind": "plane"})
+    return Surface(xs=xs, ys=ys, values={"train_loss": 1 + gx ** 2 + gy ** 2}, meta={"kind": "plane"})
 
 
 def test_surface_features_known_answers():
     a = np.linspace(-1, 1, 41)
-    l1 = S.Surface(xs=a, ys=None, values={"train_loss": 2 + a ** 2}, meta={"kind": "line"})
-    l2 = S.Surface(xs=a, ys=None, values={"train_loss": 2 + 3 * a ** 2}, meta={"kind": "line"})
+    l1 = Surface(xs=a, ys=None, values={"train_loss": 2 + a ** 2}, meta={"kind": "line"})
+    l2 = Surface(xs=a, ys=None, values={"train_loss": 2 + 3 * a ** 2}, meta={"kind": "line"})
     f = S.surface_features([l1, l2])
     assert f["surface_rise_r0.5"] == pytest.approx(0.5 * (0.25 + 0.75), abs=1e-12)
     assert f["surface_rise_r1"] == pytest.approx(2.0, abs=1e-12)
     al = np.linspace(-0.5, 1.5, 41)
     curve = 1 + 0.5 * al + 4 * al * (1 - al) * (al >= 0) * (al <= 1)   # barrier 1 at alpha 0.5
-    fi = S.surface_features(S.Surface(xs=al, ys=None, values={"train_loss": curve},
-                                      meta={"kind": "interpolate"}))
+    fi = S.surface_features(Surface(xs=al, ys=None, values={"train_loss": curve},
+                                    meta={"kind": "interpolate"}))
     assert fi["surface_barrier"] == pytest.approx(1.0, abs=1e-12)
     fp = S.surface_features(_analytic_plane())
     assert fp["surface_plane_rise_r0.5"] == pytest.approx(0.25, abs=2e-3)
@@ -268,8 +271,8 @@ def test_plots_and_vtk(tmp_path):
         assert fn(srf) is not None
     assert PL.plot_contour(srf, filled=True, log=True) is not None
     a = np.linspace(-0.5, 1.5, 9)
-    line = S.Surface(xs=a, ys=None, values={"train_loss": a ** 2, "test_loss": a ** 2 + 1,
-                                            "train_acc": 1 - a ** 2 / 4}, meta={"kind": "interpolate"})
+    line = Surface(xs=a, ys=None, values={"train_loss": a ** 2, "test_loss": a ** 2 + 1,
+                                          "train_acc": 1 - a ** 2 / 4}, meta={"kind": "interpolate"})
     assert len(PL.plot_line(line).get_lines()) == 4  # two curves + two markers
     assert PL.plot_line(line, quantity="acc") is not None
     with pytest.raises(PL.PlotError):
@@ -357,7 +360,7 @@ def test_linear_first_other_models_equal_loop(maker, shape):
     assert _rel(srf.values["train_loss"], ref["loss"]) < 1e-5
     np.testing.assert_array_equal(srf.values["train_acc"], ref["accuracy"])
     if maker in (_chain1d, _chain1d_same, _chain2d):  # the point-by-point chain, not the fallback
-        assert S._LinearFirst(m).chain is not None
+        assert _LinearFirst(m).chain is not None
 
 
 @pytest.mark.parametrize("mod", [torch.nn.MaxPool2d(2), torch.nn.MaxPool2d(3), torch.nn.MaxPool2d(3, ceil_mode=True),
@@ -374,7 +377,7 @@ def test_channels_last_pool_equals_torch(mod):
         x = torch.randn(5, 4, 11, generator=g)
         h = x.permute(0, 2, 1).contiguous().unsqueeze(1)      # (M, 1, L, C)
         ref = mod(x).permute(0, 2, 1).unsqueeze(1)
-    out = S._Chain._pool_nhwc(h, mod)
+    out = _Chain._pool_nhwc(h, mod)
     assert out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
@@ -401,7 +404,7 @@ def test_grouped_chain_equals_point_chain(maker, shape):
     """The GPU layout (all points as one grouped convolution) equals the CPU point-by-point path."""
     torch.manual_seed(0)
     m = maker().eval()
-    lf = S._LinearFirst(m)
+    lf = _LinearFirst(m)
     assert lf.chain is not None
     x, _ = _data(n=20, shape=shape)
     g = torch.Generator().manual_seed(1)
@@ -412,7 +415,6 @@ def test_grouped_chain_equals_point_chain(maker, shape):
     rest = {n: t.detach().unsqueeze(0).repeat(5, *[1] * t.dim()) + 0.01 * torch.randn(5, *t.shape, generator=g)
             for n, t in lf.rest.named_parameters()}
     shared = dict(lf.rest.named_buffers())
-    from topoland.landscape.surfaces import _combine_first
     a = lf.chain.run(_combine_first([z.clone() for z in zs], ct, 5), 5, rest, shared, flat=False)
     b = lf.chain.run_points(zs, ct, rest, shared)
     assert a.shape == b.shape == (5, 20, 3)

@@ -1,7 +1,7 @@
 """Mode-connecting curves (Garipov et al. 2018): quadratic Bezier and polygonal chain with
 one trainable bend, endpoints fixed, trained by sampling t ~ U(0, 1).
 
-See :mod:`topoland.landscape.barriers` for the loss-function protocol.
+See :mod:`topoland.landscape.path_losses` for the loss-function protocol.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from topoland.errors import ConfigError
-from topoland.landscape.barriers import (PathError, _batch_stream, _call_loss, _check_endpoints,
-                                          _TensorOptimizer)
+from topoland.landscape.barriers import _check_endpoints
+from topoland.landscape.path_losses import PathError, _batch_stream, _call_loss, _TensorOptimizer
 
 __all__ = ["Curve", "curve_weights", "fit_curve", "CURVE_KINDS"]
 

@@ -1,7 +1,7 @@
 """Nudged elastic band (Henkelman & Jónsson 2000) and AutoNEB (Kolsbjerg et al. 2016, as
 used by Draxler et al. 2018) on batched losses of flat parameter vectors.
 
-See :mod:`topoland.landscape.barriers` for the loss-function protocol.
+See :mod:`topoland.landscape.path_losses` for the loss-function protocol.
 """
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import torch
 from torch import Tensor
 
 from topoland.errors import ConfigError
-from topoland.landscape.barriers import (Path, PathError, _batch_stream,
-                                          _call_loss, _check_endpoints, _loss_and_grad,
-                                          _TensorOptimizer,
-                                          _polyline_at)
+from topoland.landscape.barriers import Path, _check_endpoints, _polyline_at
+from topoland.landscape.path_losses import (PathError, _batch_stream, _call_loss, _loss_and_grad,
+                                            _TensorOptimizer)
 
 __all__ = ["neb", "neb_forces", "neb_forces_loop", "respace", "insert_images", "auto_neb",
            "AUTONEB_REFERENCE"]
@@ -294,7 +293,7 @@ def auto_neb(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, *, cycles: int
     cycle; callables map the cycle index); after every cycle but the last,
     :func:`insert_images` adds up to ``max_insert_per_cycle`` images (evaluated with
     ``eval_fn``, default ``loss_fn``). ``batch_size``: minibatch size for a loss made by
-    :func:`~topoland.landscape.barriers.network_loss` (it must have ``with_batch_size``).
+    :func:`~topoland.landscape.network_losses.network_loss` (it must have ``with_batch_size``).
     ``climbing`` applies to the last cycle only. Use ``**AUTONEB_REFERENCE`` for the
     reference schedule.
 

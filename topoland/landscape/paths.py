@@ -8,17 +8,20 @@
   :func:`project_to_plane`;
 - many minima: :func:`connect_all`, :func:`barrier_matrix`, :func:`disconnectivity_tree`.
 
-Implementation: ``barriers.py`` (losses, paths, profiles, graphs), ``neb.py``, ``curves.py``.
+Implementation: ``path_losses.py`` (the loss-function protocol), ``network_losses.py``
+(losses of networks), ``barriers.py`` (paths, profiles, barriers), ``connectivity.py`` (many
+minima), ``neb.py``, ``curves.py``.
 """
-from topoland.landscape.barriers import (DisconnectivityTree, NetworkLoss, Path, PathError,
-                                          barrier_matrix, barriers, batched_loss, connect_all,
-                                          disconnectivity_tree, linear_path, model_vector,
-                                          network_loss, network_loss_loop, network_metrics,
-                                          path_plane, path_profile, project_to_plane,
-                                          resample_polyline)
+from topoland.landscape.barriers import (Path, barriers, linear_path, path_plane, path_profile,
+                                          project_to_plane, resample_polyline)
+from topoland.landscape.connectivity import (DisconnectivityTree, barrier_matrix, connect_all,
+                                              disconnectivity_tree)
 from topoland.landscape.curves import CURVE_KINDS, Curve, curve_weights, fit_curve
 from topoland.landscape.neb import (AUTONEB_REFERENCE, auto_neb, insert_images, neb,
                                      neb_forces, neb_forces_loop, respace)
+from topoland.landscape.network_losses import (NetworkLoss, model_vector, network_loss,
+                                                network_loss_loop, network_metrics)
+from topoland.landscape.path_losses import PathError, batched_loss
 
 __all__ = [
     "AUTONEB_REFERENCE", "CURVE_KINDS", "Curve", "DisconnectivityTree", "NetworkLoss", "Path",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from topoland.landscape.curvature import CurvatureError
+from topoland.landscape.hessian import CurvatureError
 
 
 def plot_eigenvalue_density(data, ax=None, *, log=True, eigenvalues=None, floor=1e-8, color="C0",
@@ -12,7 +12,7 @@ def plot_eigenvalue_density(data, ax=None, *, log=True, eigenvalues=None, floor=
     """Eigenvalue density from stochastic Lanczos quadrature.
 
     data: ``(grid (G,), density (G,))`` as returned by
-    :func:`topoland.landscape.curvature.eigenvalue_density`. ``log``: logarithmic density axis
+    :func:`topoland.landscape.spectrum.eigenvalue_density`. ``log``: logarithmic density axis
     (densities below ``floor`` are clipped to it). ``eigenvalues``: optional values (e.g. the
     top eigenvalues) marked by dashed vertical lines. Extra keywords go to ``ax.plot``.
     Returns the Axes.

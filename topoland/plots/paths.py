@@ -8,8 +8,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from topoland.landscape.barriers import (DisconnectivityTree, Path, PathError,
-                                          disconnectivity_tree, path_plane, project_to_plane)
+from topoland.landscape.barriers import Path, path_plane, project_to_plane
+from topoland.landscape.connectivity import DisconnectivityTree, disconnectivity_tree
+from topoland.landscape.path_losses import PathError
 
 __all__ = ["plot_profiles", "plot_path_plane", "plot_disconnectivity"]
 
