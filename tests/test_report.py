@@ -17,12 +17,11 @@ import pytest
 import torch
 
 from topoland.runs.config import expand_grid, to_toml, validate
-from topoland.landscape.barriers import barriers
-from topoland.landscape.storage import GridStore
-from topoland.landscape.surfaces import Surface, surface_features
+from topoland.landscape import GridStore, Surface, barriers, surface_features
 from topoland.report import ReportError, build_report
-from topoland.sampling.sampler import TABLE_COLUMNS, SampleResult, save_samples, trajectory_features
+from topoland.sampling import TABLE_COLUMNS, SampleResult, save_samples, trajectory_features
 from topoland.io import save_tensors
+from topoland.runs import layout
 from topoland.runs.store import RUN_LEVEL, RunStore
 from topoland.topology import (diagram_features, euclidean_distances, knn_graph, landscape_features,
                                lower_star_persistence, vertex_values)
@@ -49,7 +48,7 @@ def _config(name, grid, **sections):
 
 def _train(store, cid, i):
     with store.stage(cid, "train") as box:
-        pd.DataFrame({"epoch": [1, 2], "train_loss": [0.9, 0.5]}).to_csv(box["dir"] / "history.csv", index=False)
+        pd.DataFrame({"epoch": [1, 2], "train_loss": [0.9, 0.5]}).to_csv(box["dir"] / layout.HISTORY, index=False)
         train_loss, test_loss = 0.05 + 0.02 * i, 0.3 + 0.04 * i + 0.01 * (i % 2)
         box["summary"] = {"train_loss": train_loss, "train_acc": 0.99 - 0.01 * i, "val_loss": test_loss,
                           "val_acc": 0.9 - 0.015 * i, "test_loss": test_loss, "test_acc": 0.9 - 0.02 * i,
@@ -100,12 +99,12 @@ def _sample_and_topology(store, cid, i, n_diverged=0, topology=True):
     with store.stage(cid, "topology") as box:
         arrays = {"sample_ids": keep, "coords": coords, "plane": coords, "edges": edges, "values": values}
         arrays |= {f"diagram_h{d}": np.asarray(v, dtype=np.float64).reshape(-1, 2) for d, v in dg.items()}
-        save_tensors(box["dir"] / "topology.safetensors", {k: torch.as_tensor(np.array(v)) for k, v in arrays.items()},
+        save_tensors(box["dir"] / layout.TOPOLOGY, {k: torch.as_tensor(np.array(v)) for k, v in arrays.items()},
                      metadata={"t_used": 20, "settings": {"k": K, "value": "val_loss"}})
-        (box["dir"] / "features.json").write_text(json.dumps(feats))
+        (box["dir"] / layout.TOPOLOGY_FEATURES).write_text(json.dumps(feats))
         pd.DataFrame([{"feature": f, "estimate": feats[f], "low": 0.9 * feats[f], "high": 1.1 * feats[f],
                        "n_resamples": 5} for f in ("n_basins", "activity_h0", "loss_range")]
-                     ).to_csv(box["dir"] / "intervals.csv", index=False)
+                     ).to_csv(box["dir"] / layout.INTERVALS, index=False)
         box["summary"] = feats | {"t_used": 20}
 
 
@@ -116,7 +115,7 @@ def _surface(store, cid, i):
     vals = {"train_loss": bowl, "train_acc": 1 - bowl / 4, "test_loss": bowl + 0.2, "test_acc": 0.9 - bowl / 4}
     alphas = np.linspace(-1, 1, 9)
     with store.stage(cid, "surface") as box:
-        with GridStore.open(box["dir"] / "plane.h5", xs=xs, ys=ys, directions=np.eye(2, D),
+        with GridStore.open(box["dir"] / layout.PLANE, xs=xs, ys=ys, directions=np.eye(2, D),
                             metrics=list(vals), kind="plane") as g:
             g.write(np.arange(49), {k: v.reshape(-1) for k, v in vals.items()})
         lines = []
@@ -124,7 +123,7 @@ def _surface(store, cid, i):
             c = 0.05 + (1 + j + 0.2 * i) * alphas ** 2
             df = pd.DataFrame({"alpha": alphas, "train_loss": c, "train_acc": 1 - c / 4,
                                "test_loss": c + 0.2, "test_acc": 0.9 - c / 4})
-            df.to_csv(box["dir"] / f"line_{j}.csv", index=False)
+            df.to_csv(box["dir"] / layout.line_csv(j), index=False)
             lines.append(Surface(xs=alphas, ys=None, values={k: df[k].to_numpy() for k in df if k != "alpha"},
                                  meta={"kind": "random_line"}))
         plane = Surface(xs=xs, ys=ys, values=vals, meta={"kind": "plane"})
@@ -135,10 +134,10 @@ def _curvature(store, cid, i):
     with store.stage(cid, "curvature") as box:
         feats = {"top_eigenvalue": 2.0 + i, "trace": 10.0 + 2 * i, "sharpness": 0.5 + 0.1 * (i % 3),
                  "log_volume": -3.0 - 0.2 * i}
-        (box["dir"] / "curvature.json").write_text(json.dumps(feats))
+        (box["dir"] / layout.CURVATURE).write_text(json.dumps(feats))
         grid = np.linspace(-1, 5 + i, 50)
         pd.DataFrame({"eigenvalue": grid, "density": np.exp(-grid ** 2) + 1e-3}).to_csv(
-            box["dir"] / "density.csv", index=False)
+            box["dir"] / layout.DENSITY, index=False)
         box["summary"] = feats
 
 
@@ -148,20 +147,20 @@ def _paths(store, ids):
     with store.stage(RUN_LEVEL, "paths") as box:
         pairs = [(ids[0], ids[1]), (ids[0], ids[2]), (ids[1], ids[2])]
         for k, (a, b) in enumerate(pairs):
-            pdir = box["dir"] / f"{a}__{b}"
+            pdir = box["dir"] / layout.pair_dir(a, b)
             pdir.mkdir()
             row = {"a": a, "b": b, "method": "neb"}
             for name, h in (("linear", 1.0 + k), ("neb", 0.1 + 0.05 * k)):
                 bump = h * np.sin(np.pi * t)
                 prof = pd.DataFrame({"t": t, "train_loss": 0.05 + bump, "train_error": 0.01 + bump / 5,
                                      "test_loss": 0.3 + bump, "test_error": 0.1 + bump / 5})
-                prof.to_csv(pdir / f"profile_{name}.csv", index=False)
+                prof.to_csv(pdir / layout.profile_csv(name), index=False)
                 for col in ("train_loss", "test_loss", "train_error", "test_error"):
                     bar = barriers(prof, column=col)
                     for kind in ("max", "max_minus_linear", "max_minus_mean"):
                         row[f"{name}.{col}.{kind}"] = bar[kind]
             rows.append(row)
-        pd.DataFrame(rows).to_csv(box["dir"] / "pairs.csv", index=False)
+        pd.DataFrame(rows).to_csv(box["dir"] / layout.table_csv(layout.PAIRS), index=False)
         box["summary"] = {"n_pairs": len(rows)}
 
 
@@ -298,7 +297,7 @@ def test_report_refuses_non_pdf_path(tmp_path):
 def test_small_fonts_are_raised_to_the_minimum():
     from matplotlib.figure import Figure
 
-    from topoland.report.pdf import MIN_FONT_PT, _enforce_min_font
+    from topoland.report.document import MIN_FONT_PT, enforce_min_font
     fig = Figure()
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot([0, 1], label="a")
@@ -311,7 +310,7 @@ def test_small_fonts_are_raised_to_the_minimum():
     small = [t for t in [*ax1.get_legend().get_texts(), ax1.get_legend().get_title(), *cs.labelTexts,
                          *ax2.texts, *fig.texts] if t.get_fontsize() < MIN_FONT_PT]
     assert len(small) >= 4
-    _enforce_min_font(fig)
+    enforce_min_font(fig)
     assert all(t.get_fontsize() >= MIN_FONT_PT for t in small)
 
 
@@ -350,3 +349,29 @@ def test_report_names_uncertainty_adjusted_p_and_flatness(full_report):
     fp = page["Flatness by batch size"]
     for r in flat.itertuples():
         assert r.sign in ("+", "-", "0") and r.reading in fp
+
+
+def test_stage_files_are_named_in_the_layout_only():
+    """The report reads stage folders through topoland.runs.layout: no report module spells a
+    stage file's name, and the store's resume data are the layout's names."""
+    from pathlib import Path
+
+    import topoland.report
+    from topoland.runs.store import RESUME_DATA
+    files = [v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str) and "." in v]
+    assert layout.MODEL in files and layout.PATHS_PAIRS in files
+    for f in sorted(Path(topoland.report.__file__).parent.glob("*.py")):
+        text = f.read_text()
+        assert not [n for n in files if f'"{n}"' in text], f.name
+    assert RESUME_DATA == {"surface": (layout.SURFACE_PARTIAL, layout.SURFACE_PCA_PARTIAL),
+                           "paths": (layout.PATHS_PAIRS,)}
+
+
+def test_layout_readers_of_absent_optional_files(tmp_path):
+    """An optional file a stage did not write reads as None (or empty), never as an error."""
+    for read in (layout.read_intervals, layout.read_plane, layout.read_density, layout.read_ensemble_curve):
+        assert read(tmp_path) is None, read.__name__
+    assert layout.read_lines(tmp_path) == [] and layout.read_notes(tmp_path) == []
+    assert layout.read_analysis_tables(tmp_path) == {}
+    assert layout.pair_attempt_dir(tmp_path / "run" / "paths", "a", "b", 2) == \
+        tmp_path / "run" / "paths.pairs" / "a__b" / "attempt2"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from topoland.pipeline.context import CellContext, model_spec
+from topoland.runs import layout
 
 
 def stage_train(ctx: CellContext, out: Path) -> dict:
@@ -25,10 +26,10 @@ def stage_train(ctx: CellContext, out: Path) -> dict:
     res = train_minimum(model, data, recipe, seed=seed, device=ctx.device)
     spec = {"name": name, "kwargs": kwargs, "input_shape": list(data.input_shape),
             "num_classes": data.num_classes, "data": cfg["data"], "seed": seed}
-    save_checkpoint(out / "model.safetensors", model, spec=spec, metrics=res.metrics)
-    res.history.to_csv(out / "history.csv", index=False)
+    save_checkpoint(out / layout.MODEL, model, spec=spec, metrics=res.metrics)
+    res.history.to_csv(out / layout.HISTORY, index=False)
     if res.checkpoints is not None:
-        save_tensors(out / "checkpoints.safetensors", {"checkpoints": res.checkpoints})
+        save_tensors(out / layout.CHECKPOINTS, {"checkpoints": res.checkpoints})
     return train_summary(res.metrics, recipe)
 
 
@@ -110,10 +111,10 @@ def stage_topology(ctx: CellContext, out: Path) -> dict:
     arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "plane": res.plane,
               "edges": res.edges, "values": res.values}
     arrays |= {f"diagram_h{d}": np.asarray(dg, dtype=np.float64).reshape(-1, 2) for d, dg in res.diagrams.items()}
-    save_tensors(out / "topology.safetensors", {k: torch.tensor(np.asarray(v)) for k, v in arrays.items()},
+    save_tensors(out / layout.TOPOLOGY, {k: torch.tensor(np.asarray(v)) for k, v in arrays.items()},
                  metadata={"t_used": int(res.t_used), "settings": res.settings, "notes": res.notes})
-    (out / "features.json").write_text(json.dumps(res.features, indent=1, default=float))
-    res.intervals.to_csv(out / "intervals.csv", index=False)
+    (out / layout.TOPOLOGY_FEATURES).write_text(json.dumps(res.features, indent=1, default=float))
+    res.intervals.to_csv(out / layout.INTERVALS, index=False)
     return dict(res.features) | {"t_used": int(res.t_used), "notes": list(res.notes)}
 
 
@@ -133,27 +134,27 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
     common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device)
     seed = ctx.config["run"]["seed"]
     # the grid file lives beside the stage while it fills, so a killed run resumes the grid
-    partial = ctx.store.stage_dir(ctx.cell_id, "surface").with_name("surface.partial.h5")
+    partial = ctx.store.stage_dir(ctx.cell_id, "surface").with_name(layout.SURFACE_PARTIAL)
     surfaces = []
     if opts["kind"] == "plane":
         srf = random_plane(model, x, y, seed=seed, grid=opts["grid"], range=(lo, hi), store=partial, **common)
-        shutil.move(str(partial), out / "plane.h5")
+        shutil.move(str(partial), out / layout.PLANE)
         surfaces.append(srf)
-    ckpt = ctx.stage_dir("train") / "checkpoints.safetensors"
+    ckpt = ctx.stage_dir("train") / layout.CHECKPOINTS
     if ckpt.is_file():  # the training trajectory was recorded: PCA plane with the path over it
         from topoland.landscape import trajectory_plane
         from topoland.io import load_tensors
-        pca_partial = partial.with_name("surface.pca.partial.h5")  # store.RESUME_DATA names it
+        pca_partial = partial.with_name(layout.SURFACE_PCA_PARTIAL)  # in store.RESUME_DATA
         srf = trajectory_plane(model, load_tensors(ckpt)[0]["checkpoints"], x, y, grid=opts["grid"],
                                store=pca_partial, **common)
-        shutil.move(str(pca_partial), out / "pca.h5")
+        shutil.move(str(pca_partial), out / layout.PCA_PLANE)
         import pandas as pd
-        pd.DataFrame(srf.path, columns=["pc1", "pc2"]).to_csv(out / "pca_path.csv", index=False)
-        (out / "pca.json").write_text(json.dumps({"explained_variance_ratio": srf.meta["explained_variance_ratio"]}))
+        pd.DataFrame(srf.path, columns=["pc1", "pc2"]).to_csv(out / layout.PCA_PATH, index=False)
+        (out / layout.PCA_META).write_text(json.dumps({"explained_variance_ratio": srf.meta["explained_variance_ratio"]}))
     lines = random_lines(model, x, y, n_directions=4, seed=seed + 1,
                          alphas=np.linspace(lo, hi, 2 * (opts["grid"] // 2) + 1), **common)
     for i, ln in enumerate(lines):
-        _write_line_csv(ln, out / f"line_{i}.csv")
+        _write_line_csv(ln, out / layout.line_csv(i))
     surfaces += lines
     return surface_features(surfaces)
 
@@ -181,8 +182,8 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
         op = hvp_fn(model, ctx.data.x_train, ctx.data.y_train, n_samples=opts["n_samples"],
                     seed=ctx.config["run"]["seed"], device=ctx.device)
         grid, dens = eigenvalue_density(op, seed=ctx.config["run"]["seed"])
-        pd.DataFrame({"eigenvalue": grid, "density": dens}).to_csv(out / "density.csv", index=False)
-    (out / "curvature.json").write_text(json.dumps(feats, indent=1, default=float))
+        pd.DataFrame({"eigenvalue": grid, "density": dens}).to_csv(out / layout.DENSITY, index=False)
+    (out / layout.CURVATURE).write_text(json.dumps(feats, indent=1, default=float))
     return feats
 
 
@@ -200,9 +201,9 @@ def stage_ensemble(ctx: CellContext, out: Path) -> dict:
                                   seed=ctx.config["run"]["seed"], device=ctx.device)
     probs = member_probabilities(model, res.snapshots, data.x_test, buffers=res.buffers, device=ctx.device)
     curve = ensemble_curve(probs, data.y_test)
-    curve.to_csv(out / "ensemble.csv", index=False)
-    res.history.to_csv(out / "history.csv", index=False)
-    save_tensors(out / "snapshots.safetensors",
+    curve.to_csv(out / layout.ENSEMBLE_CURVE, index=False)
+    res.history.to_csv(out / layout.HISTORY, index=False)
+    save_tensors(out / layout.SNAPSHOTS,
                  {"snapshots": res.snapshots} | {f"buffer.{k}": v for k, v in res.buffers.items()},
                  metadata={"options": opts})
     last = curve.iloc[-1]

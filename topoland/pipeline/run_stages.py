@@ -8,7 +8,8 @@ from pathlib import Path
 from topoland.landscape.connect import connect_models
 from topoland.pipeline.cell_stages import TOPOLOGY_HEADLINE
 from topoland.pipeline.context import CellContext, DataCache
-from topoland.runs.store import RunStore
+from topoland.runs import layout
+from topoland.runs.store import RUN_LEVEL, RunStore
 from topoland.runs.tables import (analysis_table, config_settings, connectable_cells, diverged_cells,
                                   missed_target, pairs_to_connect, run_design)
 
@@ -18,8 +19,8 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, 
     """Connect two cells' minima (cached per pair and attempt, so a killed run resumes)."""
     from topoland.io import atomic_path, save_tensors
     opts = cfg["paths"]
-    pdir = store.path / "run" / "paths.pairs" / f"{a}__{b}" / f"attempt{attempt}"
-    if not (pdir / "barriers.json").is_file():
+    pdir = layout.pair_attempt_dir(store.stage_dir(RUN_LEVEL, "paths"), a, b, attempt)
+    if not (pdir / layout.BARRIERS).is_file():
         ca = CellContext(store, a, store.cell_config(a), data_cache=cache)
         cb = CellContext(store, b, store.cell_config(b), data_cache=cache)
         # a retry (AutoNEB strategy) gets more images and steps
@@ -30,10 +31,10 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, 
         with atomic_path(pdir) as tmp:
             tmp.mkdir()
             for name, prof in res["profiles"].items():
-                prof.to_csv(tmp / f"profile_{name}.csv", index=False)
-            save_tensors(tmp / "images.safetensors", {"images": res["images"]})
-            (tmp / "barriers.json").write_text(json.dumps(res["barriers"], indent=1))
-    return json.loads((pdir / "barriers.json").read_text())
+                prof.to_csv(tmp / layout.profile_csv(name), index=False)
+            save_tensors(tmp / layout.IMAGES, {"images": res["images"]})
+            (tmp / layout.BARRIERS).write_text(json.dumps(res["barriers"], indent=1))
+    return layout.read_barriers(pdir)
 
 
 def _pair_row(a, b, method, bars) -> dict:
@@ -64,8 +65,9 @@ def stage_paths(store: RunStore, cfg: dict, out: Path) -> dict:
     last = table.groupby(["a", "b"])["attempt"].max() if "attempt" in table else None
     for a, b in dict.fromkeys(zip(table.a, table.b)):
         attempt = int(last[(a, b)]) if last is not None else 0
-        shutil.copytree(store.path / "run" / "paths.pairs" / f"{a}__{b}" / f"attempt{attempt}", out / f"{a}__{b}")
-    write_table(table, out / "pairs")
+        shutil.copytree(layout.pair_attempt_dir(store.stage_dir(RUN_LEVEL, "paths"), a, b, attempt),
+                        out / layout.pair_dir(a, b))
+    write_table(table, out / layout.PAIRS)
     return {"n_pairs": int(len(table)),
             "linear_barrier_mean": float(table["linear.train_loss.max_minus_linear"].mean()),
             f"{m}_barrier_mean": float(table[f"{m}.train_loss.max_minus_linear"].mean())}
@@ -147,7 +149,7 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
         clf = classifier_table(ft, targets, n_classes=a["n_classes"], n_splits=a["n_splits"],
                                n_repeats=a["n_repeats"], seed=seed, n_permutations=a["n_permutations"],
                                p_adjust=a["p_adjust"], n_jobs=a["n_jobs"], on_error="record")
-        write_table(clf, out / "classifiers")
+        write_table(clf, out / layout.CLASSIFIERS)
         notes += _floor_note("classifier table", clf)
     feature_cols = [c for g in ft.groups.values() for c in g]
     enough = [c for c in feature_cols if ft.frame[c].notna().sum() >= 5]
@@ -158,7 +160,7 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
             raise NotEnoughSamplesError("no feature has 5 or more values")
         corr = correlations(ft, enough, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed,
                             p_adjust=a["p_adjust"])
-        write_table(corr, out / "correlations")
+        write_table(corr, out / layout.CORRELATIONS)
     except NotEnoughSamplesError as e:
         notes.append(f"correlations: {e}")
     # grid axes stratified on the others, extra cells (bad minima) on their own; one family
@@ -169,17 +171,17 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
                                          n_permutations=a["compare_permutations"], n_boot=a["n_boot"], seed=seed)
     notes += comp_notes
     if not comps.empty:
-        write_table(comps, out / "comparisons")
+        write_table(comps, out / layout.COMPARISONS)
         batch = next((ax for ax in design.axes if ax.endswith("batch_size")), None)
         if batch:
-            write_table(flatness_ordering(comps, by=batch), out / "flatness")
-    (out / "notes.json").write_text(json.dumps(notes, indent=1))
+            write_table(flatness_ordering(comps, by=batch), out / layout.FLATNESS)
+    (out / layout.NOTES).write_text(json.dumps(notes, indent=1))
     return {"n_minima": len(ft.frame), "groups": list(ft.groups), "targets": targets, "notes": notes}
 
 
 def stage_report(store: RunStore, cfg: dict, out: Path) -> dict:
     from topoland.report import build_report
-    pdf = build_report(store.path, out / "report.pdf")
+    pdf = build_report(store.path, out / layout.REPORT_PDF)
     return {"pages": pdf["pages"]}
 
 

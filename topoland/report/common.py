@@ -1,15 +1,11 @@
-"""Small pieces every report page uses: cell formatting, blank panels, stored topology."""
+"""Small pieces every report page uses: cell formatting and blank panels."""
 from __future__ import annotations
 
-import json
 import textwrap
-from pathlib import Path
 
 import numpy as np
 
-from topoland.io import load_tensors
-
-__all__ = ["fmt", "blank", "read_topology"]
+__all__ = ["fmt", "blank"]
 
 
 def fmt(v) -> str:
@@ -31,10 +27,3 @@ def blank(ax, message: str) -> None:
     ax.set_axis_off()
     ax.text(0.5, 0.5, textwrap.fill(message, 40), ha="center", va="center", fontsize=9,
             color="0.35", transform=ax.transAxes)
-
-
-
-def read_topology(path: Path) -> tuple[dict, dict]:
-    """A topology stage's arrays and metadata (settings, t_used, notes)."""
-    tensors, raw = load_tensors(path)
-    return {k: v.numpy() for k, v in tensors.items()}, {k: json.loads(v) for k, v in raw.items()}

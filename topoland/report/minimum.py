@@ -3,13 +3,13 @@ Betti curves, feature intervals, surfaces and curvature."""
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from topoland.errors import StoreError
-from topoland.report.common import blank, fmt, read_topology
+from topoland.report.common import blank, fmt
+from topoland.runs import layout
 
 __all__ = ["minimum_page", "intervals_page"]
 
@@ -32,19 +32,6 @@ def _geometry_line(topo: dict, settings: dict) -> str:
             + (f" (H1 filled on the principal plane, {plane:.0%} of the variance)"
                if settings.get("complex") == "planar" and plane is not None else "")
             + " · components: " + ", ".join(comp))
-
-
-def _line_surfaces(d: Path) -> list:
-    from topoland.landscape import Surface
-    out = []
-    for p in sorted(d.glob("line_*.csv"), key=lambda p: int(p.stem.split("_")[1])):
-        df = pd.read_csv(p)
-        if "alpha" not in df.columns:
-            raise StoreError(f"surface curve file '{p}' has no 'alpha' column")
-        out.append(Surface(xs=df["alpha"].to_numpy(float), ys=None,
-                           values={c: df[c].to_numpy(float) for c in df.columns if c != "alpha"},
-                           meta={"kind": "random_line"}))
-    return out
 
 
 def _draw_lines(ax, lines, quantity: str):
@@ -70,14 +57,13 @@ def minimum_page(w, run, cid: str) -> None:
     from topoland.plots.landscape import plot_contour
     from topoland.plots.topology import (plot_betti_curves, plot_diagram, plot_embedding,
                                   plot_filtration_graph, plot_intervals)
-    from topoland.sampling import load_samples
     from topoland.topology import betti_curve
 
     name = run.names[cid]
     title = f"Minimum {name}: {run.labels[cid]}"
     store = run.store
     tdir = store.stage_dir(cid, "topology")
-    arrays, meta = read_topology(tdir / "topology.safetensors")
+    arrays, meta = layout.read_topology(tdir)
     settings = meta.get("settings", {})
     value_name = settings.get("value", "vertex value")
     ids = arrays["sample_ids"].astype(np.int64)
@@ -101,7 +87,7 @@ def minimum_page(w, run, cid: str) -> None:
 
     traj = order = steps = None
     if run.done(cid, "sample"):
-        s = load_samples(store.stage_dir(cid, "sample"))
+        s = layout.read_samples(store.stage_dir(cid, "sample"))
         t = s.table.set_index("sample_id").loc[ids]
         traj, order, steps = t["trajectory"].to_numpy(), t["epoch"].to_numpy(), t["step"].to_numpy()
     else:
@@ -149,8 +135,7 @@ def minimum_page(w, run, cid: str) -> None:
         ax.set_xlabel(f"threshold on {value_name}")
         ax.set_title("Betti curves")
     w.panel(axes[1, 0], f"{name} Betti curves", betti)
-    iv_path = tdir / "intervals.csv"
-    iv = pd.read_csv(iv_path) if iv_path.is_file() else None
+    iv = layout.read_intervals(tdir)
     if iv is not None and not iv.empty:
         def intervals(ax):
             plot_intervals(iv, ax=ax, features=_INTERVAL_FEATURES)
@@ -162,13 +147,8 @@ def minimum_page(w, run, cid: str) -> None:
 
     sdir = store.stage_dir(cid, "surface")
     surf_summary = run.summary(cid, "surface")
-    plane = sdir / "plane.h5"
-    if run.done(cid, "surface") and plane.is_file():
-        from topoland.landscape import read_grid
-        from topoland.landscape import Surface
-        g = read_grid(plane)
-        srf = Surface(xs=g["xs"], ys=g["ys"], values=g["values"], meta=dict(g["meta"]) | {"kind": g["kind"]})
-
+    srf = layout.read_plane(sdir) if run.done(cid, "surface") else None
+    if srf is not None:
         def contour(ax):
             plot_contour(srf, ax=ax, metric="train_loss", filled=True, log=True, levels=20, cmap="viridis")
             ax.plot([0], [0], marker="*", color="w", ms=10, mec="k")
@@ -179,16 +159,14 @@ def minimum_page(w, run, cid: str) -> None:
                                              else "surface stage did not run")
         blank(axes[1, 2], f"surface: {why}")
 
-    lines = _line_surfaces(sdir) if run.done(cid, "surface") else []
+    lines = layout.read_lines(sdir) if run.done(cid, "surface") else []
     if lines:
         w.panel(axes[1, 3], f"{name} 1-D curves", lambda ax: _draw_lines(ax, lines, "loss"))
     else:
         blank(axes[1, 3], "no 1-D curves stored")
 
-    dens = store.stage_dir(cid, "curvature") / "density.csv"
-    if run.done(cid, "curvature") and dens.is_file():
-        d = pd.read_csv(dens)
-
+    d = layout.read_density(store.stage_dir(cid, "curvature")) if run.done(cid, "curvature") else None
+    if d is not None:
         def density(ax):
             plot_eigenvalue_density((d["eigenvalue"].to_numpy(), d["density"].to_numpy()), ax=ax)
             ax.set_title("Hessian eigenvalue density")
@@ -200,17 +178,13 @@ def minimum_page(w, run, cid: str) -> None:
     w.save(fig, title)
 
 
-# ---------------------------------------------------------------------------------- ensembles
-
-
 def intervals_page(w, run, cids) -> None:
     """One page across minima: each headline topology feature with its resampling interval
     (``intervals.csv`` of each topology stage), one error bar per minimum."""
     rows = []
     for cid in cids:
-        path = run.store.stage_dir(cid, "topology") / "intervals.csv"
-        if path.is_file():
-            iv = pd.read_csv(path)
+        iv = layout.read_intervals(run.store.stage_dir(cid, "topology"))
+        if iv is not None:
             rows.append(iv.assign(minimum=run.names[cid]))
     if not rows:
         w.note("Stages not run", "Topology intervals: no minimum has resampling intervals "

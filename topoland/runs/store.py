@@ -8,6 +8,7 @@ Layout::
     RUN/run/<stage>/                run-level stages across cells (paths, analysis tables, report)
     RUN/.lock                       held by the process working on the run
 
+What lies inside a stage folder, and the readers of it, is :mod:`topoland.runs.layout`.
 Beside a stage folder may lie its resume data (:data:`RESUME_DATA`) and, after a killed
 process, temporaries (``*.tmp-<pid>``). :meth:`RunStore.verify` flags anything else.
 
@@ -34,6 +35,7 @@ import torch
 
 from topoland.errors import StoreError
 from topoland.io import atomic_path, atomic_write_text
+from topoland.runs import layout
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -49,8 +51,9 @@ CREATE TABLE IF NOT EXISTS files (
 
 RUN_LEVEL = "_run"  # pseudo cell id of run-level stages (analysis, report, paths across cells)
 
-#: resume data the stages keep beside their folder while they work (topoland/run.py writes them)
-RESUME_DATA = {"surface": ("surface.partial.h5", "surface.pca.partial.h5"), "paths": ("paths.pairs",)}
+#: resume data the stages keep beside their folder while they work (named in runs/layout.py,
+#: written by the stage bodies of topoland/pipeline/)
+RESUME_DATA = {"surface": (layout.SURFACE_PARTIAL, layout.SURFACE_PCA_PARTIAL), "paths": (layout.PATHS_PAIRS,)}
 #: what a run directory's root may hold besides ``cells/`` and ``run/`` (the index's SQLite side
 #: files exist while it is open, and after a killed process)
 _ROOT_FILES = ("config.toml", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal",
