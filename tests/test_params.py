@@ -1,4 +1,5 @@
-"""Batched functional evaluation (topoland.nets.params) against plain loops and known answers."""
+"""Flat parameter views and batched functional evaluation (topoland.nets: params, functional,
+evaluation) against plain loops and known answers."""
 import copy
 import math
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from topoland.nets import params as tp
+from topoland import nets as tp
 from topoland.errors import TopolandError
 
 

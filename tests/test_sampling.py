@@ -12,9 +12,10 @@ from topoland.topology.embedding import cosine_distances_from_gram
 from topoland.errors import ConfigError, StoreError
 from topoland.nets.models import build_model
 from topoland.nets.params import param_names
-from topoland.sampling.sampler import (TABLE_COLUMNS, data_seed, direction_seeds,
-                               jump_and_retrain, load_samples, random_projection, save_samples,
-                               trajectory_features)
+from topoland.sampling.features import trajectory_features
+from topoland.sampling.sampler import jump_and_retrain
+from topoland.sampling.seeds import data_seed, direction_seeds, random_projection
+from topoland.sampling.storage import TABLE_COLUMNS, load_samples, save_samples
 
 
 def _data(shape=(1, 16), n_train=70, n_val=20, n_test=24, classes=3, seed=0):
@@ -238,7 +239,7 @@ def test_bad_arguments_raise():
 def test_fast_mlp_path_equals_vmap_path_and_sequential(monkeypatch):
     """The hand-batched MLP forward (one GEMM for the shared first layer, baddbmm after) and the
     foreach SGD give the vmap path's and the sequential reference's trajectories."""
-    import topoland.sampling.sampler as sampling
+    import topoland.sampling.engines as sampling
 
     data = _data(shape=(1, 16))
     mlp = build_model("mlp", data.input_shape, data.num_classes, seed=2, widths=(12, 9))

@@ -11,22 +11,14 @@ import pytest
 from scipy import stats as sps
 
 from topoland.analysis.features import AnalysisError, feature_table
+from topoland.analysis.correlation import _kendall_rows, _spearman_rows, correlations
+from topoland.analysis.diagrams import _between_means, diagram_distance, diagram_permutation_test
+from topoland.analysis.group_tests import compare
+from topoland.analysis.multiple import adjust_p, benjamini_hochberg, holm, permutation_p_min, permutations_for_family
 from topoland.analysis.stats import (
-    _between_means,
-    _kendall_rows,
-    _spearman_rows,
-    benjamini_hochberg,
     bootstrap_mean_diff_ci,
     cliffs_delta,
-    compare,
-    correlations,
-    diagram_distance,
-    diagram_permutation_test,
-    holm,
     permutation_test_means,
-    adjust_p,
-    permutation_p_min,
-    permutations_for_family,
     stratified_permutation_test,
 )
 from topoland.analysis.comparisons import (

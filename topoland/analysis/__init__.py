@@ -31,21 +31,20 @@ from topoland.analysis.features import (
     resolve_column,
     save_feature_table,
 )
-from topoland.analysis.stats import (
-    CompareResult,
-    DiagramTestResult,
+from topoland.analysis.correlation import correlations
+from topoland.analysis.diagrams import DiagramTestResult, diagram_distance, diagram_permutation_test
+from topoland.analysis.group_tests import CompareResult, compare
+from topoland.analysis.multiple import (
     adjust_p,
     benjamini_hochberg,
-    bootstrap_mean_diff_ci,
-    cliffs_delta,
-    compare,
-    correlations,
-    diagram_distance,
-    diagram_permutation_test,
     holm,
     permutation_p_min,
-    permutation_test_means,
     permutations_for_family,
+)
+from topoland.analysis.stats import (
+    bootstrap_mean_diff_ci,
+    cliffs_delta,
+    permutation_test_means,
     stratified_permutation_test,
 )
 

@@ -28,7 +28,7 @@ The protocol (the reference study's classifier table, made reproducible):
   its cells as one family (Holm by default, BH on request); a cell is a ``finding`` only at
   adjusted p < 0.05, which needs ``p_min * family_size < 0.05``: its default
   ``n_permutations="auto"`` takes the fewest permutations that allow it
-  (:func:`~topoland.analysis.stats.permutations_for_family`).
+  (:func:`~topoland.analysis.multiple.permutations_for_family`).
 - When the smallest class has fewer than ``n_splits`` members, ``n_splits`` is reduced to that
   size and a note is recorded; with fewer than 2 members, or fewer than 10 usable rows,
   :class:`~topoland.errors.NotEnoughSamplesError` is raised.
@@ -72,7 +72,7 @@ from topoland.analysis.features import (
     as_frame,
     check_feature_columns,
 )
-from topoland.analysis.stats import adjust_p, permutation_p_min, permutations_for_family
+from topoland.analysis.multiple import adjust_p, permutation_p_min, permutations_for_family
 from topoland.errors import NotEnoughSamplesError
 
 __all__ = [

@@ -11,7 +11,7 @@ which rows are extra cells. Then:
   the grid axes whose value the extra cells share with the grid (the others are named in the
   notes: they cannot be matched).
 - :func:`comparison_table` runs both over a list of metrics and adjusts the p-values over the
-  whole family (:func:`topoland.analysis.stats.adjust_p`); ``finding`` is ``p_adjusted < 0.05``.
+  whole family (:func:`topoland.analysis.multiple.adjust_p`); ``finding`` is ``p_adjusted < 0.05``.
 - :func:`flatness_ordering` reads, from that table, the small- vs large-batch ordering of the
   curvature measures with each sign and adjusted p.
 """
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from topoland.analysis.features import AnalysisError, as_frame, resolve_column
-from topoland.analysis.stats import CompareResult, adjust_p, compare
+from topoland.analysis.group_tests import CompareResult, compare
+from topoland.analysis.multiple import adjust_p
 from topoland.errors import TopolandError
 
 __all__ = [
@@ -89,7 +90,7 @@ def _check_axis(df: pd.DataFrame, design: Design, by: str) -> None:
 
 def grid_comparison(table, design: Design, by: str, metric: str, **kw) -> CompareResult:
     """Compare ``metric`` by the grid axis ``by`` over the grid cells, stratified on the other
-    grid axes that vary there. ``kw`` goes to :func:`~topoland.analysis.stats.compare`.
+    grid axes that vary there. ``kw`` goes to :func:`~topoland.analysis.group_tests.compare`.
 
     Raises :class:`AnalysisError` when ``by`` is not a grid axis, and
     :class:`~topoland.errors.NotEnoughSamplesError` naming ``by`` and the group sizes when a
