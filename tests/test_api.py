@@ -52,3 +52,22 @@ def test_loss_topology_is_an_sklearn_estimator():
     fitted = clone(est).fit([])
     check_is_fitted(fitted)
     assert fitted.options_["k"] == 7
+
+
+def test_loss_pattern_fitter_is_an_sklearn_estimator():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.estimator_checks import (check_get_params_invariance,
+                                                check_no_attributes_set_in_init,
+                                                check_parameters_default_constructible,
+                                                check_set_params)
+    from sklearn.utils.validation import check_is_fitted
+
+    from topoland.landscape import LossPatternFitter
+    est = LossPatternFitter(steps=3, seed=1)
+    for check in (check_no_attributes_set_in_init, check_parameters_default_constructible,
+                  check_get_params_invariance, check_set_params):
+        check("LossPatternFitter", clone(est))
+    assert clone(est).get_params()["steps"] == 3
+    with pytest.raises(NotFittedError):
+        check_is_fitted(est)

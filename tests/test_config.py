@@ -251,9 +251,9 @@ def test_random_single_key_corruptions_are_refused_by_name(tmp_path, capsys):
     """Every key of every section, corrupted one at a time (wrong type, out of range, NaN, empty),
     is refused by `topoland config` with one error line naming the key, exit 2."""
     from topoland.cli.main import main
-    from topoland.runs.config import SCHEMA
+    from topoland.runs.schema import schema
     rng = np.random.default_rng(0)
-    cases = [(f"{s}.{k}", c) for s, keys in SCHEMA.items() if s != "model"
+    cases = [(f"{s}.{k}", c) for s, keys in schema().items() if s != "model"
              for k, spec in keys.items() for c in _corruptions(spec)]
     cases += [("model.widths", "[100, 0]"), ("run.seed", str(2 ** 32)), ("surface.range", "[0.0, nan]")]
     rng.shuffle(cases)

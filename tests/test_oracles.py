@@ -10,7 +10,7 @@ import torch
 from topoland.errors import DataError
 from topoland.landscape.oracles import (ORACLE_SAMPLING, ORACLES, check_oracle, oracle,
                                         reference_diagrams, simulate_jump_and_retrain)
-from topoland.sampling.sampler import TABLE_COLUMNS
+from topoland.sampling.storage import TABLE_COLUMNS
 from topoland.topology import TopologyWarning, topology_of_samples
 
 # the features that describe the landscape (the diagnostics beside them may move with N)

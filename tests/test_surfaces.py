@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from topoland.nets import directions as D
-from topoland.nets import params as P
+from topoland import nets as P
 from topoland.landscape import surfaces as S
 from topoland.landscape.linear_chain import _Chain
 from topoland.landscape.linear_first import _combine_first, _LinearFirst

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from topoland import checks
+from topoland.declare import Param, declare, none_if_zero
 from topoland.errors import ConfigError, DataError
 
 DATASETS: tuple[str, ...] = ("mnist1d", "digits", "synthetic", "cifar10", "mnist", "fashion_mnist")
@@ -333,6 +335,19 @@ def random_labels(n: int, num_classes: int, seed: int) -> Tensor:
     return torch.randint(0, int(num_classes), (int(n),), generator=g, dtype=torch.long)
 
 
+@declare({
+    "name": Param((str,), "mnist1d", checks.one_of(*DATASETS), "dataset"),
+    "root": Param((str,), "", None, "local folder of torchvision datasets", arg=none_if_zero),
+    "download": Param((bool,), False, None, "let torchvision download where a network exists"),
+    "val_fraction": Param((int, float), 0.1, checks.frac, "share of the training set held out for validation"),
+    "val_seed": Param((int,), 0, checks.seed, "seed of the validation split"),
+    "label_noise": Param((int, float), 0.0, checks.unit, "share of training labels replaced by random ones"),
+    "n_train": Param((int,), 0, checks.nonneg, "subsample the training set (0 = all)", arg=none_if_zero),
+    "n_test": Param((int,), 0, checks.nonneg, "subsample the test set (0 = all)", arg=none_if_zero),
+    "label_seed": Param((int,), 0, checks.seed, "seed of the label corruption"),
+    "synthetic": Param((dict,), {}, checks.synthetic_opts,
+                      "synthetic set: n_train, n_test, num_classes, input_shape, separation, noise", arg=none_if_zero),
+})
 def load_dataset(name: str, *, root=None, seed: int = 0, val_fraction: float = 0.1, val_seed=None,
                  label_noise: float = 0.0, label_seed=None, download: bool = False,
                  n_train: int | None = None, n_test: int | None = None, normalize: bool = True,

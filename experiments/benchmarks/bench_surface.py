@@ -8,7 +8,7 @@ full-batch forward per grid point (mean cross-entropy).
 
 1. loss-landscapes: ``loss_landscapes.random_plane(model, Loss(CE, x, y), distance, steps,
    normalization="filter", deepcopy_model=True)`` (one point at a time; its own directions).
-2. plain loop: :func:`topoland.nets.params.evaluate_loop` (load_state_dict + forward per point) on
+2. plain loop: :func:`topoland.nets.evaluation.evaluate_loop` (load_state_dict + forward per point) on
    topoland's own grid points.
 3. topoland: :func:`topoland.landscape.surfaces.plane` (evaluator "auto" -> "linear-first":
    the first conv is linear in its weights, so conv(x, W0 + a D1 + b D2) =
@@ -67,7 +67,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     from topoland.nets import directions as D
-    from topoland.nets import params as P
+    from topoland import nets as P
     from topoland.data import load_dataset
     from topoland.landscape import surfaces as S
     from topoland.nets.models import build_model

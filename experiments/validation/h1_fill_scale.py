@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from topoland.topology.embedding import cosine_distances  # noqa: E402
 from topoland.landscape.oracles import check_oracle, oracle, simulate_jump_and_retrain  # noqa: E402
-from topoland.sampling.sampler import load_samples  # noqa: E402
+from topoland.sampling.storage import load_samples  # noqa: E402
 from topoland.topology import (delaunay_edges, filtration_graph, landscape_features,  # noqa: E402
                                lower_star_persistence, principal_plane, resolve_min_persistence)
 

@@ -64,6 +64,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
+from topoland import checks
 from topoland.analysis.features import (
     KNOWN_GROUPS,
     METRIC_COLUMNS,
@@ -73,6 +74,7 @@ from topoland.analysis.features import (
     check_feature_columns,
 )
 from topoland.analysis.multiple import adjust_p, permutation_p_min, permutations_for_family
+from topoland.declare import Param, declare
 from topoland.errors import NotEnoughSamplesError
 
 __all__ = [
@@ -370,6 +372,18 @@ _SUMMARY = ("mean", "se_across_classifiers", "cv_se", "chance_majority", "chance
             "n_used", "n_dropped", "n_classes", "n_splits", "n_repeats", "target_kind", "notes")
 
 
+@declare({
+    "n_splits": Param((int,), 5, checks.pos, "folds"),
+    "n_repeats": Param((int,), 3, checks.pos, "repeats of the stratified k-fold"),
+    "n_permutations": Param((int, str), "auto", lambda v: None if v == "auto" or (isinstance(v, int) and v >= 0)
+                           else "must be an integer >= 0 or 'auto'",
+                           "permutations of each classifier-table cell ('auto' = 20 x the number of "
+                           "cells: the fewest for which a cell can be a finding after Holm)"),
+    "p_adjust": Param((str,), "holm", checks.one_of("holm", "bh"), "multiple-comparison adjustment of every family "
+                     "(classifier cells, comparisons, correlations): Holm or Benjamini-Hochberg"),
+    "n_classes": Param((int,), 5, lambda v: None if v >= 2 else "must be >= 2", "quantile classes of gen_label"),
+    "n_jobs": Param((int,), 1, checks.pos, "processes for the classifier permutation test"),
+})
 def classifier_table(
     table,
     targets,

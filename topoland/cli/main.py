@@ -13,6 +13,7 @@ from pathlib import Path
 
 from topoland.cli.output import finish
 from topoland.errors import TopolandError
+from topoland.runs.stages import STAGES, stage_list
 
 EPILOG = """\
 typical session:
@@ -53,14 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         Run every stage the config asks for, grid cell by grid cell: train the minima,
         jump-and-retrain, topology, surfaces and curvature, paths, then the analysis and the
         PDF report. Finished stages are skipped, so a killed run resumes where it stopped.""",
-        """\
+        f"""\
         examples:
           topoland run experiments/quickstart.toml
           topoland run experiments/quickstart.toml --out runs/qs2 --only train,sample
           topoland run experiments/quickstart.toml --force topology     # recompute one stage
           topoland run experiments/horoi2022_wrn_cifar10.toml --executor ray --address auto
-        stages: train, sample, topology, surface, curvature, [ensemble], paths, analysis, report
-        (ensemble is optional: name it in run.stages)""")
+        stages: {stage_list(STAGES)}
+        ([optional]: it runs when run.stages names it)""")
     s.add_argument("config", help="experiment config (TOML)")
     s.add_argument("--out", help="run directory (default: runs/<run.name>)")
     s.add_argument("--only", type=_stage_list, help="comma-separated stages to run")

@@ -11,9 +11,6 @@ from pathlib import Path
 from topoland.cli.output import finish
 from topoland.errors import TopolandError
 
-HANDLERS: dict = {}
-
-
 _MAX_PARAMS_TEXT = "200,000,000"  # topoland.nets.checkpoint.MAX_PARAMS, without importing torch for --help
 
 
@@ -106,8 +103,6 @@ def add_commands(subs, make):
     s.add_argument("--strategy", choices=["all", "mst"], default="mst")
     s.add_argument("--method", choices=["neb", "autoneb", "bezier", "polychain"], help="override paths.method")
     s.add_argument("--steps", type=int, help="override paths.steps")
-
-    HANDLERS.update({"surface": _cmd_surface, "neb": _cmd_neb, "connect": _cmd_connect})
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -234,3 +229,6 @@ def _cmd_connect(a):
     from topoland.pipeline.driver import connect_run
     rep = connect_run(a.run_dir, strategy=a.strategy, method=a.method, steps=a.steps)
     return finish(rep)
+
+
+HANDLERS = {"surface": _cmd_surface, "neb": _cmd_neb, "connect": _cmd_connect}

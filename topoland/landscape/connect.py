@@ -1,9 +1,20 @@
 """Connecting two minima: a low-loss path (NEB, AutoNEB or a curve) and its barriers."""
 from __future__ import annotations
 
+from topoland import checks
+from topoland.declare import Param, declare
 from topoland.errors import TopolandError
 
 
+@declare({
+    "method": Param((str,), "neb", checks.one_of("neb", "autoneb", "bezier", "polychain"), "path algorithm"),
+    "n_images": Param((int,), 9, checks.pos, "images (NEB) or evaluation points per segment"),
+    "steps": Param((int,), 100, checks.pos, "optimization steps"),
+    "lr": Param((int, float), 0.05, checks.pos, "learning rate"),
+    "climbing": Param((bool,), False, None, "climbing image"),
+    "n_samples": Param((int,), 0, checks.nonneg, "training subset for the path loss (0 = all)"),
+    "batch_size": Param((int,), 0, checks.nonneg, "minibatch per step (0 = full batch)"),
+})
 def connect_models(model_a, model_b, data, *, method="neb", n_images=9, steps=100, lr=0.05,
                    climbing=False, n_samples=0, batch_size=0, seed=0, device="auto") -> dict:
     """Find a low-loss path between two minima of one architecture and measure its barriers.

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from topoland import checks
+from topoland.declare import Param, declare
 from topoland.nets import directions as _directions
+from topoland.nets import evaluation as _evaluation
 from topoland.nets import params as _params
 from topoland.landscape.hessian import (DEFAULT_N_SAMPLES, CurvatureError, _check_v, _eval_mode,
                                         _flat_params, _Setup, _unflat, hvp_fn)
@@ -63,13 +66,13 @@ def random_directions(model: nn.Module, n: int, seed: int = 0, *, norm: str | No
 
 def _points_loss(s: _Setup, points: Tensor, chunk_size: int | None) -> Tensor:
     """Mean loss at each flat parameter point (P, D) -> (P,) float64, batched through
-    :func:`topoland.nets.params.evaluate` (functional_call + vmap, BN in eval mode)."""
+    :func:`topoland.nets.evaluation.evaluate` (functional_call + vmap, BN in eval mode)."""
     pts = _params.unflatten(points, s.model, s.names)
     if s.buffers:
         P = points.shape[0]
         pts.update({k: b.unsqueeze(0).expand(P, *b.shape) for k, b in s.buffers.items()})
     metric = {"loss": s.loss_fn} if s.custom_loss else {"loss": "loss"}
-    out = _params.evaluate(s.model, pts, s.x, s.y, metrics=metric, batch_size=s.batch_size,
+    out = _evaluation.evaluate(s.model, pts, s.x, s.y, metrics=metric, batch_size=s.batch_size,
                            chunk_size=chunk_size, bn="eval", device=s.device)["loss"]
     return torch.as_tensor(out, dtype=torch.float64)
 
@@ -90,7 +93,7 @@ def loss_along_directions(model: nn.Module, x: Tensor, y: Tensor, directions: Te
                           device="auto") -> np.ndarray:
     """Mean loss at theta + alpha d for every direction d (n, D) and alpha (A,): (n, A) float64.
 
-    All n*A points go through :func:`topoland.nets.params.evaluate` (vmap over ``chunk_size`` points
+    All n*A points go through :func:`topoland.nets.evaluation.evaluate` (vmap over ``chunk_size`` points
     per call; None: sized from its memory estimate); same subset, batches and eval-mode
     convention as :func:`hvp_fn`.
     """
@@ -250,6 +253,14 @@ def _logsumexp(a: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------
 
 
+@declare({
+    "top_k": Param((int,), 1, checks.pos, "top Hessian eigenvalues"),
+    "n_probes": Param((int,), 20, checks.pos, "Hutchinson probes for the trace"),
+    "n_samples": Param((int,), 2048, checks.pos, "training samples in the Hessian"),
+    "sharpness_radius": Param((int, float), 0.5, checks.pos, "filter-normalized radius of sharpness"),
+    "n_directions": Param((int,), 8, checks.pos, "random directions for sharpness and volume"),
+    "volume_threshold": Param((int, float), 0.1, checks.pos, "loss rise that ends the basin (nats)"),
+})
 def curvature_features(model: nn.Module, x: Tensor, y: Tensor, *, top_k: int = 1, n_probes: int = 20,
                        n_samples: int | None = DEFAULT_N_SAMPLES, batch_size: int = 512, seed: int = 0,
                        lanczos_iters: int = 100, tol: float = 1e-4, probe_batch: int = 1,

@@ -10,7 +10,7 @@ Conventions
 -----------
 * The loss is the **mean** over the samples used of ``loss_fn(logits, y) -> (N,)``, a
   per-sample loss (default: cross-entropy in nats; the convention of
-  :func:`topoland.nets.params.evaluate` metrics). The Hessian is taken with respect to the trainable parameters flattened in module
+  :func:`topoland.nets.evaluation.evaluate` metrics). The Hessian is taken with respect to the trainable parameters flattened in module
   order (``model.named_parameters()``), shape ``(D,)``.
 * Networks are evaluated in **eval mode**: BatchNorm uses its running statistics (the
   buffers passed in, by default the model's own) and dropout is off, so the loss is a

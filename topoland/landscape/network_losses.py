@@ -202,7 +202,7 @@ def network_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int | No
     BN networks); ``"recompute"`` recomputes the running statistics at every point from
     ``bn_x`` (default ``x``; in chunks of ``bn_batch_size``) and then evaluates in eval mode
     (the statistics count as constants for gradients; to *evaluate* a final path prefer
-    :func:`network_metrics`). Dropout is always off (``topoland.nets.params.functional_logits``
+    :func:`network_metrics`). Dropout is always off (``topoland.nets.functional.functional_logits``
     with ``train=True`` would also switch dropout on, hence this module's own BN-only
     train mode). ``batch_size``: draw a random minibatch per call (seeded by
     ``seed``); None uses all of ``x``.
@@ -255,12 +255,12 @@ def network_metrics(model: nn.Module, splits: dict[str, tuple[Tensor, Tensor]], 
     """Batched metrics ``thetas (B, D) -> {f"{split}_loss", f"{split}_error": (B,)}``.
 
     Loss: mean cross-entropy (nats); error: fraction misclassified (0..1). Evaluated by
-    :func:`topoland.nets.params.evaluate` (vmap over points, no gradients); with
+    :func:`topoland.nets.evaluation.evaluate` (vmap over points, no gradients); with
     ``bn="recompute"`` (default) the BN statistics are recomputed at every point from
     ``bn_x`` (default: the first split's inputs, normally ``"train"``) in batches of
     ``batch_size``.
     """
-    from topoland.nets.params import evaluate
+    from topoland.nets.evaluation import evaluate
 
     if not splits:
         raise PathError("network_metrics needs at least one split (name -> (x, y))")

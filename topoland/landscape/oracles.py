@@ -4,7 +4,7 @@ An oracle is a smooth 2-D loss ``f(z)`` whose sublevel-set topology is known: it
 the saddles between them and its loops. :func:`simulate_jump_and_retrain` samples it the way
 :func:`topoland.sampling.sampler.jump_and_retrain` samples a network: jumps from a minimum along random
 directions at several step sizes, gradient-descent retraining, one record per epoch, and
-returns a :class:`topoland.sampling.sampler.SampleResult` with the same ``table`` columns and
+returns a :class:`topoland.sampling.storage.SampleResult` with the same ``table`` columns and
 ``params`` layout. The parameters are ``theta = theta0 + E z``: ``E`` an isometric embedding
 ``(D, 2)`` with orthonormal columns and ``theta0`` a random offset, so the topology code sees
 high-dimensional snapshots and must find the 2-D shape itself.
@@ -145,7 +145,7 @@ def simulate_jump_and_retrain(oracle_or_name, *, directions: int = 8,
     float32 snapshots ``theta0 + E z`` ``(N, dim)``; ``theta_star`` is the start's.
     ``result.config["z"]`` holds the true 2-D points ``(N, 2)``.
     """
-    from topoland.sampling.sampler import TABLE_COLUMNS, SampleResult
+    from topoland.sampling.storage import TABLE_COLUMNS, SampleResult
 
     o = oracle(oracle_or_name) if isinstance(oracle_or_name, str) else oracle_or_name
     if directions < 1 or epochs < 1 or steps_per_epoch < 1 or dim < 3:

@@ -9,7 +9,7 @@ picture is not distorted by the parametrization.
 Grid convention: a mask is ``(H, W)`` bool, ``True`` = high-loss cell; row 0 is the top of the
 picture. Cell ``(i, j)`` sits at ``x = linspace(-1, 1, W)[j]``, ``y = linspace(1, -1, H)[i]``.
 Cells per step go through the network in one batched call
-(:func:`topoland.nets.params.functional_logits`, vmap over cells); :func:`_cell_losses_loop` is the
+(:func:`topoland.nets.functional.functional_logits`, vmap over cells); :func:`_cell_losses_loop` is the
 plain reference.
 """
 from __future__ import annotations
@@ -21,12 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator
 from torch import Tensor, nn
 
 from topoland.nets.directions import orthogonal_pair
 from topoland.errors import TopolandError
-from topoland.nets.params import (evaluate, flatten, functional_logits, get_params, has_batchnorm,
-                             param_names, unflatten)
+from topoland.nets.evaluation import evaluate
+from topoland.nets.functional import functional_logits
+from topoland.nets.params import flatten, get_params, has_batchnorm, param_names, unflatten
 from topoland.utils import make_generator, resolve_device
 
 __all__ = ["PatternError", "load_mask", "random_mask", "cell_coordinates", "plane_points",
@@ -154,7 +156,7 @@ def _cell_losses_loop(model: nn.Module, points: Tensor, xb: Tensor, yb: Tensor, 
 # fitting
 # --------------------------------------------------------------------------------------------
 
-class LossPatternFitter:
+class LossPatternFitter(BaseEstimator):
     """Fit a plane whose loss landscape shows a binary mask (sklearn-style).
 
     Parameters: steps (Adam steps), lr, cells_per_step (half low, half high cells drawn with
@@ -246,7 +248,7 @@ class LossPatternFitter:
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024,
                  device=None) -> dict[str, np.ndarray]:
         """Loss (nats) and accuracy of every cell on ``(x, y)``: ``{"loss", "accuracy"}`` of shape
-        ``(H, W)``, via :func:`topoland.nets.params.evaluate` (BN statistics recomputed per cell from x).
+        ``(H, W)``, via :func:`topoland.nets.evaluation.evaluate` (BN statistics recomputed per cell from x).
 
         Pass held-out data (the test split, as the source paper does): the plane was optimized on
         the training data given to :meth:`fit`, so a pattern that shows there measures only the

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from topoland.nets import params as _params
+from topoland.nets import evaluation as _evaluation
 from topoland.landscape.linear_first import _LinearFirst, _eval_linear_first, _linear_first_ok
 from topoland.landscape.surface_points import Surface, SurfaceError, _points, _setup
 from topoland.utils import resolve_device
@@ -82,7 +82,7 @@ def _run_grid(model, names, origin, dirs, kind, coeffs: np.ndarray, splits, ms, 
                                          batch_size, device)
             else:
                 pts = _points(names, origin, dirs, coeffs[idx], model)
-                fn = _params.evaluate if used == "batched" else _params.evaluate_loop
+                fn = _evaluation.evaluate if used == "batched" else _evaluation.evaluate_loop
                 kw = {} if used == "loop" else {"chunk_size": len(idx)}
                 res = fn(model_dev, pts, xs_, ys_, metrics=ms, batch_size=batch_size, bn=bn,
                          device=device, **kw)

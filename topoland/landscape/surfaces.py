@@ -6,8 +6,8 @@ test data when given). Points are evaluated in chunks of ``chunk_points``.
 
 Evaluators (``evaluator=``):
 
-- ``"batched"``: :func:`topoland.nets.params.evaluate` (functional_call + vmap, P points per pass).
-- ``"loop"``: :func:`topoland.nets.params.evaluate_loop`, the plain reference.
+- ``"batched"``: :func:`topoland.nets.evaluation.evaluate` (functional_call + vmap, P points per pass).
+- ``"loop"``: :func:`topoland.nets.evaluation.evaluate_loop`, the plain reference.
 - ``"linear-first"``: exact reformulation for models whose first layer (a Conv1d/Conv2d/Linear
   applied to the input and nothing else) is linear in its weights and bias jointly:
   ``layer(x; W0 + sum_j c_j D_j) = layer(x; W0) + sum_j c_j layer(x; D_j)``. The k + 1 first-layer
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from topoland import checks
+from topoland.declare import Param, declare
 from topoland.nets import directions as _dirs
 from topoland.nets import params as _params
 from topoland.landscape.surface_engine import _evaluate_surface, _grid_axis
@@ -117,6 +119,10 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
 
 
 @_common_doc
+@declare({
+    "grid": Param((int,), 21, checks.at_least(2), "points per axis"),
+    "range": Param((list,), [-1.0, 1.0], checks.interval, "coordinate range of each axis", arg=tuple),
+})
 def plane(model: nn.Module, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor], x: Tensor,
           y: Tensor, *, grid=51, range=(-1.0, 1.0), x_test=None, y_test=None,
           metrics=("loss", "accuracy"), evaluator="auto", chunk_points=32, batch_size=2048,

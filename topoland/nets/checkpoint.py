@@ -18,9 +18,12 @@ import os
 import torch
 from torch import Tensor, nn
 
+from topoland import checks
+from topoland.data import load_dataset
+from topoland.declare import Param, check_value, validate_section
 from topoland.errors import CheckpointError, ConfigError
-from topoland.nets.models import build_model
 from topoland.io import load_tensors, save_tensors, sniff_format
+from topoland.nets.models import build_model, check_model_section
 
 FORMAT_VERSION = "1"
 _SPEC_KEYS = ("name", "input_shape", "num_classes")
@@ -56,17 +59,26 @@ def _shape(v, what: str, path) -> list[int]:
     return v
 
 
+def _check_spec_sections(spec: dict, kwargs: dict) -> dict:
+    """The spec's model, seed and data checked by their own declarations (those of the config's
+    [model] and [data] sections); returns the data section resolved over its defaults."""
+    check_value("model.name", build_model.parameters["name"], spec["name"])
+    check_model_section({"name": spec["name"], **kwargs})
+    check_value("run.seed", Param((int,), 0, checks.seed), spec.get("seed", 0))
+    return validate_section("data", load_dataset.parameters, spec.get("data") or {})
+
+
 def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
     """A checkpoint's embedded spec, checked as untrusted input before anything is built.
 
-    The model and data sections and the seed are validated by the config's own declarations
-    (:func:`topoland.runs.config.validate`); ``input_shape`` and ``num_classes`` must be positive
+    The model and data sections and the seed are validated by the declarations the config's
+    sections come from (:func:`topoland.nets.models.check_model_section`, the parameters of
+    :func:`topoland.data.load_dataset`); ``input_shape`` and ``num_classes`` must be positive
     integers; the model's parameters are counted on the meta device (nothing allocated) and a
     model above ``max_params`` is refused (None: no limit). Returns the spec with the data
     section resolved over its defaults and ``download`` forced off: a checkpoint never makes
     topoland reach the network. Raises :class:`CheckpointError` naming the file and the key.
     """
-    from topoland.runs.config import validate
     if not isinstance(spec, dict):
         raise CheckpointError(f"checkpoint {path}: spec must be a JSON object, got {type(spec).__name__}")
     missing = [k for k in _SPEC_KEYS if k not in spec]
@@ -78,16 +90,13 @@ def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
     n_cls = spec["num_classes"]
     if not isinstance(n_cls, int) or isinstance(n_cls, bool) or n_cls < 1:
         raise CheckpointError(f"checkpoint {path}: spec num_classes must be a positive integer, got {n_cls!r}")
-    raw = {"model": {"name": spec["name"], **kwargs}, "run": {"seed": spec.get("seed", 0)}}
-    if spec.get("data"):
-        raw["data"] = spec["data"]
     try:
-        cfg = validate(raw)
+        data = _check_spec_sections(spec, kwargs)
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path}: its spec is refused: {e}") from None
     out = dict(spec) | {"input_shape": _shape(spec["input_shape"], "input_shape", path), "kwargs": dict(kwargs)}
     if spec.get("data"):
-        out["data"] = cfg["data"] | {"download": False}
+        out["data"] = data | {"download": False}
     if max_params is not None:
         n = spec_parameters(out, path)
         if n > max_params:

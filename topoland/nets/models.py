@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from topoland import checks
+from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 
 __all__ = ["build_model", "count_parameters", "MODELS"]
@@ -284,6 +286,43 @@ def _kaiming_init(model):
 MODELS: dict[str, callable] = {"mlp": _mlp, "cnn": _cnn, "wrn": _wrn, "resnet": _resnet}
 
 
+def model_arguments(name: str) -> list[str]:
+    """The keyword arguments model ``name``'s builder takes (besides the input shape and classes)."""
+    return [p for p in inspect.signature(MODELS[name]).parameters if p not in ("input_shape", "num_classes")]
+
+
+def check_model_section(model: dict, where: str = "model") -> None:
+    """Check a config's ``[model]`` section (``name`` and the builder's arguments) before anything
+    is built; :class:`ConfigError` names ``where.key``. Builder arguments are checked by name
+    (:func:`model_arguments`), sizes for sign, and the depths of the residual networks."""
+    name = model.get("name", "mlp")
+    allowed = model_arguments(name)
+    for k in model:
+        if k != "name" and k not in allowed:
+            raise ConfigError(f"unknown config key '{where}.{k}' for model '{name}' (its arguments: {', '.join(allowed)})")
+    for k, v in model.items():
+        if k == "name":
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(f"config key '{where}.{k}' = {v!r}: must be >= 0")
+        if isinstance(v, list) and any(isinstance(x, (int, float)) and not isinstance(x, bool) and x <= 0
+                                       for x in v):
+            raise ConfigError(f"config key '{where}.{k}' = {v!r}: every layer size must be > 0")
+    if name == "wrn":
+        depth = model.get("depth", 16)
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ConfigError(f"config key '{where}.depth' = {depth!r}: a WideResNet needs depth with "
+                              "(depth - 4) % 6 == 0, e.g. 10, 16, 22, 28")
+    if name == "resnet":
+        depth = model.get("depth", 20)
+        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ConfigError(f"config key '{where}.depth' = {depth!r}: a CIFAR ResNet needs depth with "
+                              "(depth - 2) % 6 == 0, e.g. 20, 56, 110")
+
+
+@declare({
+    "name": Param((str,), "mlp", checks.one_of(*MODELS), "architecture"),
+})
 def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0, **kwargs) -> nn.Module:
     """Build model ``name`` for per-sample ``input_shape`` and ``num_classes`` outputs.
 
@@ -298,8 +337,7 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0, **kw
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     builder = MODELS[name]
-    allowed = [p for p in inspect.signature(builder).parameters
-               if p not in ("input_shape", "num_classes")]
+    allowed = model_arguments(name)
     for key in kwargs:
         if key not in allowed:
             raise ConfigError(f"unknown model argument {key!r} for {name!r}; allowed: {', '.join(allowed)}")

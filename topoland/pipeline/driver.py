@@ -162,11 +162,13 @@ def run_stage_in_dir(run_dir, stage: str, *, overrides=None, force=False, progre
     report = RunReport(store.path)
     overrides = dict(overrides or {})
     if overrides:
-        from topoland.runs.config import SCHEMA, check_value
+        from topoland.runs.config import check_value
+        from topoland.runs.schema import schema
+        keys = schema()[stage]
         for k, v in overrides.items():
-            if k not in SCHEMA[stage]:
-                raise TopolandError(f"unknown option '{k}' for stage '{stage}' (known: {', '.join(SCHEMA[stage])})")
-            check_value(f"{stage}.{k}", SCHEMA[stage][k], v)
+            if k not in keys:
+                raise TopolandError(f"unknown option '{k}' for stage '{stage}' (known: {', '.join(keys)})")
+            check_value(f"{stage}.{k}", keys[k], v)
     cfg = stored_config(store)
     with store:
         store.clean_stale()

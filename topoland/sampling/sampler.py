@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from topoland import checks
+from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 from topoland.nets.directions import as_flat, filter_normalized_direction
 from topoland.nets.params import flatten, param_names, unflatten
@@ -128,6 +130,24 @@ def _direction_matrix(model_star, directions, seeds, names, d) -> Tensor:
     return mat.clone()
 
 
+@declare({
+    "directions": Param((int,), 4, checks.pos, "random filter-normalized directions"),
+    "steps": Param((list,), [0.25, 0.5, 0.75, 1.0], checks.numbers(checks.pos), "jump sizes along each direction", arg=tuple),
+    "epochs": Param((int,), 40, checks.pos, "retraining epochs per jump"),
+    "lr": Param((int, float), 0.001, checks.pos, "retraining learning rate"),
+    "momentum": Param((int, float), "inherit", checks.frac, "retraining SGD momentum ('inherit' = train.momentum)",
+                     inherit="momentum"),
+    "weight_decay": Param((int, float), "inherit", checks.nonneg, "retraining weight decay ('inherit' = train.weight_decay)",
+                         inherit="weight_decay"),
+    "batch_size": Param((int,), "inherit", checks.pos, "retraining batch size ('inherit' = train.batch_size)",
+                       inherit="batch_size"),
+    "augment": Param((bool,), "inherit", None, "augmentation while retraining ('inherit' = train.augment)",
+                    inherit="augment", arg=bool),
+    "records_per_epoch": Param((int,), 1, checks.pos, "recorded points per epoch"),
+    "storage": Param((str,), "full", checks.one_of("full", "half", "sketch"), "what is kept of the snapshots"),
+    "sketch_dim": Param((int,), 256, checks.pos, "random projection size of the sketch"),
+    "batched": Param((bool,), True, None, "train all jumps at once (False: the sequential reference)"),
+})
 def jump_and_retrain(model: nn.Module, data, *, params=None,
                      buffers: Mapping[str, Tensor] | None = None,
                      directions: int | Tensor | Sequence[Mapping[str, Tensor]] = 4,

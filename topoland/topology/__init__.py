@@ -5,8 +5,12 @@ Modules: :mod:`~topoland.topology.graphs` (k-NN graphs, spanning trees, the prin
 :mod:`~topoland.topology.persistence` (lower-star persistence with GUDHI),
 :mod:`~topoland.topology.summaries` (total persistence, landscape features),
 :mod:`~topoland.topology.vectorize` (diagram distances and vectorizations),
-:mod:`~topoland.topology.pipeline` (``topology_of_samples``, ``LossTopology``).
+:mod:`~topoland.topology.pipeline` (``topology_of_samples``, ``LossTopology``),
+:mod:`~topoland.topology.embedding` (cosine distances of snapshots, their sketch, PHATE).
 """
+from topoland.topology.embedding import (PhateResult, alpha_decay_affinity, cosine_distances,
+                                         cosine_distances_from_gram, cosine_distances_reference,
+                                         cosine_sketch, phate_embedding, sketch_cosine_distances)
 from topoland.topology.graphs import (GRAPHS, delaunay_edges, euclidean_distances,
                                       filtration_graph, knn_graph, knn_graph_reference,
                                       mst_edges, mst_edges_reference, n_components,
@@ -36,5 +40,7 @@ __all__ = [
     "extended_diagrams", "total_persistence", "betti_curve", "diagram_features",
     "landscape_features", "extended_features", "noise_level", "resolve_min_persistence",
     "bottleneck_distance", "wasserstein_distance", "persistence_image", "persistence_landscape",
-    "betti_curve_vector",
+    "betti_curve_vector", "PhateResult", "alpha_decay_affinity", "cosine_distances",
+    "cosine_distances_from_gram", "cosine_distances_reference", "cosine_sketch", "phate_embedding",
+    "sketch_cosine_distances",
 ]

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from topoland import checks
+from topoland.declare import Param, declare, none_if_zero
 from topoland.errors import ConfigError, DataError
 from topoland.topology.graphs import (GRAPHS, delaunay_edges, euclidean_distances,
                                       filtration_graph, potential_distances, principal_plane)
@@ -180,6 +182,32 @@ def _intervals(gd, values, plane_xy, groups, *, k, graph, complex, p, min_pers, 
                           "n_resamples": int(R[f].notna().sum())} for f in _CI_FEATURES])
 
 
+@declare({
+    "k": Param((int,), 20, checks.pos, "neighbours of the k-NN graph"),
+    "value": Param((str,), "val_loss", checks.one_of(*VALUES), "vertex value"),
+    "graph": Param((str,), "knn_mst", checks.one_of(*GRAPHS),
+                  "filtration graph: k-NN united with a minimum spanning tree (connected), or bare k-NN"),
+    "graph_on": Param((str,), "cosine", checks.one_of(*GRAPH_ON),
+                     "metric of the filtration graph: the snapshots' cosine distances, PHATE's potential or 2-D embedding"),
+    "complex": Param((str,), "planar", checks.one_of(*COMPLEXES),
+                    "planar: H0 on the graph, H1 on the graph filled by the Delaunay triangulation of `plane`"),
+    "plane": Param((str,), "pca", checks.one_of(*PLANES),
+                  "plane whose Delaunay triangulation fills loops: principal plane of the snapshots, or PHATE's"),
+    "p": Param((int, float), 2, checks.pos, "exponent of total persistence and activity"),
+    "essential": Param((str,), "drop", checks.one_of(*ESSENTIAL),
+                      "essential classes in total_persistence: dropped, or capped at the largest value (measures the loss range)"),
+    "min_persistence": Param((str, int, float), "auto", checks.auto_or_nonneg,
+                            "bars shorter than this are noise in n_basins/n_loops ('auto': 20 noise standard deviations)"),
+    "n_resamples": Param((int,), 50, checks.nonneg, "resampled trajectory sets for the features' confidence intervals (0 = none)"),
+    "ci_level": Param((float,), 0.9, checks.open_unit, "level of the percentile intervals"),
+    "resample": Param((str,), "trajectory", checks.one_of(*RESAMPLE), "unit drawn with replacement for the intervals"),
+    "knn": Param((int,), 5, checks.pos, "PHATE kNN", into="phate_kwargs"),
+    "decay": Param((int, float), 40, checks.pos, "PHATE alpha decay", into="phate_kwargs"),
+    "t": Param((int, str), 20, checks.auto_or_pos_int, "PHATE diffusion time (fixed so pictures compare, or 'auto'; the value used is stored)", into="phate_kwargs"),
+    "n_landmark": Param((int,), 0, checks.nonneg, "PHATE landmarks (0 = none)", into="phate_kwargs", arg=none_if_zero),
+    "distances": Param((str,), "exact", checks.one_of(*DISTANCES), "cosine distances of the snapshots: exact, or estimated from a count sketch (large N)"),
+    "sketch_dim": Param((int,), 4096, checks.pos, "buckets of the count sketch (relative error about sqrt(2 / sketch_dim))"),
+})
 def topology_of_samples(table: pd.DataFrame, params=None, gram=None, *, k: int = 20,
                         value: str = "val_loss", complex: str = DEFAULT_COMPLEX,
                         graph: str = "knn_mst", p: float = 2, essential: str = DEFAULT_ESSENTIAL,
@@ -308,12 +336,14 @@ class LossTopology(TransformerMixin, BaseEstimator):
     Each set is a :class:`TrajectorySet` or a dict with ``table`` and ``params`` or ``gram``
     (optional ``name``, used as the row index). The features of a set depend on that set
     alone, so ``fit`` only checks the options and records ``n_features_in_``-style state
-    (``options_``); ``transform`` returns a DataFrame of :func:`topology_of_samples` features.
+    (``options_``); ``transform`` returns a DataFrame of :func:`topology_of_samples` features,
+    with ``<feature>.low`` / ``<feature>.high`` interval columns when ``n_resamples`` > 0.
     """
 
     def __init__(self, k: int = 20, value: str = "val_loss", complex: str = DEFAULT_COMPLEX,
                  graph: str = "knn_mst", p: float = 2, essential: str = DEFAULT_ESSENTIAL,
                  graph_on: str = "cosine", plane: str = "pca", min_persistence="auto",
+                 n_resamples: int = 0, ci_level: float = 0.9, resample: str = "trajectory",
                  phate_kwargs: dict | None = None, drop_diverged: bool = True,
                  distances: str = "exact", sketch_dim: int = 4096, sketch_seed: int = 0,
                  seed: int = 0, device="auto"):
@@ -326,6 +356,9 @@ class LossTopology(TransformerMixin, BaseEstimator):
         self.graph_on = graph_on
         self.plane = plane
         self.min_persistence = min_persistence
+        self.n_resamples = n_resamples
+        self.ci_level = ci_level
+        self.resample = resample
         self.phate_kwargs = phate_kwargs
         self.drop_diverged = drop_diverged
         self.distances = distances
@@ -348,6 +381,9 @@ class LossTopology(TransformerMixin, BaseEstimator):
         for i, s in enumerate(X):
             table, params, gram, name = _unpack_set(s, i)
             res = topology_of_samples(table, params=params, gram=gram, **self.options_)
-            rows.append(res.features)
+            row = dict(res.features)
+            for r in res.intervals.itertuples():
+                row |= {f"{r.feature}.low": r.low, f"{r.feature}.high": r.high}
+            rows.append(row)
             names.append(name)
         return pd.DataFrame(rows, index=pd.Index(names, name="set"))

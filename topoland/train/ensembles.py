@@ -19,11 +19,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from topoland import checks
 from topoland.data import DataSplits, augment_batch, minibatch_order
+from topoland.declare import Param, declare
 from topoland.errors import TopolandError
 from topoland.train.optim import update_bn
-from topoland.nets.params import (flatten, functional_logits, get_buffers, has_batchnorm, param_names,
-                             stack, unflatten)
+from topoland.nets.functional import functional_logits
+from topoland.nets.params import flatten, get_buffers, has_batchnorm, param_names, stack, unflatten
 from topoland.utils import make_generator, resolve_device
 
 __all__ = ["EnsembleError", "FGEResult", "cyclic_lr", "fast_geometric_ensemble", "member_probabilities",
@@ -59,6 +61,16 @@ class FGEResult:
     history: pd.DataFrame
 
 
+@declare({
+    "cycles": Param((int,), 4, checks.pos, "FGE: cycles of the cyclic learning rate (one snapshot each)"),
+    "cycle_epochs": Param((int,), 2, checks.pos, "FGE: epochs per cycle"),
+    "lr1": Param((int, float), 0.05, checks.pos, "FGE: highest learning rate (cycle start and end)"),
+    "lr2": Param((int, float), 5e-4, checks.pos, "FGE: lowest learning rate (mid-cycle, where the snapshot is taken)"),
+    "schedule": Param((str,), "triangular", checks.one_of("triangular", "cosine"), "FGE: shape of each cycle"),
+    "batch_size": Param((int,), 128, checks.pos, "FGE: minibatch size"),
+    "momentum": Param((int, float), 0.9, checks.frac, "FGE: SGD momentum"),
+    "weight_decay": Param((int, float), 5e-4, checks.nonneg, "FGE: L2 weight decay"),
+})
 def fast_geometric_ensemble(model: nn.Module, data: DataSplits, *, cycles: int = 4, cycle_epochs: int = 2,
                             lr1: float = 0.05, lr2: float = 5e-4, schedule: str = "triangular",
                             momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 128,

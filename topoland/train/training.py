@@ -19,8 +19,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from topoland import checks
 from topoland.data import DataSplits, augment_batch, minibatch_order
+from topoland.declare import Param, declare
 from topoland.errors import ConfigError
+from topoland.nets.params import has_batchnorm
 from topoland.train.optim import PAL, EntropySGD, SWAAverager, update_bn
 from topoland.utils import resolve_device
 
@@ -30,6 +33,38 @@ __all__ = ["TrainRecipe", "REFERENCE_RECIPE", "TrainResult", "train_minimum", "e
 _OPTIMIZERS = ("sgd", "adam", "swa", "entropy_sgd", "pal")
 
 
+@declare({
+    "optimizer": Param((str,), "sgd", checks.one_of("sgd", "adam", "swa", "entropy_sgd", "pal"), "optimizer"),
+    "nesterov": Param((bool,), False, None, "Nesterov momentum"),
+    "swa_start": Param((int, float), 0.75, checks.frac, "SWA: averaging starts at this fraction of epochs"),
+    "swa_lr": Param((int, float), 0.01, checks.pos, "SWA: constant lr reached by SWALR"),
+    "swa_anneal_epochs": Param((int,), 1, checks.nonneg, "SWA: epochs of cosine annealing to swa_lr"),
+    "entropy_L": Param((int,), 5, checks.pos, "Entropy-SGD: SGLD steps (minibatches) per outer step"),
+    "entropy_gamma0": Param((int, float), 0.03, checks.pos, "Entropy-SGD: initial scope gamma"),
+    "entropy_gamma1": Param((int, float), 0.001, checks.nonneg, "Entropy-SGD: scoping growth, gamma_t = gamma0 (1+gamma1)^t"),
+    "entropy_sgld_lr": Param((int, float), 0.1, checks.pos, "Entropy-SGD: inner SGLD step size"),
+    "entropy_noise": Param((int, float), 1e-4, checks.nonneg, "Entropy-SGD: SGLD thermal noise"),
+    "entropy_alpha": Param((int, float), 0.75, lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+                          "Entropy-SGD: averaging weight of mu"),
+    "pal_mu": Param((int, float), 0.1, checks.pos, "PAL: measuring step"),
+    "pal_max_step": Param((int, float), 1.0, checks.pos, "PAL: maximum step"),
+    "pal_momentum": Param((int, float), 0.0, checks.frac, "PAL: conjugate-gradient momentum"),
+    "pal_adapt": Param((int, float), 1.0, checks.pos, "PAL: factor on the vertex step"),
+    "lr": Param((int, float), 0.1, checks.pos, "learning rate"),
+    "momentum": Param((int, float), 0.9, checks.frac, "SGD momentum"),
+    "weight_decay": Param((int, float), 0.0, checks.nonneg, "L2 weight decay"),
+    "batch_size": Param((int,), 128, checks.pos, "minibatch size"),
+    "epochs": Param((int,), 20, checks.pos, "training epochs"),
+    "milestones": Param((list,), [0.5, 0.75, 0.925], checks.numbers(checks.frac, min_len=0), "lr steps as fractions of epochs", arg=tuple),
+    "gamma": Param((int, float), 0.1, checks.pos, "lr factor at each milestone"),
+    "augment": Param((bool,), False, None, "crop+flip (images) / circular shift (signals)"),
+    "target_loss": Param((int, float), 0.0, checks.nonneg, "stop at the first epoch end with train cross-entropy "
+                        "<= this (nats, eval mode, full training split; 0 = no target)"),
+    "target_acc": Param((int, float), 0.0, checks.unit, "stop at the first epoch end with train accuracy >= this "
+                       "(eval mode, full training split; 0 = no target); with target_loss both must hold"),
+    "pretrain_random_epochs": Param((int,), 0, checks.nonneg, "bad minima: epochs on random labels first"),
+    "checkpoints_per_epoch": Param((int,), 0, checks.nonneg, "snapshots per epoch for PCA trajectories"),
+})
 @dataclass(frozen=True)
 class TrainRecipe:
     """How to train a minimum.
@@ -239,10 +274,6 @@ def _flat_params(model: nn.Module) -> Tensor:
     return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
                     batch_size: int, kind: str, augment: bool, generator: torch.Generator,
                     on_step: Callable[[int, int], None] | None = None) -> tuple[float, float, bool]:
@@ -267,7 +298,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
                               generator=generator, on_step=on_step)
     model.train()
     batches = minibatch_order(len(y), batch_size, generator)
-    skip_single = _has_batchnorm(model)
+    skip_single = has_batchnorm(model)
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     seen = 0
@@ -307,7 +338,7 @@ def _epoch_pal(model, optimizer, x, y, *, batch_size, kind, augment, generator, 
                           "measurements need the same random draws (set the model's dropout to 0)")
     model.train()
     batches = minibatch_order(len(y), batch_size, generator)
-    skip_single = _has_batchnorm(model)
+    skip_single = has_batchnorm(model)
     loss_sum, correct, seen = 0.0, 0, 0
     for step, idx in enumerate(batches, 1):
         if skip_single and len(idx) < 2:
@@ -349,7 +380,7 @@ def _epoch_pal(model, optimizer, x, y, *, batch_size, kind, augment, generator, 
 def _epoch_entropy(model, optimizer, x, y, *, batch_size, kind, augment, generator, on_step):
     model.train()
     batches = minibatch_order(len(y), batch_size, generator)
-    if _has_batchnorm(model):
+    if has_batchnorm(model):
         batches = [b for b in batches if len(b) >= 2]
     L = int(optimizer.param_groups[0]["L"])
     chunks = [batches[i:i + L] for i in range(0, len(batches), L)]
