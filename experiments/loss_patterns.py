@@ -210,7 +210,7 @@ def write_pdf(path, table: pd.DataFrame, examples: dict, settings: dict,
     comparison over seeds (:func:`bn_comparison`), a table of means, example patterns.
     Returns the page headings."""
     from topoland.plots.patterns import plot_mask, plot_pattern, plot_pattern_gap
-    from topoland.report.pdf import MIN_FONT_PT, pdf_pages, report_figure, save_page, versions_table
+    from topoland.report.document import MIN_FONT_PT, pdf_pages, report_figure, save_page, versions_table
 
     headings = []
 

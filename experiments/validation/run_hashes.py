@@ -86,6 +86,23 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _index_rows(db_path):
+    """The index's results without its clock: cells, stage statuses and summaries, file
+    checksums and the recorded stage inputs, one sorted text line each."""
+    import sqlite3
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = [("cells",) + r for r in con.execute("SELECT * FROM cells ORDER BY cell_id")]
+        rows += [("stages",) + r for r in con.execute(
+            "SELECT cell_id, stage, status, summary FROM stages ORDER BY cell_id, stage")]
+        rows += [("files",) + r for r in con.execute("SELECT * FROM files ORDER BY cell_id, stage, relpath")]
+        rows += [("meta",) + r for r in con.execute(
+            "SELECT key, value FROM meta WHERE key LIKE 'inputs/%' ORDER BY key")]
+    finally:
+        con.close()
+    return [repr(r) for r in rows]
+
+
 def hash_run(out):
     """Run the tiny config into ``out`` and return ``[(sha256, relative path, compared)]``."""
     out = Path(out)
@@ -102,6 +119,8 @@ def hash_run(out):
         if p.is_file():
             rel = p.relative_to(out / "run").as_posix()
             rows.append((_digest(p), rel, p.name not in NOT_COMPARED))
+    for line in _index_rows(out / "run" / "index.sqlite"):  # what the index says, minus its clock
+        rows.append((hashlib.sha256(line.encode()).hexdigest(), f"index.sqlite[{line[:60]}]", True))
     return rows
 
 

@@ -32,7 +32,6 @@ lets classifiers and correlations refuse them too.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from topoland.errors import TopolandError
+from topoland.io import atomic_path
 
 __all__ = [
     "AnalysisError",
@@ -275,9 +275,8 @@ def feature_table(cells: pd.DataFrame, groups: dict[str, pd.DataFrame] | None = 
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def save_feature_table(ft: FeatureTable, directory) -> dict[str, Path]:

@@ -136,12 +136,8 @@ def _load(path, data_name=None, root=None, max_params=None):
 
 
 def _subset(data, n, seed):
-    import torch
-    x, y = data.x_train, data.y_train
-    if n and n < len(x):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-        x, y = x[idx], y[idx]
-    return x, y
+    from topoland.data import seeded_subset
+    return seeded_subset(data.x_train, data.y_train, n, seed)
 
 
 def _save_fig(ax_fn, path):

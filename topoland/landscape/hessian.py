@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from topoland.data import seeded_subset
 from topoland.errors import TopolandError
-from topoland.utils import make_generator, resolve_device
+from topoland.utils import resolve_device
 
 __all__ = ["CurvatureError", "function_hvp", "hvp_fn", "loss_fn_flat"]
 
@@ -110,8 +111,7 @@ def _subset(x: Tensor, y: Tensor, n_samples: int | None, seed: int) -> tuple[Ten
         return x, y
     if n_samples < 1:
         raise CurvatureError(f"n_samples must be positive, got {n_samples}")
-    idx = torch.randperm(x.shape[0], generator=make_generator(seed))[:n_samples]
-    return x[idx], y[idx]
+    return seeded_subset(x, y, n_samples, seed)
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:

@@ -16,12 +16,12 @@ chunk by chunk, so an interrupted grid resumes where it stopped and skips done p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from topoland.errors import StoreError
+from topoland.io import atomic_path
 
 FORMAT = "topoland-surface-grid-1"
 
@@ -58,9 +58,7 @@ class GridStore:
         org = None if origin is None else np.asarray(origin, dtype=np.float32).reshape(-1)
         metrics = [str(m) for m in metrics]
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")  # the store's temporary pattern
-            with h5py.File(tmp, "w") as f:
+            with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["kind"] = str(kind)
                 f.attrs["meta"] = json.dumps(meta or {}, default=_json_default)
@@ -74,7 +72,6 @@ class GridStore:
                 for m in metrics:
                     g.create_dataset(m, data=np.full((len(ys), len(xs)), np.nan))
                 f.create_dataset("done", data=np.zeros((len(ys), len(xs)), dtype=bool))
-            os.replace(tmp, path)
         try:
             handle = h5py.File(path, "r+")
         except OSError as e:

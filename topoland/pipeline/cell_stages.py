@@ -6,23 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from topoland.declare import arguments
 from topoland.pipeline.context import CellContext, model_spec
 from topoland.runs import layout
 
 
 def stage_train(ctx: CellContext, out: Path) -> dict:
-    from topoland.nets import save_checkpoint
-    from topoland.nets import build_model
     from topoland.io import save_tensors
+    from topoland.nets import build_model, save_checkpoint
     from topoland.train import TrainRecipe, train_minimum
 
     cfg, data = ctx.config, ctx.data
     name, kwargs = model_spec(cfg)
     seed = cfg["run"]["seed"]
     model = build_model(name, data.input_shape, data.num_classes, seed=seed, **kwargs)
-    t = dict(cfg["train"])
-    t["milestones"] = tuple(t["milestones"])
-    recipe = TrainRecipe(**t)
+    recipe = TrainRecipe(**arguments(TrainRecipe, cfg["train"]))
     res = train_minimum(model, data, recipe, seed=seed, device=ctx.device)
     spec = {"name": name, "kwargs": kwargs, "input_shape": list(data.input_shape),
             "num_classes": data.num_classes, "data": cfg["data"], "seed": seed}
@@ -48,8 +46,8 @@ def train_summary(metrics: dict, recipe) -> dict:
 def sample_options(ctx: CellContext) -> dict:
     """The sample stage's options for this cell with every "inherit" resolved to the minimum's
     own ``train.*`` value (weight decay, batch size, momentum, augmentation)."""
-    from topoland.runs.config import resolve_inherited
     from topoland.errors import ConfigError
+    from topoland.runs.config import resolve_inherited
     try:
         return resolve_inherited(ctx.options("sample"), ctx.config["train"])
     except ConfigError as e:
@@ -62,13 +60,7 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
     opts = sample_options(ctx)
     inherited = [k for k, v in ctx.options("sample").items() if v == "inherit"]
     model = ctx.model()
-    res = jump_and_retrain(
-        model, ctx.data, directions=opts["directions"], steps=tuple(opts["steps"]),
-        seed=ctx.config["run"]["seed"], lr=opts["lr"], momentum=opts["momentum"],
-        weight_decay=opts["weight_decay"], batch_size=opts["batch_size"], epochs=opts["epochs"],
-        augment=bool(opts["augment"]), records_per_epoch=opts["records_per_epoch"],
-        storage=opts["storage"], sketch_dim=opts["sketch_dim"], device=ctx.device,
-        batched=opts["batched"])
+    res = jump_and_retrain(model, ctx.data, **arguments(jump_and_retrain, opts, seed=ctx.seed, device=ctx.device))
     save_samples(res, out)
     feats = trajectory_features(res.table, theta_star=res.theta_star, params=res.params, gram=res.gram)
     n_div = int(res.table.groupby("trajectory")["diverged"].any().sum())
@@ -90,24 +82,16 @@ def stage_topology(ctx: CellContext, out: Path) -> dict:
     import numpy as np
     import torch
 
-    from topoland.sampling import load_samples
     from topoland.io import save_tensors
+    from topoland.sampling import load_samples
     from topoland.topology import TopologyWarning, topology_of_samples
 
     opts = ctx.options("topology")
     s = load_samples(ctx.stage_dir("sample"))
-    seed = ctx.config["run"]["seed"]
-    phate_kwargs = {"knn": opts["knn"], "decay": opts["decay"], "t": opts["t"],
-                    "n_landmark": opts["n_landmark"] or None}
     with warnings.catch_warnings():  # the notes are stored and shown on the report instead
         warnings.simplefilter("ignore", TopologyWarning)
-        res = topology_of_samples(
-            s.table, params=s.params, gram=s.gram, k=opts["k"], value=opts["value"],
-            complex=opts["complex"], graph=opts["graph"], p=opts["p"], essential=opts["essential"],
-            graph_on=opts["graph_on"], plane=opts["plane"], min_persistence=opts["min_persistence"],
-            n_resamples=opts["n_resamples"], ci_level=opts["ci_level"], resample=opts["resample"],
-            seed=seed, phate_kwargs=phate_kwargs, distances=opts["distances"],
-            sketch_dim=opts["sketch_dim"], sketch_seed=seed, device=ctx.device)
+        res = topology_of_samples(s.table, params=s.params, gram=s.gram, **arguments(
+            topology_of_samples, opts, seed=ctx.seed, sketch_seed=ctx.seed, device=ctx.device))
     arrays = {"sample_ids": res.sample_ids, "coords": res.coords, "plane": res.plane,
               "edges": res.edges, "values": res.values}
     arrays |= {f"diagram_h{d}": np.asarray(dg, dtype=np.float64).reshape(-1, 2) for d, dg in res.diagrams.items()}
@@ -124,7 +108,7 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
     import numpy as np
 
     from topoland.data import seeded_subset
-    from topoland.landscape import random_lines, random_plane, surface_features
+    from topoland.landscape import plane, random_lines, random_plane, surface_features
     opts = ctx.options("surface")
     if opts["kind"] == "none":
         return {"skipped": "surface.kind = 'none'"}
@@ -132,18 +116,18 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
     x, y = seeded_subset(ctx.data.x_train, ctx.data.y_train, opts["n_samples"], ctx.seed)
     lo, hi = (float(v) for v in opts["range"])
     common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device)
-    seed = ctx.config["run"]["seed"]
+    seed = ctx.seed
     # the grid file lives beside the stage while it fills, so a killed run resumes the grid
     partial = ctx.store.stage_dir(ctx.cell_id, "surface").with_name(layout.SURFACE_PARTIAL)
     surfaces = []
     if opts["kind"] == "plane":
-        srf = random_plane(model, x, y, seed=seed, grid=opts["grid"], range=(lo, hi), store=partial, **common)
+        srf = random_plane(model, x, y, seed=seed, store=partial, **arguments(plane, opts), **common)
         shutil.move(str(partial), out / layout.PLANE)
         surfaces.append(srf)
     ckpt = ctx.stage_dir("train") / layout.CHECKPOINTS
     if ckpt.is_file():  # the training trajectory was recorded: PCA plane with the path over it
-        from topoland.landscape import trajectory_plane
         from topoland.io import load_tensors
+        from topoland.landscape import trajectory_plane
         pca_partial = partial.with_name(layout.SURFACE_PCA_PARTIAL)  # in store.RESUME_DATA
         srf = trajectory_plane(model, load_tensors(ckpt)[0]["checkpoints"], x, y, grid=opts["grid"],
                                store=pca_partial, **common)
@@ -170,18 +154,15 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
     if not opts["enabled"]:
         return {"skipped": "curvature.enabled = false"}
     model = ctx.model()
-    feats = curvature_features(model, ctx.data.x_train, ctx.data.y_train, top_k=opts["top_k"],
-                               n_probes=opts["n_probes"], n_samples=opts["n_samples"],
-                               seed=ctx.config["run"]["seed"], sharpness_radius=opts["sharpness_radius"],
-                               n_directions=opts["n_directions"], volume_threshold=opts["volume_threshold"],
-                               device=ctx.device)
+    feats = curvature_features(model, ctx.data.x_train, ctx.data.y_train,
+                               **arguments(curvature_features, opts, seed=ctx.seed, device=ctx.device))
     if opts["density"]:
         import pandas as pd
 
         from topoland.landscape import eigenvalue_density, hvp_fn
         op = hvp_fn(model, ctx.data.x_train, ctx.data.y_train, n_samples=opts["n_samples"],
-                    seed=ctx.config["run"]["seed"], device=ctx.device)
-        grid, dens = eigenvalue_density(op, seed=ctx.config["run"]["seed"])
+                    seed=ctx.seed, device=ctx.device)
+        grid, dens = eigenvalue_density(op, seed=ctx.seed)
         pd.DataFrame({"eigenvalue": grid, "density": dens}).to_csv(out / layout.DENSITY, index=False)
     (out / layout.CURVATURE).write_text(json.dumps(feats, indent=1, default=float))
     return feats
@@ -189,16 +170,13 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
 
 def stage_ensemble(ctx: CellContext, out: Path) -> dict:
     """Fast geometric ensemble from the cell's minimum; its accuracy vs members on the test split."""
-    
-    from topoland.train import ensemble_curve, fast_geometric_ensemble, member_probabilities
     from topoland.io import save_tensors
+    from topoland.train import ensemble_curve, fast_geometric_ensemble, member_probabilities
     opts = ctx.options("ensemble")
     model, data = ctx.model(), ctx.data
-    res = fast_geometric_ensemble(model, data, cycles=opts["cycles"], cycle_epochs=opts["cycle_epochs"],
-                                  lr1=opts["lr1"], lr2=opts["lr2"], schedule=opts["schedule"],
-                                  momentum=opts["momentum"], weight_decay=opts["weight_decay"],
-                                  batch_size=opts["batch_size"], augment=bool(ctx.config["train"]["augment"]),
-                                  seed=ctx.config["run"]["seed"], device=ctx.device)
+    res = fast_geometric_ensemble(model, data, **arguments(
+        fast_geometric_ensemble, opts, augment=bool(ctx.config["train"]["augment"]), seed=ctx.seed,
+        device=ctx.device))
     probs = member_probabilities(model, res.snapshots, data.x_test, buffers=res.buffers, device=ctx.device)
     curve = ensemble_curve(probs, data.y_test)
     curve.to_csv(out / layout.ENSEMBLE_CURVE, index=False)

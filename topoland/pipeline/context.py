@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from topoland.errors import StoreError
+from topoland.runs import layout
 from topoland.runs.config import defaults
 from topoland.runs.store import RunStore
 from topoland.utils import resolve_device
@@ -76,7 +77,7 @@ class CellContext:
         from topoland.nets import build_model, load_checkpoint
         name, kwargs = model_spec(self.config)
         shell = build_model(name, self.data.input_shape, self.data.num_classes, **kwargs)
-        model, _ = load_checkpoint(self.stage_dir("train") / "model.safetensors", model=shell)
+        model, _ = load_checkpoint(self.stage_dir("train") / layout.MODEL, model=shell)
         return model.eval()
 
 

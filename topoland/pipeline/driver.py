@@ -14,6 +14,7 @@ from topoland.pipeline.cells import apply_threads
 from topoland.pipeline.context import DataCache
 from topoland.pipeline.executors import execute_cells
 from topoland.pipeline.run_stages import RUN_STAGE_FUNCS, stage_paths, stage_report
+from topoland.runs import layout
 from topoland.runs.config import Cell, expand_grid, load_config, to_toml
 from topoland.runs.freshness import invalidate_stage, refresh_stages, stage_inputs
 from topoland.runs.stages import CELL_STAGES, RUN_STAGES, STAGES
@@ -143,7 +144,7 @@ def publish_report(store: RunStore, reports_dir="reports") -> Path:
     reports_dir.mkdir(parents=True, exist_ok=True)
     name = store.path.name
     target = reports_dir / f"{name}.pdf"
-    atomic_copy(store.stage_dir(RUN_LEVEL, "report") / "report.pdf", target)
+    atomic_copy(store.stage_dir(RUN_LEVEL, "report") / layout.REPORT_PDF, target)
     for csv in sorted(store.stage_dir(RUN_LEVEL, "report").glob("*.csv")):
         shutil.copyfile(csv, reports_dir / f"{name}_{csv.name}")
     return target

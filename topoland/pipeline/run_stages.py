@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from topoland.declare import arguments
 from topoland.landscape.connect import connect_models
 from topoland.pipeline.cell_stages import TOPOLOGY_HEADLINE
 from topoland.pipeline.context import CellContext, DataCache
@@ -24,10 +25,9 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, 
         ca = CellContext(store, a, store.cell_config(a), data_cache=cache)
         cb = CellContext(store, b, store.cell_config(b), data_cache=cache)
         # a retry (AutoNEB strategy) gets more images and steps
-        res = connect_models(ca.model(), cb.model(), ca.data, method=opts["method"],
-                             n_images=opts["n_images"] + 4 * attempt, steps=opts["steps"] * (1 + attempt),
-                             lr=opts["lr"], climbing=opts["climbing"], n_samples=opts["n_samples"],
-                             batch_size=opts["batch_size"], seed=cfg["run"]["seed"] + attempt, device=ca.device)
+        res = connect_models(ca.model(), cb.model(), ca.data, **arguments(
+            connect_models, opts, n_images=opts["n_images"] + 4 * attempt, steps=opts["steps"] * (1 + attempt),
+            seed=cfg["run"]["seed"] + attempt, device=ca.device))
         with atomic_path(pdir) as tmp:
             tmp.mkdir()
             for name, prof in res["profiles"].items():

@@ -4,7 +4,6 @@ them during a run, and the files on disk (:func:`save_samples`, :func:`load_samp
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 
 from topoland.errors import StoreError
+from topoland.io import atomic_path
 from topoland.sampling.seeds import _PROJECTION_BLOCK, random_projection
 
 __all__ = ["SampleResult", "STORAGE_POLICIES", "TABLE_COLUMNS", "save_samples", "load_samples"]
@@ -89,13 +89,8 @@ class _Recorder:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_samples(result: SampleResult, directory) -> Path:
