@@ -157,3 +157,16 @@ def test_estimators_mirror_the_function_they_wrap():
     fn = {n for n, p in inspect.signature(topology_of_samples).parameters.items() if p.kind == p.KEYWORD_ONLY}
     est = set(inspect.signature(LossTopology).parameters)
     assert fn - {"picture"} <= est, fn - est
+
+
+def test_no_public_name_of_a_face_is_also_a_submodule_name():
+    """A lazy face caches a name on first use; importing a submodule of the same name later would
+    replace the function by the module (``from topoland.landscape import barriers`` once was)."""
+    import importlib
+    import pkgutil
+    for pkg in ("topoland", "topoland.nets", "topoland.train", "topoland.sampling", "topoland.topology",
+                "topoland.landscape", "topoland.analysis", "topoland.plots", "topoland.report", "topoland.runs"):
+        mod = importlib.import_module(pkg)
+        subs = {m.name for m in pkgutil.iter_modules(mod.__path__)}
+        clash = subs & set(getattr(mod, "__all__", ()))
+        assert not clash, (pkg, clash)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
 
-from topoland.analysis.classify import (
+from topoland.analysis.classifiers import (
     CLASSIFIERS,
     classifier_table,
     classify,
@@ -61,7 +61,7 @@ def test_generalization_label_errors():
 
 
 def test_target_kind_auto():
-    from topoland.analysis.classify import _target_kind
+    from topoland.analysis.classifiers import _target_kind
 
     ft = _synthetic(n=30)
     df = ft.frame
@@ -206,7 +206,7 @@ def test_classifier_table_on_error_record():
 
 
 def test_cv_standard_error_by_hand():
-    from topoland.analysis.classify import cv_standard_error
+    from topoland.analysis.classifiers import cv_standard_error
     acc = np.array([[0.8, 0.6, 0.7, 0.9], [0.5, 0.5, 0.5, 0.5]])
     # Nadeau-Bengio: sqrt((1/J + n_test/n_train) * s^2); s^2 of 0.8, 0.6, 0.7, 0.9 = 0.016667
     np.testing.assert_allclose(cv_standard_error(acc, 0.25), [np.sqrt((0.25 + 0.25) * 0.05 / 3), 0.0])
@@ -214,7 +214,7 @@ def test_cv_standard_error_by_hand():
 
 
 def test_classify_reports_both_standard_errors():
-    from topoland.analysis.classify import _cv_accuracy, cv_standard_error
+    from topoland.analysis.classifiers import _cv_accuracy, cv_standard_error
     ft = _synthetic(n=30)
     res = classify(ft, "augment", ["noise.a", "noise.b"], classifiers=FAST, n_splits=3, n_repeats=2)
     acc = _cv_accuracy(ft.frame[["noise.a", "noise.b"]].to_numpy(), ft.frame["augment"].to_numpy().astype(int),

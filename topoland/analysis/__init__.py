@@ -1,5 +1,5 @@
 """Generalization analysis: the feature table, classifiers and statistics over minima."""
-from topoland.analysis.classify import (
+from topoland.analysis.classifiers import (
     CLASSIFIERS,
     classifier_table,
     classify,

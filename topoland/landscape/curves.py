@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from topoland.errors import ConfigError
-from topoland.landscape.barriers import _check_endpoints
+from topoland.landscape.profiles import _check_endpoints
 from topoland.landscape.path_losses import PathError, _batch_stream, _call_loss, _TensorOptimizer
 
 __all__ = ["Curve", "curve_weights", "fit_curve", "CURVE_KINDS"]

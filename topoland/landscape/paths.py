@@ -12,12 +12,12 @@ Implementation: ``path_losses.py`` (the loss-function protocol), ``network_losse
 (losses of networks), ``barriers.py`` (paths, profiles, barriers), ``connectivity.py`` (many
 minima), ``neb.py``, ``curves.py``.
 """
-from topoland.landscape.barriers import (Path, barriers, linear_path, path_plane, path_profile,
+from topoland.landscape.profiles import (Path, barriers, linear_path, path_plane, path_profile,
                                           project_to_plane, resample_polyline)
 from topoland.landscape.connectivity import (DisconnectivityTree, barrier_matrix, connect_all,
                                               disconnectivity_tree)
 from topoland.landscape.curves import CURVE_KINDS, Curve, curve_weights, fit_curve
-from topoland.landscape.neb import (AUTONEB_REFERENCE, auto_neb, insert_images, neb,
+from topoland.landscape.elastic_band import (AUTONEB_REFERENCE, auto_neb, insert_images, neb,
                                      neb_forces, neb_forces_loop, respace)
 from topoland.landscape.network_losses import (NetworkLoss, model_vector, network_loss,
                                                 network_loss_loop, network_metrics)

@@ -7,7 +7,7 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats as sps
 
-from topoland.analysis.classify import pivot_classifier_table
+from topoland.analysis.classifiers import pivot_classifier_table
 from topoland.analysis.features import AnalysisError, as_frame, resolve_column
 from topoland.errors import NotEnoughSamplesError
 

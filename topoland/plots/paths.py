@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from topoland.landscape.barriers import Path, path_plane, project_to_plane
+from topoland.landscape.profiles import Path, path_plane, project_to_plane
 from topoland.landscape.connectivity import DisconnectivityTree, disconnectivity_tree
 from topoland.landscape.path_losses import PathError
 
@@ -26,7 +26,7 @@ def plot_profiles(profiles: dict[str, pd.DataFrame], ax=None, *, column: str = "
                   **kw):
     """Loss along each path against normalised arc length, one line per path.
 
-    profiles: label -> DataFrame from :func:`~topoland.landscape.barriers.path_profile`
+    profiles: label -> DataFrame from :func:`~topoland.landscape.profiles.path_profile`
     (e.g. ``{"linear": ..., "NEB": ..., "Bezier": ...}``). Returns the Axes.
     """
     ax = _axes(ax)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from topoland.errors import ConfigError
-from topoland.landscape.barriers import Path, _check_endpoints, _polyline_at
+from topoland.landscape.profiles import Path, _check_endpoints, _polyline_at
 from topoland.landscape.path_losses import (PathError, _batch_stream, _call_loss, _loss_and_grad,
                                             _TensorOptimizer)
 
