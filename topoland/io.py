@@ -87,16 +87,23 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     return len(header).to_bytes(8, "little") + header + blob[8 + n:]
 
 
-def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
+def save_tensors(path, tensors: dict, metadata: dict | None = None, *, sorted_header: bool = True) -> None:
     """Save ``tensors`` (name -> tensor, any device) as safetensors, atomically, in a fixed byte
     order (:func:`safetensors_bytes`).
 
     ``metadata``: name -> a string (stored as it is) or any JSON value (stored JSON-encoded, keys
-    sorted); read it back with :func:`load_tensors` (strings) and ``json.loads`` where encoded."""
+    sorted); read it back with :func:`load_tensors` (strings) and ``json.loads`` where encoded.
+    ``sorted_header=False`` keeps the safetensors writer's own header (the sample stage's
+    ``arrays.safetensors`` has always been written so; without metadata it is deterministic too)."""
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
     # cloned: tensors sharing storage (tied weights) are refused by the writer
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, safetensors_bytes(flat, meta))
+    if sorted_header:
+        blob = safetensors_bytes(flat, meta)
+    else:
+        from safetensors.torch import save as st_save
+        blob = st_save(flat, metadata=meta or None)
+    atomic_write_bytes(path, blob)
 
 
 def sniff_format(blob: bytes) -> str:

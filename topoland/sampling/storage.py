@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from topoland.errors import StoreError
-from topoland.io import atomic_path
+from topoland.io import atomic_path, load_tensors, save_tensors
 from topoland.sampling.seeds import _PROJECTION_BLOCK, random_projection
 
 __all__ = ["SampleResult", "STORAGE_POLICIES", "TABLE_COLUMNS", "save_samples", "load_samples"]
@@ -97,16 +97,13 @@ def save_samples(result: SampleResult, directory) -> Path:
     """Write a result to ``directory``: ``samples.csv`` (table), ``arrays.safetensors``
     (theta_star, directions and params or gram + projection) and ``config.json``, each
     atomically (temporary name + rename); ``config.json`` is written last and marks completion."""
-    from safetensors.torch import save_file
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     arrays = {"theta_star": result.theta_star, "directions": result.directions}
     for key in ("params", "gram", "projection"):
         if getattr(result, key) is not None:
             arrays[key] = getattr(result, key)
-    arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
-    _atomic_write(d / "arrays.safetensors", lambda p: save_file(arrays, p))
+    save_tensors(d / "arrays.safetensors", arrays, sorted_header=False)
     _atomic_write(d / "samples.csv", lambda p: result.table.to_csv(p, index=False))
     _atomic_write(d / "config.json",
                   lambda p: Path(p).write_text(json.dumps(result.config, indent=1, sort_keys=True)))
@@ -115,13 +112,11 @@ def save_samples(result: SampleResult, directory) -> Path:
 
 def load_samples(directory) -> SampleResult:
     """Read a result written by :func:`save_samples`; raises StoreError if incomplete."""
-    from safetensors.torch import load_file
-
     d = Path(directory)
     for name in ("config.json", "arrays.safetensors", "samples.csv"):
         if not (d / name).is_file():
             raise StoreError(f"sample directory {str(d)!r} has no {name}: sampling did not finish")
-    arrays = load_file(str(d / "arrays.safetensors"))
+    arrays, _ = load_tensors(d / "arrays.safetensors", what="sample file")
     table = pd.read_csv(d / "samples.csv")
     if list(table.columns) != list(TABLE_COLUMNS):
         raise StoreError(f"{str(d / 'samples.csv')!r} has columns {list(table.columns)}, "
