@@ -95,7 +95,8 @@ def _index_rows(db_path):
         rows = [("cells",) + r for r in con.execute("SELECT * FROM cells ORDER BY cell_id")]
         rows += [("stages",) + r for r in con.execute(
             "SELECT cell_id, stage, status, summary FROM stages ORDER BY cell_id, stage")]
-        rows += [("files",) + r for r in con.execute("SELECT * FROM files ORDER BY cell_id, stage, relpath")]
+        rows += [("files",) + r for r in con.execute("SELECT * FROM files ORDER BY cell_id, stage, relpath")
+                 if Path(r[2]).name not in NOT_COMPARED]  # a PDF's bytes hold its date
         rows += [("meta",) + r for r in con.execute(
             "SELECT key, value FROM meta WHERE key LIKE 'inputs/%' ORDER BY key")]
     finally:
