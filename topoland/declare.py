@@ -112,16 +112,22 @@ def check_value(where: str, param: Param, value) -> None:
             raise ConfigError(f"config key '{where}' = {value!r}: {msg}")
 
 
-def validate_section(section: str, params: dict[str, Param], values, where_prefix: str = "") -> dict:
+def validate_section(section: str, params: dict[str, Param], values, *, check=None,
+                     skip_undeclared: bool = False) -> dict:
     """``values`` checked key by key against ``params`` and resolved over their defaults.
-    Unknown keys and wrong values raise :class:`ConfigError` naming ``section.key``."""
+    Unknown keys (unless ``skip_undeclared``: the builder checks them) and wrong values raise
+    :class:`ConfigError` naming ``section.key``; ``check(where, param, value)`` replaces
+    :func:`check_value` (the config's takes "inherit")."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '[{section}]' must be a table")
+    check = check or check_value
     for k, v in values.items():
-        where = f"{where_prefix}{section}.{k}"
+        where = f"{section}.{k}"
         if k not in params:
+            if skip_undeclared:
+                continue
             raise ConfigError(f"unknown config key '{where}' (known keys of [{section}]: {', '.join(params)})")
-        check_value(where, params[k], v)
+        check(where, params[k], v)
     return defaults(params) | dict(values)
 
 

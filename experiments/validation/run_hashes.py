@@ -79,7 +79,7 @@ n_repeats = 1
 """
 
 #: files whose bytes hold times, dates or process ids, not results
-NOT_COMPARED = {"index.sqlite", "report.pdf", ".lock"}
+NOT_COMPARED = {"index.sqlite", "index.sqlite-shm", "index.sqlite-wal", "report.pdf", ".lock"}
 
 
 def _digest(path):

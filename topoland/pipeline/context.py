@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from topoland.declare import arguments
 from topoland.errors import StoreError
 from topoland.runs import layout
 from topoland.runs.config import defaults
@@ -26,11 +27,7 @@ class DataCache:
         d = cfg["data"]
         key = json.dumps([d, cfg["run"]["seed"]], sort_keys=True)
         if key not in self._sets:
-            self._sets[key] = load_dataset(
-                d["name"], root=d["root"] or None, seed=cfg["run"]["seed"], val_fraction=d["val_fraction"],
-                val_seed=d["val_seed"], label_noise=d["label_noise"], download=d["download"],
-                n_train=d["n_train"] or None, n_test=d["n_test"] or None, label_seed=d["label_seed"],
-                synthetic=d["synthetic"] or None)
+            self._sets[key] = load_dataset(**arguments(load_dataset, d, seed=cfg["run"]["seed"]))
         return self._sets[key]
 
 

@@ -109,19 +109,6 @@ def defaults() -> dict:
     return {s: declare.defaults(keys) for s, keys in schema().items()}
 
 
-def _validate_section(sch: dict, section: str, values: dict, where_prefix: str = ""):
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section '[{section}]' must be a table")
-    keys = sch[section]
-    for k, v in values.items():
-        where = f"{where_prefix}{section}.{k}"
-        if section == "model" and k != "name":
-            continue
-        if k not in keys:
-            raise ConfigError(f"unknown config key '{where}' (known keys of [{section}]: {', '.join(keys)})")
-        check_value(where, keys[k], v)
-
-
 def _set_dotted(sch: dict, cfg: dict, key: str, value, where: str):
     if key.count(".") != 1:
         raise ConfigError(f"config key '{where}': grid keys are 'section.key', got '{key}'")
@@ -150,7 +137,9 @@ def validate(raw: dict) -> dict:
     cfg = {s: declare.defaults(keys) for s, keys in sch.items()}
     for section in sch:
         if section in raw:
-            _validate_section(sch, section, raw[section])
+            # [model] keys besides name are the builder's arguments (check_model_section)
+            declare.validate_section(section, sch[section], raw[section], check=check_value,
+                                     skip_undeclared=section == "model")
             if section == "model":
                 cfg["model"] = {"name": raw["model"].get("name", "mlp"), **raw["model"]}
             else:
