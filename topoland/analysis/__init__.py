@@ -41,6 +41,14 @@ from topoland.analysis.multiple import (
     permutation_p_min,
     permutations_for_family,
 )
+from topoland.analysis.scores import (
+    granulated_kendall,
+    kendall_tau,
+    oof_prediction,
+    pgdl_score,
+    robust_sign_error,
+    score_measures,
+)
 from topoland.analysis.stats import (
     bootstrap_mean_diff_ci,
     cliffs_delta,
@@ -58,4 +66,5 @@ __all__ = [
     "diagram_permutation_test", "feature_table", "format_classifier_table",
     "generalization_label", "holm", "load_feature_table", "make_pipeline",
     "permutation_test_means", "pivot_classifier_table", "resolve_column", "save_feature_table",
+    "granulated_kendall", "kendall_tau", "oof_prediction", "pgdl_score", "robust_sign_error", "score_measures",
 ]

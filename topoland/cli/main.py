@@ -152,6 +152,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random within-strata relabellings (all are enumerated when fewer)")
     s.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap")
 
+    s = _sub(subs, "score", "score generalization measures against the gap over a table of models", """\
+        Score measures as predictors of the generalization gap over a population of models, one
+        row per model of a CSV or Parquet table: Kendall's tau, the granulated tau Psi of Jiang
+        et al. 2020 with a tau per axis, the PGDL competition's conditional mutual information
+        score and the robust sign error of Dziugaite et al. 2020, with percentile bootstrap
+        intervals over models and a permutation p-value of tau, adjusted over the measures.""",
+        """\
+        examples:
+          topoland score models.csv --measure sharpness,path_norm --gap gap --hp lr,width,depth
+          topoland score models.parquet --measure all --hp lr,width --n-boot 500 --out scores.csv""")
+    s.add_argument("table", help="CSV or Parquet file, one row per model")
+    s.add_argument("--measure", required=True,
+                   help="measure column(s), comma-separated, or 'all': every numeric column but the gap and "
+                        "the hyperparameters (test-split and seed columns left out)")
+    s.add_argument("--gap", default="gap", help="generalization-gap column")
+    s.add_argument("--hp", required=True, help="hyperparameter columns (the grid axes, not the seed), comma-separated")
+    s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the models")
+    s.add_argument("--permutations", type=int, default=999, help="relabellings for the p-value of tau")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the permutations")
+    s.add_argument("--min-gap-difference", type=float, default=0.0,
+                   help="robust sign error: leave out pairs whose gaps differ by no more than this")
+    s.add_argument("--skip-empty-slices", action="store_true",
+                   help="PGDL on an incomplete grid: average over the slices that hold models")
+    s.add_argument("--out", help="write the score table here (CSV)")
+
     _add_extra_commands(subs)
     return p
 
@@ -317,9 +342,71 @@ def _cmd_compare(a):
     return 0
 
 
+def _read_models(path):
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file():
+        raise TopolandError(f"table {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise TopolandError(f"table {path}: expected a .csv or .parquet file")
+    try:
+        return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except Exception as e:  # a parser's own error, reduced to one line
+        raise TopolandError(f"table {path} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _cmd_score(a):
+    import pandas as pd
+
+    from topoland.analysis import is_test_derived, score_measures
+    from topoland.io import atomic_path
+    df = _read_models(a.table)
+    hps = _stage_list(a.hp)
+    if a.measure.strip() == "all":
+        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and c != a.gap and c not in hps]
+        left = [c for c in numeric if is_test_derived(str(c)) or str(c).split(".")[-1] == "seed"]
+        measures = [c for c in numeric if c not in left]
+        if left:
+            print(f"note: --measure all leaves out {', '.join(map(str, left))} (test split or seed)")
+        if not measures:
+            raise TopolandError(f"--measure all: {a.table} has no numeric column besides the gap and the hyperparameters")
+    else:
+        measures = _stage_list(a.measure)
+    res = score_measures(df, measures, gap=a.gap, hyperparameters=hps, n_boot=a.n_boot, seed=a.seed,
+                         n_permutations=a.permutations, min_gap_difference=a.min_gap_difference,
+                         on_empty="skip" if a.skip_empty_slices else "raise")
+
+    def ci(r, s, scale=1.0):
+        return f"{scale * r[s]:.3f} [{scale * r[s + '_ci_low']:.3f}, {scale * r[s + '_ci_high']:.3f}]"
+    axes = res.attrs["hyperparameters"]
+    shown = pd.DataFrame([{"measure": r["measure"], "n": r["n_models"], "tau": ci(r, "kendall_tau"),
+                           "p_adj": f"{r['tau_p_adjusted']:.3g}", "psi": ci(r, "psi"),
+                           **{f"tau_{x}": f"{r[f'tau_{x}']:.3f}" for x in axes},
+                           "pgdl x100": ci(r, "pgdl", 100), "robust_sign_err": ci(r, "robust_sign_error")}
+                          for _, r in res.iterrows()])
+    print(f"{len(df)} models; gap {a.gap!r}; axes {', '.join(axes)}; {100 * res.attrs['level']:.0f}% percentile "
+          f"bootstrap intervals over models ({a.n_boot} resamples); sorted by psi")
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 40):
+        print(shown.to_string(index=False))
+    for _, r in res.iterrows():
+        if r["n_dropped"]:
+            n_drop = int(r["n_dropped"])
+            print(f"note: {r['measure']}: {n_drop} model{'s' if n_drop != 1 else ''} without a value left out")
+        if r["note"]:
+            print(f"note: {r['measure']}: {r['note']}")
+    print(f"tau p-values: permutation test ({a.permutations} relabellings), Holm-adjusted over "
+          f"{len(res)} measure(s); pgdl shown x100")
+    if a.out:
+        with atomic_path(a.out) as tmp:
+            res.to_csv(tmp, index=False)
+        print(f"written: {a.out}")
+    return 0
+
+
 HANDLERS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "info": _cmd_info, "config": _cmd_config,
             "verify": _cmd_verify, "sample": _cmd_stage, "topology": _cmd_stage, "curvature": _cmd_stage,
-            "report": _cmd_report, "compare": _cmd_compare}
+            "report": _cmd_report, "compare": _cmd_compare, "score": _cmd_score}
 
 
 def _quiet_library_warnings():
