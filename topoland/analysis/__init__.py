@@ -46,9 +46,11 @@ from topoland.analysis.scores import (
     kendall_tau,
     oof_prediction,
     pgdl_score,
+    regressor,
     robust_sign_error,
     score_measures,
 )
+from topoland.analysis.population import hashable_settings, score_population
 from topoland.analysis.stats import (
     bootstrap_mean_diff_ci,
     cliffs_delta,
@@ -57,6 +59,7 @@ from topoland.analysis.stats import (
 )
 
 __all__ = [
+    "hashable_settings", "regressor", "score_population",
     "FLATNESS_MEASURES", "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
     "cv_standard_error", "extra_comparison", "extra_kinds", "flatness_ordering", "grid_comparison",
     "is_test_derived", "permutation_p_min", "permutations_for_family", "stratified_permutation_test",

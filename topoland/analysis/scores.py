@@ -493,14 +493,22 @@ def oof_prediction(table, features, target="gap", *, n_splits: int = 5, seed: in
     X, y = X[~bad], y[~bad]
     if not 2 <= n_splits <= y.size:
         raise AnalysisError(f"oof_prediction: n_splits={n_splits} needs 2 <= n_splits <= rows ({y.size})")
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     pred = np.empty(y.size)
     for train, test in KFold(n_splits, shuffle=True, random_state=seed).split(X):
-        model = (make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))) if estimator == "ridge"
-                 else RandomForestRegressor(n_estimators=200, random_state=seed))
-        pred[test] = model.fit(X[train], y[train]).predict(X[test])
+        pred[test] = regressor(estimator, seed).fit(X[train], y[train]).predict(X[test])
     return pd.Series(pred, index=df.index[~bad], name=f"oof_{estimator}")
+
+
+def regressor(estimator: str = "ridge", seed: int = 0):
+    """The unfitted regressor of the supervised baselines: "ridge" (StandardScaler + RidgeCV over
+    ``alphas = 10^-3 ... 10^3``) or "forest" (RandomForestRegressor, 200 trees, ``seed``)."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    if estimator == "ridge":
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    if estimator == "forest":
+        return RandomForestRegressor(n_estimators=200, random_state=seed)
+    raise AnalysisError(f"estimator {estimator!r} is unknown; choose from ('ridge', 'forest')")
