@@ -274,3 +274,30 @@ def test_random_single_key_corruptions_are_refused_by_name(tmp_path, capsys):
     assert not accepted, accepted
     assert not unnamed, unnamed
     assert len(cases) > 150
+
+
+def test_model_section_as_a_grid_axis():
+    cfg = validate({"model": {"name": "mlp", "widths": [8]},
+                    "grid": {"model": [{"name": "mlp", "widths": [8]}, {"name": "cnn", "channels": [4, 8]}],
+                             "train.weight_decay": [0.0, 0.1]}})
+    cells = expand_grid(cfg)
+    assert len(cells) == 4
+    # each value replaces the whole section: the CNN keeps no MLP keyword
+    assert cells[2].config["model"] == {"name": "cnn", "channels": [4, 8]}
+    assert cells[0].config["model"] == {"name": "mlp", "widths": [8]}
+    assert cells[2].label.startswith("model=cnn(channels=[4, 8])")
+    assert len({c.cell_id for c in cells}) == 4
+    # a plain config's cell ids do not change because the axis exists
+    plain = expand_grid(validate({"model": {"name": "mlp", "widths": [8]}, "grid": {"train.weight_decay": [0.0, 0.1]}}))
+    assert [c.cell_id for c in plain] == [cells[0].cell_id, cells[1].cell_id]
+
+
+@pytest.mark.parametrize("value, match", [
+    ("mlp", "a 'model' value is a table"),
+    ({"name": "mlp", "depth": 3}, "depth"),
+    ({"name": "nosuchnet"}, "nosuchnet"),
+])
+def test_model_axis_bad_values_name_the_key(value, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        validate({"grid": {"model": [{"name": "mlp"}, value]}})
+    assert "grid.model[1]" in str(e.value)

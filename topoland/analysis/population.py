@@ -60,17 +60,21 @@ def _held_out(frame, measures, gap, hps, seed_column, baselines, estimator, seed
                 "held_out_psi": sign * granulated_kendall(h, col, gap, hps)["psi"],
                 "held_out_tau": sign * kendall_tau(h, col, gap), "held_out_n": int(len(h))}
 
+    failed: dict[str, list[str]] = {}
     for col in measures:
         try:
             rows.append(scored(disc, held, col))
         except AnalysisError as e:
-            notes.append(f"held-out score of {col}: {e}")
+            failed.setdefault(str(e), []).append(col)
+    for why, cols in failed.items():
+        notes.append(f"no held-out score for {len(cols)} measure(s) ({', '.join(cols)}): {why}")
     for name, block in baselines.items():
         col = f"supervised.{name}"
         try:
             feats = list(block.columns)
-            d = disc.join(block, how="inner").dropna(subset=feats + [gap])
-            h = held.join(block, how="inner").dropna(subset=feats + [gap])
+            keep = [gap] + [c for c in hps if c not in feats]
+            d = disc[keep].join(block, how="inner").dropna(subset=feats + [gap])
+            h = held[keep].join(block, how="inner").dropna(subset=feats + [gap])
             if len(d) < 3 or len(h) < 2:
                 raise AnalysisError(f"{len(d)} discovery and {len(h)} held-out models with every feature")
             h = h.assign(**{col: _fit_predict(d, h, feats, gap, estimator, seed)})
@@ -123,6 +127,10 @@ def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters
     if not hps:
         raise AnalysisError("no hyperparameter takes two or more values over the scored models: "
                             "nothing to condition the scores on")
+    constant = [c for c in measures if frame[c].nunique() < 2]
+    if constant:
+        notes.append(f"{len(constant)} measure(s) constant over the scored models, not scored: {', '.join(constant)}")
+        measures = [c for c in measures if c not in constant]
     baselines = dict(baselines or {})
     preds = {}
     for name, block in baselines.items():

@@ -296,6 +296,8 @@ def check_model_section(model: dict, where: str = "model") -> None:
     is built; :class:`ConfigError` names ``where.key``. Builder arguments are checked by name
     (:func:`model_arguments`), sizes for sign, and the depths of the residual networks."""
     name = model.get("name", "mlp")
+    if name not in MODELS:
+        raise ConfigError(f"config key '{where}.name' = {name!r}: unknown model (known: {', '.join(MODELS)})")
     allowed = model_arguments(name)
     for k in model:
         if k != "name" and k not in allowed:

@@ -13,13 +13,15 @@ from topoland.runs import layout
 
 def stage_train(ctx: CellContext, out: Path) -> dict:
     from topoland.io import save_tensors
-    from topoland.nets import build_model, save_checkpoint
+    from topoland.nets import build_model, get_params, save_checkpoint
     from topoland.train import TrainRecipe, train_minimum
 
     cfg, data = ctx.config, ctx.data
     name, kwargs = model_spec(cfg)
     seed = cfg["run"]["seed"]
     model = build_model(name, data.input_shape, data.num_classes, seed=seed, **kwargs)
+    # theta_0, before any (random-label) pretraining: the distance-from-initialization measures
+    save_tensors(out / layout.INIT, {k: v.detach().clone() for k, v in get_params(model).items()})
     recipe = TrainRecipe(**arguments(TrainRecipe, cfg["train"]))
     res = train_minimum(model, data, recipe, seed=seed, device=ctx.device)
     spec = {"name": name, "kwargs": kwargs, "input_shape": list(data.input_shape),
@@ -168,6 +170,28 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
     return feats
 
 
+def stage_measures(ctx: CellContext, out: Path) -> dict:
+    """Generalization measures of the cell's minimum on its training split (norms, distance from
+    initialization, worst-case and PAC-Bayes flatness, margin): ``measures.json``; and the per-tensor
+    weight statistics of the supervised baseline: ``weights.json``."""
+    from topoland.errors import StoreError
+    from topoland.io import load_tensors
+    from topoland.landscape import generalization_measures, weight_statistics
+    init_path = ctx.stage_dir("train") / layout.INIT
+    if not init_path.is_file():
+        raise StoreError(f"cell {ctx.cell_id}: its train stage stored no {layout.INIT} (trained before "
+                         "theta_0 was kept), so the distance-from-initialization measures cannot be computed; "
+                         "retrain it: topoland run CONFIG --force train")
+    init = load_tensors(init_path)[0]
+    model = ctx.model()
+    opts = ctx.options("measures")
+    feats = generalization_measures(model, ctx.data.x_train, ctx.data.y_train, init_params=init, **arguments(
+        generalization_measures, opts, seed=ctx.seed, device=ctx.device))
+    (out / layout.MEASURES).write_text(json.dumps(feats, indent=1, default=float))
+    (out / layout.WEIGHTS).write_text(json.dumps(weight_statistics(model), indent=1, default=float))
+    return feats
+
+
 def stage_ensemble(ctx: CellContext, out: Path) -> dict:
     """Fast geometric ensemble from the cell's minimum; its accuracy vs members on the test split."""
     from topoland.io import save_tensors
@@ -193,4 +217,5 @@ def stage_ensemble(ctx: CellContext, out: Path) -> dict:
 
 
 CELL_STAGE_FUNCS = {"train": stage_train, "sample": stage_sample, "topology": stage_topology,
-                    "surface": stage_surface, "curvature": stage_curvature, "ensemble": stage_ensemble}
+                    "surface": stage_surface, "curvature": stage_curvature, "measures": stage_measures,
+                    "ensemble": stage_ensemble}

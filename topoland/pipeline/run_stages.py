@@ -12,7 +12,7 @@ from topoland.pipeline.context import CellContext, DataCache
 from topoland.runs import layout
 from topoland.runs.store import RUN_LEVEL, RunStore
 from topoland.runs.tables import (analysis_table, config_settings, connectable_cells, diverged_cells,
-                                  missed_target, pairs_to_connect, run_design)
+                                  missed_target, pairs_to_connect, run_design, weight_statistics_table)
 
 
 def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, *,
@@ -175,8 +175,47 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
         batch = next((ax for ax in design.axes if ax.endswith("batch_size")), None)
         if batch:
             write_table(flatness_ordering(comps, by=batch), out / layout.FLATNESS)
+    notes += _score_measures(store, cfg, ft, out)
     (out / layout.NOTES).write_text(json.dumps(notes, indent=1))
     return {"n_minima": len(ft.frame), "groups": list(ft.groups), "targets": targets, "notes": notes}
+
+
+#: the feature groups whose columns are scored as generalization measures, and the blocks fed to
+#: the supervised baselines (besides the per-tensor weight statistics)
+SCORED_GROUPS = ("measures", "curvature", "surface", "topology", "trajectory")
+BASELINE_GROUPS = ("topology", "trajectory", "measures")
+
+
+def _score_measures(store: RunStore, cfg: dict, ft, out: Path) -> list[str]:
+    """Score every measure against the gap over the comparable minima (``scores`` table and the
+    supervised baselines' predictions); returns the notes."""
+    from topoland.analysis import AnalysisError, score_population
+    from topoland.runs.store import write_table
+    a = cfg["analysis"]
+    gap = a["score_gap"]
+    frame = ft.frame
+    if gap not in frame or frame[gap].nunique() < 2:
+        return [f"measure scores: the gap column {gap!r} is absent or constant; nothing to score"]
+    if "reached_target" in frame:   # minima that missed the stopping criterion are not comparable
+        frame = frame[frame["reached_target"].astype("boolean").fillna(True).astype(bool)]
+    hps = [c for c in config_settings(ft) if c != "run.seed" and frame[c].astype(str).nunique() > 1]
+    cols = [c for g in SCORED_GROUPS if g in ft.groups for c in ft.groups[g] if frame[c].notna().sum() >= 4]
+    if not hps or not cols or len(frame) < 4:
+        return [f"measure scores: {len(frame)} comparable minima, {len(hps)} varying settings and {len(cols)} "
+                "measures; scores need 4 minima, one setting and one measure"]
+    baselines = {"weights": weight_statistics_table(store, frame.index)}
+    baselines |= {g: frame[ft.groups[g]] for g in BASELINE_GROUPS if g in ft.groups}
+    baselines = {k: v for k, v in baselines.items() if len(v.columns)}
+    try:
+        table, pred, notes = score_population(
+            frame, cols, gap=gap, hyperparameters=hps, seed_column="run.seed" if "run.seed" in frame else None,
+            baselines=baselines, n_boot=a["score_boot"], seed=cfg["run"]["seed"], p_adjust=a["p_adjust"])
+    except AnalysisError as e:
+        return [f"measure scores: {e}"]
+    write_table(table, out / layout.SCORES)
+    if len(pred.columns):
+        write_table(pred.reset_index(), out / layout.PREDICTIONS)
+    return [f"measure scores: {n}" for n in notes]
 
 
 def stage_report(store: RunStore, cfg: dict, out: Path) -> dict:

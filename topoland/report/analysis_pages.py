@@ -1,6 +1,7 @@
 """The report's pages across minima, from the analysis stage: topology vs generalization, rank
 correlations, metrics by grid setting, the classifier table (both standard errors, adjusted p,
-smallest attainable p), the statistical comparisons and the flatness ordering by batch size."""
+smallest attainable p), the statistical comparisons, the flatness ordering by batch size, and the
+generalization-measure scores (:mod:`~topoland.report.measure_pages`)."""
 from __future__ import annotations
 
 import textwrap
@@ -11,6 +12,7 @@ import pandas as pd
 from topoland.report.common import fmt
 from topoland.report.document import MIN_FONT_PT, Writer
 from topoland.report.facts import RunFacts
+from topoland.report.measure_pages import measure_pages
 from topoland.runs import layout
 from topoland.runs.store import RUN_LEVEL
 
@@ -214,6 +216,10 @@ def analysis_pages(w: Writer, run: RunFacts) -> dict[str, pd.DataFrame]:
         _flatness_page(w, tables.get(layout.FLATNESS))
     else:
         w.note("Analysis", "no statistical comparisons (no grid setting with two or more groups of enough minima)")
+
+    if layout.SCORES in tables:
+        gap = run.cfg.get("analysis", {}).get("score_gap", "acc_gap")
+        measure_pages(w, tables[layout.SCORES], frame, tables.get(layout.PREDICTIONS), gap, names)
 
     for g, cells in ft.missing.items():
         if cells:

@@ -16,7 +16,9 @@ Pages (A4 landscape, seaborn styling, fonts >= 8 pt), in order:
    generalization, rank correlations, metrics grouped by
    each grid setting, the classifier table (both standard errors, adjusted p, smallest
    attainable p), the comparisons (grid axes stratified, extra cells apart, adjusted p), the
-   flatness ordering by batch size; "finding" only at adjusted p < 0.05;
+   flatness ordering by batch size; "finding" only at adjusted p < 0.05; measures vs
+   generalization (every measure's tau, Ψ, PGDL score, robust sign error; the top ones against
+   the gap);
 5. paths: barrier profiles per pair and the disconnectivity graph (>= 3 connected minima);
 6. notes: diverged trajectories, failed or skipped stages, analysis notes, panels not drawn.
 

@@ -1,7 +1,9 @@
 """Experiment configs: TOML schema, validation and grid expansion.
 
 A config names a dataset, a model, a training recipe, the later stages' options, and a grid:
-lists of values for any ``section.key``; the grid is their product. Extra cells (for
+lists of values for any ``section.key``; the grid is their product. The architecture itself can
+be an axis: ``model = [{name = "mlp", widths = [64, 64]}, {name = "cnn", channels = [8, 16]}]``
+replaces the whole ``[model]`` section per cell (its keys depend on the name). Extra cells (for
 instance "bad minima" pretrained on random labels) are listed under ``[[cells]]``.
 
 Validation happens before any work starts and names the culprit key::
@@ -47,7 +49,15 @@ class Cell:
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:g}"
+    if isinstance(v, dict):
+        return model_label(v)
     return str(v)
+
+
+def model_label(model: dict) -> str:
+    """A ``[model]`` section in one short string: ``"mlp(widths=[64, 64])"``."""
+    args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
+    return f"{model.get('name', 'mlp')}({args})"
 
 
 #: why "inherit" is refused on [sample] keys that look like they could take it
@@ -110,8 +120,16 @@ def defaults() -> dict:
 
 
 def _set_dotted(sch: dict, cfg: dict, key: str, value, where: str):
+    if key == "model":   # the whole section: an architecture axis
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': a 'model' value is a table such as "
+                              f"{{name = \"mlp\", widths = [64, 64]}}, got {value!r}")
+        cfg["model"] = {"name": value.get("name", "mlp"), **value}
+        check_model_section(cfg["model"], where=where)
+        return
     if key.count(".") != 1:
-        raise ConfigError(f"config key '{where}': grid keys are 'section.key', got '{key}'")
+        raise ConfigError(f"config key '{where}': grid keys are 'section.key' (or 'model', a whole "
+                          f"[model] section per value), got '{key}'")
     section, name = key.split(".")
     if section not in sch:
         raise ConfigError(f"config key '{where}': unknown section '{section}'")
@@ -257,6 +275,9 @@ def expand_grid(cfg: dict) -> list[Cell]:
     for pos, ov in enumerate(overrides):
         c = copy.deepcopy({k: v for k, v in cfg.items() if k not in ("grid", "cells")})
         for key, v in ov.items():
+            if key == "model":
+                c["model"] = {"name": v.get("name", "mlp"), **v}
+                continue
             section, name = key.split(".")
             c[section][name] = v
         check_model_section(c["model"], where="model")

@@ -6,15 +6,16 @@ module knows what lies inside them. The stage bodies (:mod:`topoland.pipeline.ce
 :mod:`topoland.pipeline.run_stages`) write by these names and the report reads back through the
 readers below, so a file is named in one place. Inside a stage folder::
 
-    train/      model.safetensors, history.csv, checkpoints.safetensors (optional)
+    train/      model.safetensors, init.safetensors, history.csv, checkpoints.safetensors (optional)
     sample/     the sampling package's own files (:func:`topoland.sampling.save_samples`)
     topology/   topology.safetensors, features.json, intervals.csv
     surface/    plane.h5, line_<i>.csv; pca.h5, pca_path.csv, pca.json (optional)
     curvature/  curvature.json, density.csv (optional)
+    measures/   measures.json, weights.json
     ensemble/   ensemble.csv, history.csv, snapshots.safetensors
     paths/      pairs.csv/.parquet, <a>__<b>/ (profile_<method>.csv, images.safetensors, barriers.json)
-    analysis/   features.csv/.parquet/.json, classifiers, correlations, comparisons, flatness
-                (.csv/.parquet), notes.json
+    analysis/   features.csv/.parquet/.json, classifiers, correlations, comparisons, flatness,
+                scores (.csv/.parquet), notes.json
     report/     report.pdf and its tables as CSV
 
 Beside a stage folder, while the stage works, lies its resume data (:data:`SURFACE_PARTIAL`,
@@ -31,6 +32,8 @@ from pathlib import Path
 # -- train -------------------------------------------------------------------------------------
 #: the trained minimum (:func:`topoland.nets.save_checkpoint`)
 MODEL = "model.safetensors"
+#: the minimum's parameters at initialization (theta_0, before any training; ``{name: tensor}``)
+INIT = "init.safetensors"
 #: per-epoch metrics of a training (train stage; per cycle and iteration in the ensemble stage)
 HISTORY = "history.csv"
 #: the training trajectory, ``checkpoints`` (T, D); only when train.checkpoints_per_epoch > 0
@@ -70,6 +73,13 @@ def line_csv(i: int) -> str:
 CURVATURE = "curvature.json"
 #: the Hessian eigenvalue density (eigenvalue, density); only with curvature.density
 DENSITY = "density.csv"
+
+# -- measures ---------------------------------------------------------------------------------
+#: the generalization measures (JSON; :func:`topoland.landscape.generalization_measures`)
+MEASURES = "measures.json"
+#: per-tensor weight statistics, the supervised baseline's input (JSON;
+#: :func:`topoland.landscape.weight_statistics`)
+WEIGHTS = "weights.json"
 
 # -- ensemble ----------------------------------------------------------------------------------
 #: accuracy against the number of members (members, ensemble_acc, ensemble_nll, ...)
@@ -113,7 +123,11 @@ CORRELATIONS = "correlations"
 COMPARISONS = "comparisons"
 #: only when a grid axis is a batch size
 FLATNESS = "flatness"
-ANALYSIS_TABLES = (CLASSIFIERS, CORRELATIONS, COMPARISONS, FLATNESS)
+#: generalization-measure scores (Kendall tau, Psi, PGDL, robust sign error), one row per measure
+SCORES = "scores"
+#: the supervised baselines' out-of-fold predictions of the gap (cell_id, supervised.<block>)
+PREDICTIONS = "predictions"
+ANALYSIS_TABLES = (CLASSIFIERS, CORRELATIONS, COMPARISONS, FLATNESS, SCORES, PREDICTIONS)
 #: what the analysis left out and why (JSON list)
 NOTES = "notes.json"
 
@@ -181,6 +195,12 @@ def read_lines(stage_dir) -> list:
 def read_density(stage_dir):
     """A curvature stage's eigenvalue density (DataFrame: eigenvalue, density), or None."""
     return _csv_or_none(Path(stage_dir) / DENSITY)
+
+
+def read_weight_statistics(stage_dir) -> dict:
+    """A measures stage's per-tensor weight statistics (``{key: float}``; empty when absent)."""
+    path = Path(stage_dir) / WEIGHTS
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_ensemble_curve(stage_dir):

@@ -33,7 +33,7 @@ def schema() -> dict[str, dict[str, Param]]:
     """Section -> key -> :class:`~topoland.declare.Param`, in config order."""
     from topoland.analysis import classifier_table
     from topoland.data import load_dataset
-    from topoland.landscape import curvature_features, plane
+    from topoland.landscape import curvature_features, generalization_measures, plane
     from topoland.landscape.connect import connect_models
     from topoland.nets import build_model
     from topoland.sampling import jump_and_retrain
@@ -56,6 +56,7 @@ def schema() -> dict[str, dict[str, Param]]:
             **declared(curvature_features),
             "density": Param((bool,), False, None, "eigenvalue density by SLQ"),
         },
+        "measures": declared(generalization_measures),
         "ensemble": declared(fast_geometric_ensemble),
         "paths": {
             **declared(connect_models, "method"),
@@ -70,6 +71,10 @@ def schema() -> dict[str, dict[str, Param]]:
             **declared(classifier_table, "p_adjust"),
             "n_boot": Param((int,), 1000, checks.pos, "bootstrap resamples"),
             **declared(classifier_table, "n_classes", "n_jobs"),
+            "score_gap": Param((str,), "acc_gap", checks.one_of("acc_gap", "gap"),
+                               "generalization gap the measures are scored against: acc_gap = train_acc - "
+                               "test_acc (Jiang et al.), gap = test_loss - train_loss (nats)"),
+            "score_boot": Param((int,), 200, checks.pos, "bootstrap resamples of each measure score"),
         },
         "report": {
             "enabled": Param((bool,), True, None, "write the PDF report"),

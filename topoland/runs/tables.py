@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 def _flatten_settings(cfg: dict, overrides: dict) -> dict:
+    from topoland.runs.config import model_label
     """The settings columns of a cell: every key its grid/cell entry set, plus the usual knobs."""
     cols = {}
     for key in ("model.name", "train.weight_decay", "train.batch_size", "train.augment", "train.lr",
@@ -22,7 +23,8 @@ def _flatten_settings(cfg: dict, overrides: dict) -> dict:
         if k in cfg.get(s, {}):
             cols[key] = cfg[s][k]
     for key, v in overrides.items():
-        cols[key] = v
+        # a whole [model] section (an architecture axis) as one readable value
+        cols[key] = model_label(v) if isinstance(v, dict) else v
     cols["run.seed"] = cfg["run"]["seed"]
     return cols
 
@@ -104,7 +106,8 @@ def connectable_cells(store: RunStore) -> list[str]:
 # The ensemble stage is deliberately not a feature group: its summary (ensemble accuracy, gain
 # over the minimum's test accuracy) is measured on the test split, so as a feature it would
 # leak the generalization target (test_acc / gen_label) into the classifiers.
-FEATURE_STAGES = {"trajectory": "sample", "topology": "topology", "surface": "surface", "curvature": "curvature"}
+FEATURE_STAGES = {"trajectory": "sample", "topology": "topology", "surface": "surface", "curvature": "curvature",
+                  "measures": "measures"}
 
 
 def feature_groups(store: RunStore) -> dict:
@@ -128,6 +131,20 @@ def feature_groups(store: RunStore) -> dict:
             df.index.name = "cell_id"
             groups[group] = df
     return groups
+
+
+def weight_statistics_table(store: RunStore, cell_ids) -> "pd.DataFrame":
+    """The per-tensor weight statistics of ``cell_ids`` (rows, indexed by cell_id) from their
+    measures stage; cells without one are left out. Not a feature group: its hundreds of columns
+    feed one cross-validated regressor, the supervised baseline of the measure scores."""
+    import pandas as pd
+
+    from topoland.runs import layout
+    rows = {c: layout.read_weight_statistics(store.stage_dir(c, "measures"))
+            for c in cell_ids if store.is_done(c, "measures")}
+    df = pd.DataFrame.from_dict({c: r for c, r in rows.items() if r}, orient="index")
+    df.index.name = "cell_id"
+    return df
 
 
 def analysis_table(store: RunStore):
@@ -164,8 +181,9 @@ def run_design(store: RunStore, cfg: dict):
 
 
 def config_settings(ft) -> list[str]:
-    """Settings columns that are config keys (``section.key``), not stage outcomes."""
-    return [c for c in ft.settings if "." in c]
+    """Settings columns that are config keys (``section.key``, or ``model`` for an architecture
+    axis), not stage outcomes."""
+    return [c for c in ft.settings if "." in c or c == "model"]
 
 
 def compare_in_dir(run_dir, *, by: str, metric: str, n_permutations=9999, seed=0):
