@@ -99,12 +99,28 @@ def test_margin_quantile_and_weight_statistics_against_numpy():
     for q in (0.1, 0.5):
         assert NM.margin_quantile(net, x, y, q, batch_size=10) == pytest.approx(np.quantile(hand, q), abs=1e-12)
     stats = NM.weight_statistics(net)
-    assert len(stats) == 7 * len(param_names(net))
+    # one block per tensor, then all_weights, first_layer, last_layer, all_biases
+    assert len(stats) == 7 * (len(param_names(net)) + 4)
     for name, p in net.named_parameters():
         v = p.detach().numpy().ravel()
         assert stats[f"{name}.mean"] == pytest.approx(v.mean()) and stats[f"{name}.var"] == pytest.approx(v.var())
         for q in (0, 25, 50, 75, 100):
             assert stats[f"{name}.q{q}"] == pytest.approx(np.percentile(v, q))
+
+
+def test_weight_statistics_pool_blocks_shared_across_architectures():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    cnn = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    a, b = NM.weight_statistics(mlp), NM.weight_statistics(cnn)
+    pooled = {k for k in a if k.split(".")[0] in ("all_weights", "all_biases", "first_layer", "last_layer")}
+    assert len(pooled) == 28 and pooled <= set(b)
+    w = np.concatenate([mlp[0].weight.detach().numpy().ravel(), mlp[2].weight.detach().numpy().ravel()])
+    assert a["all_weights.var"] == pytest.approx(w.var())
+    assert a["first_layer.q50"] == pytest.approx(np.median(mlp[0].weight.detach().numpy()))
+    assert b["last_layer.mean"] == pytest.approx(cnn[3].weight.detach().numpy().mean())
+    bias = np.concatenate([mlp[0].bias.detach().numpy(), mlp[2].bias.detach().numpy()])
+    assert a["all_biases.q100"] == pytest.approx(bias.max())
 
 
 # ------------------------------------------------------------------------------ worst case

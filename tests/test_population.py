@@ -15,7 +15,7 @@ def _population(seeds=(0, 1, 2, 3)):
         gap = 0.1 + 5 * wd + 0.0005 * bs + 0.01 * rng.normal()
         rows.append({"train.weight_decay": wd, "train.batch_size": bs, "run.seed": seed, "gap": gap,
                      "m.tracks": gap + 0.001 * rng.normal(), "m.backwards": -gap, "m.noise": rng.normal(),
-                     "model": [32] if wd == 0 else [64, 64]})
+                     "model": [32] if seed % 2 == 0 else [64, 64]})
     frame = pd.DataFrame(rows, index=[f"c{i}" for i in range(len(rows))])
     weights = pd.DataFrame({"w1": frame["gap"] * 3 + 0.002 * rng.normal(size=len(frame)),
                             "w2": rng.normal(size=len(frame))}, index=frame.index)
@@ -42,11 +42,10 @@ def test_scores_baselines_and_held_out():
 
 
 def test_one_valued_axis_is_noted_and_list_settings_group():
-    frame, _ = _population(seeds=(0,))
+    frame, _ = _population(seeds=(0, 1))
     frame["train.lr"] = 0.1
     table, _, notes = score_population(frame, ["m.tracks"], gap="gap", n_boot=10, n_permutations=9,
-                                       hyperparameters=["train.weight_decay", "train.lr", "model"],
-                                       seed_column="run.seed")
+                                       hyperparameters=["train.weight_decay", "train.lr", "model"])
     assert any("train.lr takes one value" in n for n in notes)
     assert any("no held-out split" in n for n in notes)
     assert "tau_model" in table.columns and "tau_train.lr" not in table.columns
@@ -61,3 +60,16 @@ def test_bad_population():
     one = frame[frame["train.batch_size"] == 32]
     with pytest.raises(AnalysisError, match="no hyperparameter takes two or more values"):
         score_population(one, ["m.tracks"], gap="gap", hyperparameters=["train.batch_size"])
+
+
+def test_an_axis_determined_by_another_is_dropped_with_a_note():
+    frame, _ = _population()
+    frame["model.name"] = np.where(frame["model"].map(len) == 1, "small", "large")   # the same partition
+    frame["decayed"] = frame["train.weight_decay"] > 0                               # coarser: a function of it
+    table, _, notes = score_population(frame, ["m.tracks"], gap="gap", n_boot=10, n_permutations=9,
+                                       hyperparameters=["decayed", "model", "model.name", "train.weight_decay"])
+    # a coarser axis goes wherever it is listed; of two equal partitions the first listed stays
+    assert "decayed is determined by train.weight_decay over the scored models: not a separate axis" in notes
+    assert "model.name is determined by model over the scored models: not a separate axis" in notes
+    assert "tau_model.name" not in table and "tau_decayed" not in table
+    assert "tau_model" in table and "tau_train.weight_decay" in table

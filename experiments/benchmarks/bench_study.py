@@ -29,8 +29,11 @@ def main(argv=None) -> int:
         print(f"error: --out '{out}' exists; the benchmark times a run from nothing", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "topoland", "run", a.config, "--out", str(out), "--quiet"])
+    r = subprocess.run([sys.executable, "-m", "topoland.cli", "run", a.config, "--out", str(out), "--quiet"])
     wall = time.perf_counter() - t0
+    if not (out / "index.sqlite").is_file():
+        print(f"error: the run wrote no run directory at '{out}' (exit status {r.returncode})", file=sys.stderr)
+        return r.returncode or 1
     from topoland.runs.store import RunStore
     stages = RunStore.open(out).stages()
     per = stages.groupby("stage", sort=False)["seconds"].agg(["sum", "count"])

@@ -27,6 +27,7 @@ from topoland.analysis.features import (
     check_feature_columns,
     feature_table,
     is_test_derived,
+    is_validation_derived,
     load_feature_table,
     resolve_column,
     save_feature_table,
@@ -59,7 +60,7 @@ from topoland.analysis.stats import (
 )
 
 __all__ = [
-    "hashable_settings", "regressor", "score_population",
+    "hashable_settings", "is_validation_derived", "regressor", "score_population",
     "FLATNESS_MEASURES", "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
     "cv_standard_error", "extra_comparison", "extra_kinds", "flatness_ordering", "grid_comparison",
     "is_test_derived", "permutation_p_min", "permutations_for_family", "stratified_permutation_test",

@@ -49,6 +49,7 @@ __all__ = [
     "TEST_TARGETS",
     "check_feature_columns",
     "is_test_derived",
+    "is_validation_derived",
     "feature_table",
     "save_feature_table",
     "load_feature_table",
@@ -64,6 +65,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
 TEST_TARGETS: tuple[str, ...] = ("test_loss", "test_acc", "gap", "acc_gap", "gen_label")
 
 _TEST_TOKEN = re.compile(r"(?:^|[._])test(?:[._]|$)")
+_VAL_TOKEN = re.compile(r"(?:^|[._])val(?:[._]|$)")
 
 #: Conventional feature groups (others are allowed).
 KNOWN_GROUPS: tuple[str, ...] = ("topology", "trajectory", "surface", "curvature", "paths")
@@ -124,6 +126,13 @@ def is_test_derived(name: str) -> bool:
     the token ``test`` delimited by ``.``, ``_`` or the ends (``final_test_acc_mean``: yes;
     ``contest_score``: no)."""
     return name in TEST_TARGETS or bool(_TEST_TOKEN.search(name))
+
+
+def is_validation_derived(name: str) -> bool:
+    """True when ``name`` marks a value of the validation split: the token ``val`` delimited by
+    ``.``, ``_`` or the ends (``final_val_acc_mean``: yes; ``interval_width``: no). Allowed as a
+    feature, but held-out data: a generalization measure sees only the training split."""
+    return bool(_VAL_TOKEN.search(name))
 
 
 def check_feature_columns(columns, *, where: str = "features") -> None:

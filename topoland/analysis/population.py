@@ -21,7 +21,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from topoland.analysis.features import AnalysisError
+from topoland.analysis.features import AnalysisError, is_validation_derived
 from topoland.analysis.scores import granulated_kendall, kendall_tau, oof_prediction, regressor, score_measures
 
 __all__ = ["score_population", "hashable_settings"]
@@ -89,7 +89,8 @@ def _held_out(frame, measures, gap, hps, seed_column, baselines, estimator, seed
 def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters, seed_column: str | None = None,
                      baselines: dict | None = None, estimator: str = "ridge", n_boot: int = 200,
                      level: float = 0.95, seed: int = 0, n_permutations: int = 999,
-                     p_adjust: str = "holm", on_empty: str = "skip") -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                     p_adjust: str = "holm", on_empty: str = "skip",
+                     validation=()) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Score every measure column of a population against ``gap``.
 
     Args:
@@ -103,11 +104,15 @@ def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters
         baselines: ``{name: DataFrame (models, features)}`` indexed like ``frame``: each becomes the
             out-of-fold prediction ``supervised.<name>`` of ``gap`` (``estimator``: "ridge" or
             "forest"), scored beside the measures.
+        validation: measure columns computed from the validation split (held-out data, unlike a
+            generalization measure, which sees only the training data and the weights); columns
+            whose name carries the token ``val`` count too. Their ``kind`` is "validation".
         on_empty: PGDL slices (value combinations of two axes) without models: "skip" (a
             population with extra cells, e.g. bad minima at a few settings, has them) or "raise".
 
     Returns ``(scores, predictions, notes)``: the score table (one row per measure, columns of
-    :func:`~topoland.analysis.scores.score_measures` plus ``kind`` (measure / supervised) and,
+    :func:`~topoland.analysis.scores.score_measures` plus ``kind`` (measure / validation /
+    supervised) and,
     with seeds, ``discovery_psi``, ``orientation``, ``held_out_psi``, ``held_out_tau``,
     ``held_out_n``), the supervised predictions (models x baselines) and notes.
     """
@@ -124,6 +129,12 @@ def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters
             notes.append(f"{h} takes one value ({frame[h].iloc[0]!r}) over the scored models: not an axis")
         else:
             hps.append(h)
+    for h in list(hps):   # an axis that is a function of another has no group of its own
+        by = next((o for o in hps if o != h and frame.groupby(o)[h].nunique().max() == 1
+                   and (frame.groupby(h)[o].nunique().max() > 1 or hps.index(o) < hps.index(h))), None)
+        if by is not None:
+            notes.append(f"{h} is determined by {by} over the scored models: not a separate axis")
+            hps.remove(h)
     if not hps:
         raise AnalysisError("no hyperparameter takes two or more values over the scored models: "
                             "nothing to condition the scores on")
@@ -149,7 +160,9 @@ def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters
     cols = list(measures) + list(pred.columns)
     table = score_measures(full, cols, gap, hps, n_boot=n_boot, level=level, seed=seed,
                            n_permutations=n_permutations, p_adjust=p_adjust, on_empty=on_empty)
-    table["kind"] = np.where(table["measure"].str.startswith("supervised."), "supervised", "measure")
+    validation = set(validation) | {c for c in cols if is_validation_derived(c)}
+    table["kind"] = ["supervised" if m.startswith("supervised.") else "validation" if m in validation else "measure"
+                     for m in table["measure"]]
     if seed_column is not None and seed_column in frame and frame[seed_column].nunique() >= 2:
         held, held_notes = _held_out(full, list(measures), gap, hps, seed_column, baselines, estimator, seed)
         notes += held_notes

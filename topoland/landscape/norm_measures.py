@@ -172,16 +172,32 @@ def margin_quantile(model: nn.Module, x: Tensor, y: Tensor, q: float = 0.1, **kw
     return float(np.quantile(output_margins(model, x, y, **kw).numpy(), q))
 
 
+def _stats(v: np.ndarray, prefix: str) -> dict[str, float]:
+    out = {f"{prefix}.mean": float(v.mean()), f"{prefix}.var": float(v.var())}
+    for q, val in zip((0, 25, 50, 75, 100), np.quantile(v, [0, 0.25, 0.5, 0.75, 1])):
+        out[f"{prefix}.q{q}"] = float(val)
+    return out
+
+
 def weight_statistics(model: nn.Module) -> dict[str, float]:
-    """Per trainable parameter tensor (names as :func:`topoland.nets.params.param_names`): mean,
-    variance (population, ddof 0) and the 0/25/50/75/100 % quantiles (linear interpolation) of
-    its entries (Unterthiner et al. 2020). Keys ``"<name>.mean"``, ``"<name>.var"``,
-    ``"<name>.q0"``, ``".q25"``, ``".q50"``, ``".q75"``, ``".q100"``; float64."""
+    """Mean, variance (population, ddof 0) and the 0/25/50/75/100 % quantiles (linear
+    interpolation) of the weights (Unterthiner et al. 2020), float64, keys ``"<block>.<stat>"``
+    with stats ``mean``, ``var``, ``q0``, ``q25``, ``q50``, ``q75``, ``q100``.
+
+    Blocks: every trainable parameter tensor by name (:func:`topoland.nets.params.param_names`);
+    and, so that models of different architectures share columns, ``all_weights`` (every weight
+    tensor of >= 2 dims pooled), ``all_biases`` (the 1-dim tensors pooled; absent when none),
+    ``first_layer`` and ``last_layer`` (the first and last weight tensors).
+    """
+    params = _named_params(model)
     out = {}
-    for n, p in _named_params(model).items():
-        v = p.reshape(-1).numpy()
-        out[f"{n}.mean"] = float(v.mean())
-        out[f"{n}.var"] = float(v.var())
-        for q, val in zip((0, 25, 50, 75, 100), np.quantile(v, [0, 0.25, 0.5, 0.75, 1])):
-            out[f"{n}.q{q}"] = float(val)
+    for n, p in params.items():
+        out |= _stats(p.reshape(-1).numpy(), n)
+    weights = [p.reshape(-1).numpy() for p in params.values() if p.dim() >= 2]
+    biases = [p.reshape(-1).numpy() for p in params.values() if p.dim() < 2]
+    if weights:
+        out |= _stats(np.concatenate(weights), "all_weights") | _stats(weights[0], "first_layer") \
+            | _stats(weights[-1], "last_layer")
+    if biases:
+        out |= _stats(np.concatenate(biases), "all_biases")
     return out

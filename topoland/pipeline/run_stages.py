@@ -181,7 +181,8 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
 
 
 #: the feature groups whose columns are scored as generalization measures, and the blocks fed to
-#: the supervised baselines (besides the per-tensor weight statistics)
+#: the supervised baselines (besides the per-tensor weight statistics; validation-split columns
+#: left out of them)
 SCORED_GROUPS = ("measures", "curvature", "surface", "topology", "trajectory")
 BASELINE_GROUPS = ("topology", "trajectory", "measures")
 
@@ -189,7 +190,7 @@ BASELINE_GROUPS = ("topology", "trajectory", "measures")
 def _score_measures(store: RunStore, cfg: dict, ft, out: Path) -> list[str]:
     """Score every measure against the gap over the comparable minima (``scores`` table and the
     supervised baselines' predictions); returns the notes."""
-    from topoland.analysis import AnalysisError, score_population
+    from topoland.analysis import AnalysisError, is_validation_derived, score_population
     from topoland.runs.store import write_table
     a = cfg["analysis"]
     gap = a["score_gap"]
@@ -199,17 +200,26 @@ def _score_measures(store: RunStore, cfg: dict, ft, out: Path) -> list[str]:
     if "reached_target" in frame:   # minima that missed the stopping criterion are not comparable
         frame = frame[frame["reached_target"].astype("boolean").fillna(True).astype(bool)]
     hps = [c for c in config_settings(ft) if c != "run.seed" and frame[c].astype(str).nunique() > 1]
+    if "model" in hps and "model.name" in hps:   # the architecture axis holds the name
+        hps.remove("model.name")
     cols = [c for g in SCORED_GROUPS if g in ft.groups for c in ft.groups[g] if frame[c].notna().sum() >= 4]
     if not hps or not cols or len(frame) < 4:
         return [f"measure scores: {len(frame)} comparable minima, {len(hps)} varying settings and {len(cols)} "
                 "measures; scores need 4 minima, one setting and one measure"]
+    # a topology filtered by validation loss sees held-out data: scored, but as "validation"
+    from topoland.runs.config import defaults
+    base = defaults()["topology"]["value"]
+    values = {store.cell_config(c).get("topology", {}).get("value", base) for c in frame.index}
+    validation = [c for c in ft.groups.get("topology", []) if values & {"val_loss", "val_acc"}]
     baselines = {"weights": weight_statistics_table(store, frame.index)}
-    baselines |= {g: frame[ft.groups[g]] for g in BASELINE_GROUPS if g in ft.groups}
+    baselines |= {g: frame[[c for c in ft.groups[g] if c not in validation and not is_validation_derived(c)]]
+                  for g in BASELINE_GROUPS if g in ft.groups}
     baselines = {k: v for k, v in baselines.items() if len(v.columns)}
     try:
         table, pred, notes = score_population(
             frame, cols, gap=gap, hyperparameters=hps, seed_column="run.seed" if "run.seed" in frame else None,
-            baselines=baselines, n_boot=a["score_boot"], seed=cfg["run"]["seed"], p_adjust=a["p_adjust"])
+            baselines=baselines, n_boot=a["score_boot"], seed=cfg["run"]["seed"], p_adjust=a["p_adjust"],
+            validation=validation)
     except AnalysisError as e:
         return [f"measure scores: {e}"]
     write_table(table, out / layout.SCORES)

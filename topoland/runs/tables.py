@@ -60,7 +60,12 @@ def minima_table(run_dir) -> "pd.DataFrame":
         st = stages[stages.cell_id == c.cell_id].set_index("stage")["status"].to_dict()
         row["stages"] = " ".join(f"{s}:{st[s][0]}" for s in CELL_STAGES if s in st) or "-"
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if "model" in out:  # an architecture axis: extra cells that keep the base [model] show it too
+        from topoland.runs.config import model_label
+        base = {c.cell_id: model_label(c.settings["model"]) for c in cells.itertuples()}
+        out["model"] = [base[cid] if pd.isna(v) else v for cid, v in zip(out.cell_id, out["model"])]
+    return out
 
 
 def done_cells(store: RunStore, stage: str) -> list[str]:
