@@ -73,3 +73,16 @@ def test_an_axis_determined_by_another_is_dropped_with_a_note():
     assert "model.name is determined by model over the scored models: not a separate axis" in notes
     assert "tau_model.name" not in table and "tau_decayed" not in table
     assert "tau_model" in table and "tau_train.weight_decay" in table
+
+
+def test_held_out_p_values_are_adjusted_over_the_measures():
+    frame, weights = _population()
+    table, _, _ = score_population(frame, ["m.tracks", "m.noise"], gap="gap", n_boot=10, n_permutations=199,
+                                   hyperparameters=["train.weight_decay", "train.batch_size"],
+                                   seed_column="run.seed", baselines={"weights": weights})
+    t = table.set_index("measure")
+    assert t.loc["m.tracks", "held_out_p"] == pytest.approx(1 / 200)       # no relabelling does as well
+    assert t.loc["m.noise", "held_out_p"] > 0.05
+    # Holm over the three held-out rows: the smallest p is multiplied by 3
+    assert t.loc["m.tracks", "held_out_p_adjusted"] == pytest.approx(3 / 200)
+    assert (t["held_out_p_adjusted"] >= t["held_out_p"]).all()

@@ -308,3 +308,23 @@ def test_a_feature_table_and_group_prefixed_names(grid):
     ft = FeatureTable(frame=frame, groups={"surface": ["surface.good"]}, settings=HP, metrics=["gap"])
     assert kendall_tau(ft, "good") == kendall_tau(grid, "good")
     assert score_measures(ft, ["good"], hyperparameters=HP, n_boot=2, n_permutations=2).measure.iat[0] == "surface.good"
+
+
+def test_psi_permutation_test():
+    import itertools
+
+    from topoland.analysis import granulated_kendall, psi_permutation_test
+    rng = np.random.default_rng(1)
+    rows = [{"a": a, "b": b, "gap": a + 2 * b + 0.1 * rng.normal()} for a, b, _ in itertools.product(range(3), range(3), range(2))]
+    df = pd.DataFrame(rows)
+    df["m"] = df["gap"] + 0.01 * rng.normal(size=len(df))
+    df["noise"] = rng.normal(size=len(df))
+    out = psi_permutation_test(df, "m", hyperparameters=["a", "b"], n_permutations=99, seed=0)
+    assert out["psi"] == pytest.approx(granulated_kendall(df, "m", hyperparameters=["a", "b"])["psi"])
+    assert out["p_value"] == pytest.approx(1 / 100) and out["n_permutations"] == 99
+    assert psi_permutation_test(df, "noise", hyperparameters=["a", "b"], n_permutations=99)["p_value"] > 0.05
+    # deterministic by seed
+    assert psi_permutation_test(df, "noise", hyperparameters=["a", "b"], n_permutations=99, seed=3) == \
+        psi_permutation_test(df, "noise", hyperparameters=["a", "b"], n_permutations=99, seed=3)
+    with pytest.raises(AnalysisError, match="n_permutations must be >= 1"):
+        psi_permutation_test(df, "m", hyperparameters=["a"], n_permutations=0)

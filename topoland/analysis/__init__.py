@@ -47,6 +47,7 @@ from topoland.analysis.scores import (
     kendall_tau,
     oof_prediction,
     pgdl_score,
+    psi_permutation_test,
     regressor,
     robust_sign_error,
     score_measures,
@@ -60,7 +61,7 @@ from topoland.analysis.stats import (
 )
 
 __all__ = [
-    "hashable_settings", "is_validation_derived", "regressor", "score_population",
+    "hashable_settings", "is_validation_derived", "psi_permutation_test", "regressor", "score_population",
     "FLATNESS_MEASURES", "Design", "TEST_TARGETS", "adjust_p", "check_feature_columns", "comparison_table",
     "cv_standard_error", "extra_comparison", "extra_kinds", "flatness_ordering", "grid_comparison",
     "is_test_derived", "permutation_p_min", "permutations_for_family", "stratified_permutation_test",

@@ -11,7 +11,9 @@ with a bootstrap interval, and a permutation p adjusted over the measures). Two 
   row. The prediction is scored like any measure, as ``supervised.<block>``.
 - **A held-out split.** A measure's orientation (does a larger value mean a larger gap?) and the
   supervised baselines' fits are chosen on the discovery seeds and scored on the held-out seeds:
-  ``held_out_psi`` and ``held_out_tau`` were not computed from the models they are measured on.
+  ``held_out_psi`` and ``held_out_tau`` were not computed from the models they are measured on;
+  ``held_out_p`` is Ψ's permutation p on the held-out models, ``held_out_p_adjusted`` adjusted
+  over the measures (a number that survives the held-out split and the correction).
   Seeds split in two halves by value (the lower half discovers).
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from topoland.analysis.features import AnalysisError, is_validation_derived
-from topoland.analysis.scores import granulated_kendall, kendall_tau, oof_prediction, regressor, score_measures
+from topoland.analysis.multiple import adjust_p, permutations_for_family
+from topoland.analysis.scores import (granulated_kendall, kendall_tau, oof_prediction, psi_permutation_test, regressor,
+                                      score_measures)
 
 __all__ = ["score_population", "hashable_settings"]
 
@@ -43,7 +47,8 @@ def _fit_predict(train: pd.DataFrame, test: pd.DataFrame, features, target: str,
     return pd.Series(reg.predict(test[features].to_numpy(float)), index=test.index)
 
 
-def _held_out(frame, measures, gap, hps, seed_column, baselines, estimator, seed) -> tuple[pd.DataFrame, list]:
+def _held_out(frame, measures, gap, hps, seed_column, baselines, estimator, seed, n_permutations,
+              p_adjust) -> tuple[pd.DataFrame, list]:
     seeds = sorted(frame[seed_column].unique())
     disc_seeds = seeds[: len(seeds) // 2]
     disc = frame[frame[seed_column].isin(disc_seeds)]
@@ -52,13 +57,16 @@ def _held_out(frame, measures, gap, hps, seed_column, baselines, estimator, seed
     notes.append(f"held-out split: discovery seeds {', '.join(map(str, disc_seeds))} ({len(disc)} models), "
                  f"held-out seeds {', '.join(map(str, seeds[len(seeds) // 2:]))} ({len(held)} models)")
 
+    def held_out(h, col, sign):
+        test = psi_permutation_test(h, col, gap, hps, n_permutations=n_permutations, seed=seed)
+        return {"held_out_psi": sign * test["psi"], "held_out_p": test["p_value"],
+                "held_out_tau": sign * kendall_tau(h, col, gap), "held_out_n": int(len(h))}
+
     def scored(d, h, col):
         d, h = d[d[col].notna()], h[h[col].notna()]
         psi_d = granulated_kendall(d, col, gap, hps)["psi"]
         sign = -1.0 if psi_d < 0 else 1.0
-        return {"measure": col, "discovery_psi": psi_d, "orientation": sign,
-                "held_out_psi": sign * granulated_kendall(h, col, gap, hps)["psi"],
-                "held_out_tau": sign * kendall_tau(h, col, gap), "held_out_n": int(len(h))}
+        return {"measure": col, "discovery_psi": psi_d, "orientation": sign} | held_out(h, col, sign)
 
     failed: dict[str, list[str]] = {}
     for col in measures:
@@ -78,17 +86,18 @@ def _held_out(frame, measures, gap, hps, seed_column, baselines, estimator, seed
             if len(d) < 3 or len(h) < 2:
                 raise AnalysisError(f"{len(d)} discovery and {len(h)} held-out models with every feature")
             h = h.assign(**{col: _fit_predict(d, h, feats, gap, estimator, seed)})
-            rows.append({"measure": col, "discovery_psi": np.nan, "orientation": 1.0,
-                         "held_out_psi": granulated_kendall(h, col, gap, hps)["psi"],
-                         "held_out_tau": kendall_tau(h, col, gap), "held_out_n": int(len(h))})
+            rows.append({"measure": col, "discovery_psi": np.nan, "orientation": 1.0} | held_out(h, col, 1.0))
         except AnalysisError as e:
             notes.append(f"held-out score of {col}: {e}")
-    return pd.DataFrame(rows), notes
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["held_out_p_adjusted"] = adjust_p(out["held_out_p"].to_numpy(), p_adjust)
+    return out, notes
 
 
 def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters, seed_column: str | None = None,
                      baselines: dict | None = None, estimator: str = "ridge", n_boot: int = 200,
-                     level: float = 0.95, seed: int = 0, n_permutations: int = 999,
+                     level: float = 0.95, seed: int = 0, n_permutations: int | str = "auto",
                      p_adjust: str = "holm", on_empty: str = "skip",
                      validation=()) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Score every measure column of a population against ``gap``.
@@ -107,14 +116,16 @@ def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters
         validation: measure columns computed from the validation split (held-out data, unlike a
             generalization measure, which sees only the training data and the weights); columns
             whose name carries the token ``val`` count too. Their ``kind`` is "validation".
+        n_permutations: relabellings of the permutation test of each tau; "auto": at least 999
+            and 4x the fewest whose smallest p survives Holm over the measures.
         on_empty: PGDL slices (value combinations of two axes) without models: "skip" (a
             population with extra cells, e.g. bad minima at a few settings, has them) or "raise".
 
-    Returns ``(scores, predictions, notes)``: the score table (one row per measure, columns of
-    :func:`~topoland.analysis.scores.score_measures` plus ``kind`` (measure / validation /
-    supervised) and,
-    with seeds, ``discovery_psi``, ``orientation``, ``held_out_psi``, ``held_out_tau``,
-    ``held_out_n``), the supervised predictions (models x baselines) and notes.
+    Returns ``(scores, predictions, notes)``: the score table (one row per measure: the columns of
+    :func:`~topoland.analysis.scores.score_measures`, ``kind`` (measure / validation /
+    supervised) and, with seeds, ``discovery_psi``, ``orientation``, ``held_out_psi``,
+    ``held_out_p``, ``held_out_p_adjusted``, ``held_out_tau``, ``held_out_n``), the supervised
+    predictions (models x baselines) and notes.
     """
     if gap not in frame.columns:
         raise AnalysisError(f"the population has no gap column {gap!r}")
@@ -158,13 +169,16 @@ def score_population(frame: pd.DataFrame, measures, *, gap: str, hyperparameters
     pred = pd.DataFrame(preds, index=frame.index)
     full = frame.join(pred) if len(pred.columns) else frame
     cols = list(measures) + list(pred.columns)
+    if n_permutations == "auto":   # enough that the smallest p can survive Holm over the family
+        n_permutations = max(999, 4 * permutations_for_family(len(cols)))
     table = score_measures(full, cols, gap, hps, n_boot=n_boot, level=level, seed=seed,
                            n_permutations=n_permutations, p_adjust=p_adjust, on_empty=on_empty)
     validation = set(validation) | {c for c in cols if is_validation_derived(c)}
     table["kind"] = ["supervised" if m.startswith("supervised.") else "validation" if m in validation else "measure"
                      for m in table["measure"]]
     if seed_column is not None and seed_column in frame and frame[seed_column].nunique() >= 2:
-        held, held_notes = _held_out(full, list(measures), gap, hps, seed_column, baselines, estimator, seed)
+        held, held_notes = _held_out(full, list(measures), gap, hps, seed_column, baselines, estimator, seed,
+                                     n_permutations, p_adjust)
         notes += held_notes
         if not held.empty:
             table = table.merge(held, on="measure", how="left")

@@ -316,6 +316,31 @@ def pgdl_score(table, measure, gap="gap", hyperparameters=(), *, on_empty="raise
     return float(per.min())
 
 
+def psi_permutation_test(table, measure, gap="gap", hyperparameters=(), *, n_permutations: int = 999,
+                         seed: int = 0) -> dict:
+    """Ψ of ``measure`` (:func:`granulated_kendall`) and its permutation p-value: the measure's
+    values are shuffled over the models (null: the measure is unrelated to the gap), two-sided,
+    ``p = (1 + #{|Ψ*| >= |Ψ|}) / (1 + n_permutations)``.
+
+    Returns ``{"psi": float, "p_value": float, "n_permutations": int}``.
+    """
+    if n_permutations < 1:
+        raise AnalysisError(f"n_permutations must be >= 1, got {n_permutations}")
+    m, cols, _, p = _pairs_of(table, measure, gap, hyperparameters, "psi_permutation_test")
+    i, j = p.iu
+
+    def psi(v):
+        return float(np.mean(_axis_taus(p, (_signs(v) * p.sg)[i, j])))
+
+    obs = psi(m)
+    if np.isnan(obs):
+        raise AnalysisError(f"psi_permutation_test: Ψ of {measure!r} is undefined (an axis has no group of "
+                            "two models)")
+    rng = np.random.default_rng(seed)
+    hits = sum(abs(psi(rng.permutation(m))) >= abs(obs) - 1e-12 for _ in range(n_permutations))
+    return {"psi": obs, "p_value": (1 + hits) / (1 + n_permutations), "n_permutations": int(n_permutations)}
+
+
 def _environment_name(cols, values, codes, axis, row) -> str:
     rest = [f"{c}={values[k][codes[row, k]]!r}" for k, c in enumerate(cols) if k != axis]
     return f"{cols[axis]} varies" + (f", {', '.join(rest)}" if rest else " (no other axis)")

@@ -21,6 +21,7 @@ typical session:
   topoland list runs/quickstart                     # the minima and their metrics
   topoland compare runs/quickstart --by train.weight_decay --metric topology.activity_h0
   topoland report runs/quickstart                   # rewrite the PDF
+  topoland score measures.csv --measure all --gap acc_gap --hp train.weight_decay,train.batch_size
 
 every subcommand has --help; config keys: topoland config --keys
 """

@@ -17,34 +17,58 @@ __all__ = ["measure_pages"]
 _TOP = 6   # measures drawn against the gap
 
 
-def _ci(t: pd.DataFrame, col: str, scale: float = 1.0) -> pd.Series:
+def _ci(t: pd.DataFrame, col: str, scale: float = 1.0, digits: int = 2) -> pd.Series:
+    """``"0.41 [0.05, 0.68]"``: the score and its bootstrap interval, ``digits`` decimals."""
+    def f(v):
+        return "–" if not np.isfinite(v) else f"{v * scale:.{digits}f}"
     lo, hi = t.get(f"{col}_ci_low"), t.get(f"{col}_ci_high")
     if lo is None or hi is None:
-        return (t[col] * scale).map(fmt)
-    return pd.Series([f"{fmt(v * scale)} [{fmt(a * scale)}, {fmt(b * scale)}]"
-                      for v, a, b in zip(t[col], lo, hi)], index=t.index)
+        return t[col].map(f)
+    return pd.Series([f"{f(v)} [{f(a)}, {f(b)}]" for v, a, b in zip(t[col], lo, hi)], index=t.index)
+
+
+def _two(v) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
 
 def _axes(t: pd.DataFrame) -> list[str]:
     return [c for c in t.columns if c.startswith("tau_") and c not in ("tau_p_value", "tau_p_adjusted")
-            and not c.endswith(("_ci_low", "_ci_high"))]
+            and not c.endswith(("_ci_low", "_ci_high", "_boot_discarded"))]
+
+
+def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
+    """Ranked by |Ψ| (a measure may rank the gap backwards: its sign is in the table, and the
+    held-out column says whether an orientation chosen on other seeds holds)."""
+    return (scores.assign(_a=scores["psi"].abs()).sort_values("_a", ascending=False, na_position="last")
+            .drop(columns="_a").reset_index(drop=True))
 
 
 def score_summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """The printed score table: one row per measure, ranked by Ψ (intervals in brackets; PGDL x 100)."""
-    t = scores.sort_values("psi", ascending=False, na_position="last").reset_index(drop=True)
+    """The printed score table: one row per measure ranked by |Ψ| (intervals in brackets; PGDL x 100)."""
+    t = _ranked(scores)
     show = pd.DataFrame({"rank": np.arange(1, len(t) + 1), "measure": t["measure"], "kind": t.get("kind", "")})
     show["tau"] = _ci(t, "kendall_tau")
     show["psi"] = _ci(t, "psi")
-    for ax in _axes(t):
-        show[ax] = t[ax].map(fmt)
-    show["pgdl x100"] = _ci(t, "pgdl", 100.0)
-    show["robust sign error"] = t["robust_sign_error"].map(fmt)
+    show["pgdl x100"] = _ci(t, "pgdl", 100.0, 1)
+    show["sign error: worst env"] = t["robust_sign_error"].map(_two)
+    if "mean_sign_error" in t:
+        show["sign error: mean env"] = t["mean_sign_error"].map(_two)
     if "tau_p_adjusted" in t:
         show["tau p_adj"] = t["tau_p_adjusted"].map(fmt)
     if "held_out_psi" in t:
-        show["held-out psi"] = t["held_out_psi"].map(fmt)
-        show["held-out tau"] = t["held_out_tau"].map(fmt)
+        show["held-out psi"] = t["held_out_psi"].map(_two)
+        show["held-out tau"] = t["held_out_tau"].map(_two)
+    if "held_out_p_adjusted" in t:
+        show["held-out psi p_adj"] = t["held_out_p_adjusted"].map(fmt)
+    return show
+
+
+def axis_summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Every measure's tau along each axis (the terms of Ψ), in the order of :func:`score_summary`."""
+    t = _ranked(scores)
+    show = pd.DataFrame({"rank": np.arange(1, len(t) + 1), "measure": t["measure"], "psi": t["psi"].map(_two)})
+    for ax in _axes(t):
+        show[ax] = t[ax].map(_two)
     return show
 
 
@@ -56,20 +80,20 @@ def measure_pages(w: Writer, scores: pd.DataFrame | None, frame: pd.DataFrame,
     if scores is None or scores.empty:
         w.note("Analysis", f"{title}: no measure scores (see the analysis notes)")
         return
-    show = score_summary(scores)
     n = int(scores["n_models"].max()) if "n_models" in scores else len(frame)
-    w.table_pages(title, show, col_width=13, footer=textwrap.fill(
-        f"{n} models; gap = {gap}. tau: Kendall tau-a of measure and gap over all pairs; psi: Jiang et al.'s "
-        "granulated tau, the mean over axes of the tau within groups that agree on every other axis (one "
-        "column per axis); pgdl x100: conditional mutual information of the pair orderings given two "
-        "hyperparameters, minimum over pairs (the NeurIPS 2020 competition's score); robust sign error: "
-        "the worst share of pairs differing in one hyperparameter that the measure orders wrongly. "
-        "Brackets: percentile bootstrap over models. tau p_adj: permutation p, adjusted over the measures. "
-        "supervised.<block>: out-of-fold ridge prediction of the gap from that block (each model's "
-        "prediction never saw its row); held-out: orientation and fits chosen on the discovery seeds, "
-        "scored on the others. Larger tau/psi/pgdl = better predictor; a negative psi means the measure "
-        "ranks the gap backwards.", 230))
-    top = scores.assign(_a=scores["psi"].abs()).sort_values("_a", ascending=False).head(_TOP)["measure"].tolist()
+    w.table_pages(title, score_summary(scores), col_width=14, footer=textwrap.fill(
+        f"{n} models, gap = {gap}; ranked by |psi|. tau: Kendall tau-a; psi: Jiang et al.'s granulated tau "
+        "(per-axis terms on the next pages); pgdl: the NeurIPS 2020 competition's conditional mutual "
+        "information (ignores the sign); sign error: share of pairs differing in one setting ordered wrongly, "
+        "worst and mean environment. [ ]: bootstrap interval over models. p_adj: permutation p of tau, "
+        "adjusted over the measures. supervised.<block>: out-of-fold ridge prediction of the gap. held-out: "
+        "orientation and fits from the discovery seeds, scored on the others, with Ψ's permutation p adjusted over "
+        "the measures: the column that survives a split and a correction. kind validation: uses the "
+        "validation split (held-out data). Definitions: docs/analysis.md.", 200))
+    w.table_pages(f"{title}: tau along each axis", axis_summary(scores), col_width=16, footer=textwrap.fill(
+        "tau along an axis: the Kendall tau within groups of models that agree on every other setting (seeds "
+        "pooled), averaged over the groups; psi is their mean.", 200))
+    top = _ranked(scores).head(_TOP)["measure"].tolist()
     data = frame.copy()
     if predictions is not None and not predictions.empty:
         data = data.join(predictions.set_index("cell_id"), how="left")
@@ -87,7 +111,13 @@ def measure_pages(w: Writer, scores: pd.DataFrame | None, frame: pd.DataFrame,
 
         def draw(ax, m=m):
             ok = data[[m, gap]].dropna()
-            ax.scatter(ok[m], ok[gap], s=14, color="C0")
+            hue = data.loc[ok.index, "model"].astype(str) if "model" in data else None
+            if hue is not None and hue.nunique() > 1:  # an architecture axis: one colour each
+                for k, (label, idx) in enumerate(ok.groupby(hue).groups.items()):
+                    ax.scatter(ok.loc[idx, m], ok.loc[idx, gap], s=14, color=f"C{k}", label=label)
+                ax.legend(fontsize=MIN_FONT_PT, loc="best")
+            else:
+                ax.scatter(ok[m], ok[gap], s=14, color="C0")
             for cid, x, y in zip(ok.index, ok[m], ok[gap]):
                 ax.annotate(names.get(cid, str(cid)), (x, y), fontsize=MIN_FONT_PT, xytext=(2, 2),
                             textcoords="offset points", color="0.45")
