@@ -46,3 +46,14 @@ def test_bench_sampler_runs():
     out = _bench("bench_sampler.py", "--model", "quickstart", "--directions", "1", "--steps", "0.5", "1.0",
                  "--epochs", "1", "--n-train", "256", "--repeat", "1", "--threads", "1")
     assert "speed ratio" in out and "retrain epochs/s" in out
+
+
+def test_bench_study_runs(tmp_path):
+    out = _bench("bench_study.py", "--config", str(ROOT / "tests" / "data" / "tiny_measures.toml"),
+                 "--out", str(tmp_path / "study"), "--budget", "1", timeout=600)
+    assert "exit status: 0" in out and "ratio" in out and "measures" in out
+    assert (tmp_path / "reports" / "study.pdf").is_file()
+    again = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "bench_study.py"),
+                            "--out", str(tmp_path / "study")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert again.returncode == 2 and "exists" in again.stderr

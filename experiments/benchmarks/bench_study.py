@@ -3,8 +3,8 @@
     python experiments/benchmarks/bench_study.py                       # the _small variant, 20 min
     python experiments/benchmarks/bench_study.py --config experiments/generalization_measures.toml --budget 90
 
-Runs ``topoland run CONFIG --out OUT`` in a subprocess (OUT must not exist: the run starts from
-nothing), then prints the total wall time, its ratio to the budget, and the seconds each stage took
+Runs ``topoland run CONFIG --out OUT`` in a subprocess from OUT's parent folder (OUT must not
+exist: the run starts from nothing; the PDF goes to that folder's ``reports/``), then prints the total wall time, its ratio to the budget, and the seconds each stage took
 summed over the cells (from the run's index). A benchmark, not a test: it prints what it measured.
 """
 from __future__ import annotations
@@ -24,12 +24,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="a new run directory")
     p.add_argument("--budget", type=float, default=20.0, help="minutes")
     a = p.parse_args(argv)
-    out = Path(a.out)
+    out = Path(a.out).resolve()
     if out.exists():
         print(f"error: --out '{out}' exists; the benchmark times a run from nothing", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "topoland.cli", "run", a.config, "--out", str(out), "--quiet"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # from the run directory's parent, so the report lands in its reports/ folder
+    r = subprocess.run([sys.executable, "-m", "topoland.cli", "run", str(Path(a.config).resolve()), "--out", str(out),
+                        "--quiet"], cwd=out.parent)
     wall = time.perf_counter() - t0
     if not (out / "index.sqlite").is_file():
         print(f"error: the run wrote no run directory at '{out}' (exit status {r.returncode})", file=sys.stderr)
