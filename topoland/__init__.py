@@ -2,6 +2,7 @@
 
 ``import topoland as tl`` gives the main API (imported on first use)::
 
+    data = tl.DataSplits.from_tensors(train=(x, y), test=(x_test, y_test))  # or tl.load_dataset("digits")
     samples = tl.jump_and_retrain(model, data, directions=4, epochs=10)
     topo = tl.topology_of_samples(samples.table, params=samples.params, n_resamples=50)
     plane = tl.random_plane(model, data.x_train, data.y_train, grid=21)
@@ -11,7 +12,7 @@ from topoland._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    **dict.fromkeys(("DataSplits", "load_dataset"), "topoland.data"),
+    **dict.fromkeys(("DataSplits", "load_dataset", "as_splits", "as_pair"), "topoland.data"),
     **dict.fromkeys(("build_model",), "topoland.nets"),
     **dict.fromkeys(("TrainRecipe", "train_minimum"), "topoland.train"),
     **dict.fromkeys(("jump_and_retrain", "SampleResult", "load_samples", "save_samples",

@@ -1,6 +1,9 @@
 """Datasets, splits, augmentation and label corruption.
 
-Every dataset is returned as in-memory float32 tensors in a :class:`DataSplits`.
+Every dataset is returned as in-memory float32 tensors in a :class:`DataSplits`. Your own data
+enters through :meth:`DataSplits.from_tensors` / :meth:`DataSplits.from_datasets`, and every entry
+point that takes data converts it with :func:`as_splits` / :func:`as_pair` (these live in
+:mod:`topoland.splits`, re-exported here).
 
 Pipeline of :func:`load_dataset` (each random step has its own seeded generator):
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import functools
 import os
 import random as _pyrandom
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,58 +32,10 @@ from torch import Tensor
 from topoland import checks
 from topoland.declare import Param, declare, none_if_zero
 from topoland.errors import ConfigError, DataError
+from topoland.splits import (DataSplits, _gen, _stratified_holdout, as_pair, as_splits,  # noqa: F401 (re-exported)
+                             kind_of, materialize)
 
 DATASETS: tuple[str, ...] = ("mnist1d", "digits", "synthetic", "cifar10", "mnist", "fashion_mnist")
-
-_SEED_TAGS = {"subsample_train": 1, "subsample_test": 2, "val": 3, "labels": 4, "synthetic": 5}
-
-
-@dataclass
-class DataSplits:
-    """Train / validation / test tensors of one dataset.
-
-    ``x_*`` are float32 ``(N, *input_shape)``; ``y_*`` are int64 ``(N,)``. ``y_train`` may be
-    corrupted; ``y_train_clean`` holds the labels before corruption. ``meta`` records the
-    normalization statistics and the seeds used.
-    """
-
-    name: str
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    input_shape: tuple[int, ...]
-    num_classes: int
-    kind: str
-    y_train_clean: Tensor
-    meta: dict = field(default_factory=dict)
-
-    def split(self, name: str) -> tuple[Tensor, Tensor]:
-        """Return ``(x, y)`` of the split ``"train"``, ``"val"`` or ``"test"``."""
-        if name not in ("train", "val", "test"):
-            raise ConfigError(f"split must be 'train', 'val' or 'test', got {name!r}")
-        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
-
-    @property
-    def noisy_mask(self) -> Tensor:
-        """Boolean ``(N_train,)``: training labels that differ from the clean ones."""
-        return self.y_train != self.y_train_clean
-
-
-# --------------------------------------------------------------------------- seeds
-
-
-def _derived_seed(seed: int, tag: str) -> int:
-    """Independent stream per purpose: the same user seed never gives correlated draws."""
-    return int(np.random.SeedSequence([int(seed), _SEED_TAGS[tag]]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _gen(seed: int, tag: str) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(_derived_seed(seed, tag))
-    return g
 
 
 # --------------------------------------------------------------------------- raw loaders
@@ -300,20 +254,6 @@ def _subsample(n_total: int, n: int | None, g: torch.Generator, what: str) -> Te
     if n > n_total:
         raise ConfigError(f"{what}={n} exceeds the {n_total} examples available")
     return torch.randperm(n_total, generator=g)[:n].sort().values
-
-
-def _stratified_holdout(y: Tensor, fraction: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Indices ``(keep, held)``: per class ``round(fraction * count)`` examples are held out."""
-    perm = torch.randperm(len(y), generator=g)
-    held = []
-    for c in torch.unique(y).tolist():
-        members = perm[y[perm] == c]
-        k = int(round(fraction * len(members)))
-        held.append(members[:k])
-    held_idx = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
-    mask = torch.ones(len(y), dtype=torch.bool)
-    mask[held_idx] = False
-    return torch.nonzero(mask).flatten(), held_idx
 
 
 def _channel_stats(x: Tensor, kind: str) -> tuple[Tensor, Tensor]:

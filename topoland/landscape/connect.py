@@ -19,15 +19,17 @@ def connect_models(model_a, model_b, data, *, method="neb", n_images=9, steps=10
                    climbing=False, n_samples=0, batch_size=0, seed=0, device="auto") -> dict:
     """Find a low-loss path between two minima of one architecture and measure its barriers.
 
+    data: a DataSplits or a mapping of splits (:func:`topoland.data.as_splits`); train and test are read.
     Returns ``{"profiles": {"linear": df, method: df}, "barriers": {name: {...}}, "images": (K, D)}``;
     profiles hold train/test loss and error at 61 points, BN statistics recomputed at every
     point for BN networks.
     """
     import torch
 
-    from topoland.data import seeded_subset
+    from topoland.data import as_splits, seeded_subset
     from topoland.landscape import paths as P
     from topoland.nets import flatten, get_params, has_batchnorm
+    data = as_splits(data, what="connect_models data")
     theta_a = flatten(get_params(model_a)).float()
     theta_b = flatten(get_params(model_b)).float()
     if theta_a.shape != theta_b.shape:

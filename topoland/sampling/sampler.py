@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from topoland import checks
+from topoland.data import as_splits
 from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 from topoland.nets.directions import as_flat, filter_normalized_direction
@@ -163,7 +164,9 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
     model: the architecture; its parameters are θ* unless ``params`` is given (a ``{name:
     tensor}`` dict or a flat ``(D,)`` vector over the trainable parameters in module order);
     its buffers (BN running statistics) are θ*'s unless ``buffers`` is given. The model is not
-    modified. data: a :class:`topoland.data.DataSplits`. directions: the number of
+    modified. data: a :class:`topoland.data.DataSplits` or a mapping ``{"train", ("val",) "test"}``
+    of ``(x, y)`` pairs / Datasets (:func:`topoland.data.as_splits`; every split is recorded, so
+    one pair is not enough). directions: the number of
     filter-normalized directions (seeds from :func:`direction_seeds`), or explicit directions
     ``(n_dir, D)`` / a list of parameter dicts. Every direction is used with every step:
     J = n_dir x len(steps) trajectories, ``t = direction * len(steps) + step_index``.
@@ -178,6 +181,7 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
     progress: called as ``progress(done, total)`` in trajectory-epochs.
     Returns a :class:`SampleResult` with N = J x (1 + epochs x records_per_epoch) snapshots.
     """
+    data = as_splits(data, what="jump_and_retrain data")
     device = resolve_device(device)
     steps = [float(s) for s in steps]
     _check_args(storage, steps, directions, epochs, records_per_epoch, lr, momentum, weight_decay,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from topoland import checks
-from topoland.data import DataSplits, augment_batch, minibatch_order
+from topoland.data import DataSplits, as_pair, augment_batch, kind_of, minibatch_order
 from topoland.declare import Param, declare
 from topoland.errors import TopolandError
 from topoland.train.optim import update_bn
@@ -71,12 +71,15 @@ class FGEResult:
     "momentum": Param((int, float), 0.9, checks.frac, "FGE: SGD momentum"),
     "weight_decay": Param((int, float), 5e-4, checks.nonneg, "FGE: L2 weight decay"),
 })
-def fast_geometric_ensemble(model: nn.Module, data: DataSplits, *, cycles: int = 4, cycle_epochs: int = 2,
+def fast_geometric_ensemble(model: nn.Module, data, *, cycles: int = 4, cycle_epochs: int = 2,
                             lr1: float = 0.05, lr2: float = 5e-4, schedule: str = "triangular",
                             momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 128,
                             augment: bool = False, bn: str = "recompute", seed: int = 0,
                             device="auto") -> FGEResult:
     """Collect ``cycles`` snapshots around the minimum held by ``model`` (trained in place).
+
+    data: only its training split is used: a DataSplits, a mapping of splits, or one ``(x, y)``
+    pair / map-style Dataset (:func:`topoland.data.as_pair`).
 
     bn: "recompute" (BN statistics of every snapshot recomputed on the training inputs, as
     for SWA) or "running" (the running statistics at snapshot time). ``seed`` drives the
@@ -93,7 +96,9 @@ def fast_geometric_ensemble(model: nn.Module, data: DataSplits, *, cycles: int =
         raise EnsembleError(f"bn must be 'recompute' or 'running', got {bn!r}")
     dev = resolve_device(device)
     model.to(dev)
-    x, y = data.x_train.to(dev), data.y_train.to(dev)
+    x, y = as_pair(data, "train", what="fast_geometric_ensemble data")
+    kind = data.kind if isinstance(data, DataSplits) else kind_of(x)
+    x, y = x.to(dev), y.to(dev)
     g = make_generator(seed)
     has_bn = has_batchnorm(model)
     n_batches = len(minibatch_order(len(y), batch_size, make_generator(0)))
@@ -113,7 +118,7 @@ def fast_geometric_ensemble(model: nn.Module, data: DataSplits, *, cycles: int =
                 idx = idx.to(dev)
                 xb, yb = x[idx], y[idx]
                 if augment:
-                    xb = augment_batch(xb, data.kind, g)
+                    xb = augment_batch(xb, kind, g)
                 for group in opt.param_groups:
                     group["lr"] = lrs[i]
                 loss = nn.functional.cross_entropy(model(xb), yb)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from topoland import checks
-from topoland.data import DataSplits, augment_batch, minibatch_order
+from topoland.data import DataSplits, as_splits, augment_batch, minibatch_order
 from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 from topoland.nets.params import has_batchnorm
@@ -447,8 +447,9 @@ def evaluate_model(model: nn.Module, data: DataSplits, device="auto", *, batch_s
     Keys: ``train_loss, train_acc`` (against the possibly corrupted training labels),
     ``train_clean_loss, train_clean_acc`` (against the clean ones), ``val_loss, val_acc,
     test_loss, test_acc``, ``gap = test_loss - train_loss`` and ``acc_gap = train_acc - test_acc``.
-    The model is moved to ``device``.
+    The model is moved to ``device``. data: anything :func:`topoland.data.as_splits` takes.
     """
+    data = as_splits(data, what="evaluate_model data")
     dev = resolve_device(device)
     model.to(dev)
     out = {}
@@ -470,7 +471,8 @@ def evaluate_model(model: nn.Module, data: DataSplits, device="auto", *, batch_s
 
 def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = TrainRecipe(), *, seed: int = 0,
                   device="auto", progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
-    """Train ``model`` in place on ``data`` following ``recipe``; return weights and metrics.
+    """Train ``model`` in place on ``data`` (a DataSplits or a mapping of splits: :func:`topoland.data.as_splits`)
+    following ``recipe``; return weights and metrics.
 
     ``seed`` drives minibatch order, augmentation and pretraining labels (see module doc).
     ``progress(epoch, total_epochs, row)`` is called after each epoch (1-based, pretraining
@@ -480,6 +482,7 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
     """
     if not isinstance(recipe, TrainRecipe):
         raise ConfigError(f"recipe must be a TrainRecipe, got {type(recipe).__name__}")
+    data = as_splits(data, what="train_minimum data")
     t0 = time.perf_counter()
     dev = resolve_device(device)
     model.to(dev)
