@@ -216,8 +216,9 @@ def test_analysis_adjustment_and_permutation_keys():
 
 #: single-key corruptions that are valid on purpose: the empty root (no folder), an empty
 #: milestone list (a constant learning rate), no classifier targets (the analysis still
-#: correlates and compares)
-_VALID_CORRUPTIONS = {("data.root", '""'), ("train.milestones", "[]"), ("analysis.targets", "[]")}
+#: correlates and compares), the empty data factory (none: a built-in dataset)
+_VALID_CORRUPTIONS = {("data.root", '""'), ("train.milestones", "[]"), ("analysis.targets", "[]"),
+                      ("data.factory", '""')}
 
 
 def _toml_value(v):

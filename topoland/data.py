@@ -3,7 +3,9 @@
 Every dataset is returned as in-memory float32 tensors in a :class:`DataSplits`. Your own data
 enters through :meth:`DataSplits.from_tensors` / :meth:`DataSplits.from_datasets`, and every entry
 point that takes data converts it with :func:`as_splits` / :func:`as_pair` (these live in
-:mod:`topoland.splits`, re-exported here).
+:mod:`topoland.splits`, re-exported here). A config reaches your data through a factory:
+``load_dataset("custom", factory="package.module:function", kwargs={...})`` (``[data] name =
+"custom"``), which imports that module and calls the function: it runs your code.
 
 Pipeline of :func:`load_dataset` (each random step has its own seeded generator):
 
@@ -21,6 +23,7 @@ Pipeline of :func:`load_dataset` (each random step has its own seeded generator)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random as _pyrandom
@@ -30,7 +33,7 @@ import torch
 from torch import Tensor
 
 from topoland import checks
-from topoland.declare import Param, declare, none_if_zero
+from topoland.declare import Param, call_factory, declare, factory_call, load_factory, none_if_zero
 from topoland.errors import ConfigError, DataError
 from topoland.splits import (DataSplits, _gen, _stratified_holdout, as_pair, as_splits,  # noqa: F401 (re-exported)
                              kind_of, materialize)
@@ -276,7 +279,7 @@ def random_labels(n: int, num_classes: int, seed: int) -> Tensor:
 
 
 @declare({
-    "name": Param((str,), "mnist1d", checks.one_of(*DATASETS), "dataset"),
+    "name": Param((str,), "mnist1d", checks.one_of(*DATASETS, "custom"), "dataset ('custom': made by factory)"),
     "root": Param((str,), "", None, "local folder of torchvision datasets", arg=none_if_zero),
     "download": Param((bool,), False, None, "let torchvision download where a network exists"),
     "val_fraction": Param((int, float), 0.1, checks.frac, "share of the training set held out for validation"),
@@ -287,11 +290,14 @@ def random_labels(n: int, num_classes: int, seed: int) -> Tensor:
     "label_seed": Param((int,), 0, checks.seed, "seed of the label corruption"),
     "synthetic": Param((dict,), {}, checks.synthetic_opts,
                       "synthetic set: n_train, n_test, num_classes, input_shape, separation, noise", arg=none_if_zero),
+    "factory": Param((str,), "", None, "name = 'custom': 'package.module:function' making the set (imports "
+                     "and runs your code)", arg=none_if_zero),
+    "kwargs": Param((dict,), {}, None, "name = 'custom': the factory's keyword arguments", arg=none_if_zero),
 })
 def load_dataset(name: str, *, root=None, seed: int = 0, val_fraction: float = 0.1, val_seed=None,
                  label_noise: float = 0.0, label_seed=None, download: bool = False,
                  n_train: int | None = None, n_test: int | None = None, normalize: bool = True,
-                 synthetic: dict | None = None) -> DataSplits:
+                 synthetic: dict | None = None, factory=None, kwargs: dict | None = None) -> DataSplits:
     """Load a dataset as :class:`DataSplits` (see the module docstring for the pipeline).
 
     ``seed`` is the generation seed of generated sets (``mnist1d``, ``synthetic``) and seeds the
@@ -300,15 +306,37 @@ def load_dataset(name: str, *, root=None, seed: int = 0, val_fraction: float = 0
     training set *before* the validation split is held out of it. ``root`` is the folder of the
     torchvision datasets. ``synthetic`` passes options to the synthetic generator
     (``n_train``, ``n_test``, ``num_classes``, ``input_shape``, ``separation``, ``noise``).
+
+    ``name = "custom"``: your own set, made by ``factory`` (``"package.module:function"``,
+    imported: your code runs; or a callable) called with ``kwargs`` and, when it names a ``seed``
+    parameter, ``seed=seed``. It returns a :class:`DataSplits` or ``(train, val, test)`` with each
+    an ``(x, y)`` pair or map-style Dataset (``val`` may be None: then ``val_fraction`` of train is
+    held out with ``val_seed``, :meth:`DataSplits.from_datasets`). Such a set is taken as given
+    (not subsampled, not standardized); ``label_noise`` / ``label_seed`` corrupt its training
+    labels as for the built-in sets. Errors name ``data.factory``.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name not in DATASETS + (CUSTOM,):
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, {CUSTOM!r}")
     if not (0.0 <= float(val_fraction) < 1.0):
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if not (0.0 <= float(label_noise) <= 1.0):
         raise ConfigError(f"label_noise must be in [0, 1], got {label_noise!r}")
     val_seed = seed if val_seed is None else val_seed
     label_seed = seed if label_seed is None else label_seed
+    if name == CUSTOM:
+        if not factory:
+            raise ConfigError("dataset 'custom' needs factory='package.module:function' (or a callable)")
+        if root or download or n_train or n_test or synthetic:
+            raise ConfigError("dataset 'custom': root, download, n_train, n_test and synthetic do not apply "
+                              "(its factory makes the set; pass its options in kwargs)")
+        data = _custom_dataset(factory, kwargs or {}, seed=seed, val_fraction=val_fraction, val_seed=val_seed)
+        if not label_noise:
+            return data
+        noisy = _noisy_labels(data.y_train, data.num_classes, label_noise, label_seed)
+        return dataclasses.replace(data, y_train=noisy, meta=data.meta | {"label_noise": float(label_noise),
+                                                                          "label_seed": int(label_seed)})
+    if factory or kwargs:
+        raise ConfigError(f"dataset {name!r}: factory and kwargs are read only with name = 'custom'")
 
     x_tr, y_tr, x_te, y_te, kind, num_classes = _load_raw(name, root, seed, download, synthetic)
     for split, x in (("training", x_tr), ("test", x_te)):
@@ -338,12 +366,7 @@ def load_dataset(name: str, *, root=None, seed: int = 0, val_fraction: float = 0
         meta["norm_mean"], meta["norm_std"] = mean.flatten().tolist(), std.flatten().tolist()
 
     y_clean = y_tr.clone()
-    y_noisy = y_tr.clone()
-    n_noisy = int(round(float(label_noise) * len(y_tr)))
-    if n_noisy:
-        g = _gen(label_seed, "labels")
-        which = torch.randperm(len(y_tr), generator=g)[:n_noisy]
-        y_noisy[which] = torch.randint(0, num_classes, (n_noisy,), generator=g, dtype=torch.long)
+    y_noisy = _noisy_labels(y_tr, num_classes, label_noise, label_seed)
 
     return DataSplits(
         name=name, x_train=x_tr.float().contiguous(), y_train=y_noisy,
@@ -351,6 +374,75 @@ def load_dataset(name: str, *, root=None, seed: int = 0, val_fraction: float = 0
         x_test=x_te.float().contiguous(), y_test=y_te.long(),
         input_shape=tuple(x_tr.shape[1:]), num_classes=int(num_classes), kind=kind,
         y_train_clean=y_clean, meta=meta)
+
+
+def _noisy_labels(y: Tensor, num_classes: int, label_noise: float, label_seed: int) -> Tensor:
+    """A copy of ``y`` with ``round(label_noise * N)`` labels, chosen with ``label_seed``, drawn anew."""
+    y_noisy = y.clone()
+    n_noisy = int(round(float(label_noise) * len(y)))
+    if n_noisy:
+        g = _gen(label_seed, "labels")
+        which = torch.randperm(len(y), generator=g)[:n_noisy]
+        y_noisy[which] = torch.randint(0, num_classes, (n_noisy,), generator=g, dtype=torch.long)
+    return y_noisy
+
+
+# --------------------------------------------------------------------------- your own data
+
+CUSTOM = "custom"
+#: [data] keys a custom set does not read (its factory makes the whole set)
+_NOT_FOR_CUSTOM = ("root", "download", "n_train", "n_test", "synthetic")
+
+
+def check_data_section(data: dict, where: str = "data") -> None:
+    """Check the keys of a resolved ``[data]`` section that go together (each key was checked on
+    its own): ``factory`` / ``kwargs`` only with ``name = "custom"``, which needs a factory and
+    reads none of the built-in sets' keys. For a custom set this imports the factory's module
+    (running the user's code) and checks that ``kwargs`` (and ``seed``) bind to its signature.
+    One-line :class:`ConfigError` naming ``where.key``."""
+    name, factory, kwargs = data.get("name"), data.get("factory"), data.get("kwargs")
+    if name != CUSTOM:
+        for key, value in (("factory", factory), ("kwargs", kwargs)):
+            if value:
+                raise ConfigError(f"config key '{where}.{key}' is read only with {where}.name = 'custom' "
+                                  f"(it is {name!r})")
+        return
+    if not factory:
+        raise ConfigError(f"config key '{where}.factory' is missing: {where}.name = 'custom' needs "
+                          "factory = 'package.module:function'")
+    for key in _NOT_FOR_CUSTOM:
+        if key in data and data[key] != load_dataset.parameters[key].default:
+            raise ConfigError(f"config key '{where}.{key}' does not apply to {where}.name = 'custom' (its "
+                              f"factory makes the set; give the factory options in {where}.kwargs)")
+    func = load_factory(factory, f"{where}.factory")
+    factory_call(func, kwargs or {}, {"seed": 0}, where=f"{where}.factory", spec=factory, section=f"{where}.kwargs")
+
+
+def _custom_dataset(factory, kwargs: dict, *, seed: int, val_fraction: float, val_seed: int) -> DataSplits:
+    """The :class:`DataSplits` a user factory makes (see :func:`load_dataset`, ``name = "custom"``)."""
+    spec = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
+    head = f"config key 'data.factory' = {spec!r}"
+    func = load_factory(factory, "data.factory")
+    call = factory_call(func, dict(kwargs), {"seed": int(seed)}, where="data.factory", spec=spec,
+                        section="data.kwargs")
+    out = call_factory(func, call, where="data.factory", spec=spec)
+    meta = {"source": "factory", "factory": spec, "seed": int(seed)}
+    try:
+        if isinstance(out, DataSplits):
+            if tuple(out.y_train_clean.shape) != tuple(out.y_train.shape):
+                raise DataError(f"y_train_clean has shape {tuple(out.y_train_clean.shape)}, y_train "
+                                f"{tuple(out.y_train.shape)}")
+            checked = DataSplits.from_tensors(out.split("train"), out.split("val"), out.split("test"),
+                                              name=out.name, num_classes=out.num_classes)
+            return dataclasses.replace(checked, y_train_clean=out.y_train_clean.long(), meta=dict(out.meta) | meta)
+        if isinstance(out, (tuple, list)) and len(out) == 3:
+            data = DataSplits.from_datasets(*out, name=spec, val_fraction=val_fraction, seed=val_seed)
+            return dataclasses.replace(data, meta=data.meta | meta)
+    except (DataError, ConfigError) as exc:
+        raise ConfigError(f"{head}: the factory's data are refused: {exc}") from None
+    what = type(out).__name__ + (f" of {len(out)}" if isinstance(out, (tuple, list)) else "")
+    raise ConfigError(f"{head}: the factory returned a {what}, not a DataSplits or (train, val, test) "
+                      "(each an (x, y) pair or a Dataset; val may be None)")
 
 
 # --------------------------------------------------------------------------- batching

@@ -134,3 +134,86 @@ def validate_section(section: str, params: dict[str, Param], values, *, check=No
 def none_if_zero(v):
     """``arg`` of the parameters whose config value 0 means "none" (the function takes None)."""
     return v or None
+
+
+# --------------------------------------------------------------------------- user factories
+#: the shape of a factory string: ``package.module:function`` (the attribute may be dotted)
+_FACTORY_FORM = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def load_factory(spec, where: str):
+    """The callable a factory string ``"package.module:function"`` names (or ``spec`` itself
+    when it is already callable). ``where``: the config key that holds it (``model.factory``,
+    ``data.factory``), named by every error.
+
+    This imports the module, which runs its top-level code: the user's own code (the module
+    must be importable: installed, or on ``sys.path`` / ``PYTHONPATH``). Raises one-line
+    :class:`ConfigError` naming ``where`` and ``spec`` when the string is not ``module:attr``
+    shaped, the import fails, the attribute is missing or is not callable.
+    """
+    import importlib
+    import re
+    if callable(spec):
+        return spec
+    head = f"config key '{where}' = {spec!r}"
+    if not isinstance(spec, str) or not re.fullmatch(_FACTORY_FORM, spec):
+        raise ConfigError(f"{head}: a factory is 'package.module:function' (an importable module, a colon, "
+                          "a callable in it)")
+    module_name, attr = spec.split(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module: any error its top-level code raises
+        hint = "; is it installed or on PYTHONPATH?" if isinstance(exc, ModuleNotFoundError) else ""
+        raise ConfigError(f"{head}: importing module '{module_name}' failed ({_first_line(exc)}){hint}") from exc
+    parts = attr.split(".")
+    for i, part in enumerate(parts):
+        if not hasattr(obj, part):
+            owner = f"'{module_name}:{'.'.join(parts[:i])}'" if i else f"module '{module_name}'"
+            raise ConfigError(f"{head}: {owner} has no attribute '{part}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{head}: '{attr}' is not callable (its type is {type(obj).__name__})")
+    return obj
+
+
+def factory_call(func, kwargs: dict, offered: dict, *, where: str, spec, section: str) -> dict:
+    """The keyword arguments ``func`` is called with: ``kwargs`` (the config's) plus each of
+    ``offered`` (topoland's: ``input_shape``, ``num_classes``, ``seed``) that ``func`` names as a
+    parameter (a bare ``**kwargs`` does not count: it gets only the config's keywords).
+
+    :class:`ConfigError` (one line, naming ``where``, the factory key, and ``spec``) when a
+    config keyword is one topoland passes itself, or the call could not bind (an unknown
+    keyword, a required parameter left out); ``section``: where the config keywords live
+    (``model``, ``data.kwargs``), named for a clash.
+    """
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin without a signature: call it and see
+        return dict(kwargs)
+    named = {n for n, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    head = f"config key '{where}' = {spec!r}"
+    for k in kwargs:
+        if k in offered:
+            raise ConfigError(f"config key '{section}.{k}': topoland passes {k}= to the factory {spec!r} "
+                              f"itself; remove the key")
+    call = dict(kwargs) | {k: v for k, v in offered.items() if k in named}
+    try:
+        sig.bind(**call)
+    except TypeError as exc:
+        raise ConfigError(f"{head}: cannot be called with keywords ({', '.join(call) or 'none'}): "
+                          f"{_first_line(exc).removeprefix('TypeError: ')}") from None
+    return call
+
+
+def call_factory(func, call: dict, *, where: str, spec):
+    """``func(**call)``; an exception the user's code raises becomes one :class:`ConfigError`
+    line naming ``where`` and ``spec`` (chained to the original, whose traceback it keeps)."""
+    try:
+        return func(**call)
+    except Exception as exc:  # the user's code: any error, topoland's own included (it names no key)
+        raise ConfigError(f"config key '{where}' = {spec!r}: the factory raised {_first_line(exc)}") from exc

@@ -5,6 +5,7 @@ from topoland._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("MLP", "CNN", "WideResNet", "CifarResNet", "MODELS", "build_model",
                      "count_parameters"), "topoland.nets.models"),
+    **dict.fromkeys(("is_external",), "topoland.nets.external"),
     **dict.fromkeys(("ParamsError", "param_names", "buffer_names", "get_params", "get_buffers",
                      "flatten", "unflatten", "stack", "has_batchnorm"), "topoland.nets.params"),
     **dict.fromkeys(("functional_logits", "batched_grad"), "topoland.nets.functional"),

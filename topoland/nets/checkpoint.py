@@ -59,13 +59,22 @@ def _shape(v, what: str, path) -> list[int]:
     return v
 
 
+def _user_data(spec: dict) -> bool:
+    data = spec.get("data")
+    return isinstance(data, dict) and (data.get("name") == "custom" or bool(data.get("factory")))
+
+
 def _check_spec_sections(spec: dict, kwargs: dict) -> dict:
     """The spec's model, seed and data checked by their own declarations (those of the config's
-    [model] and [data] sections); returns the data section resolved over its defaults."""
+    [model] and [data] sections); returns the data section resolved over its defaults. A user
+    model factory is refused; a user data factory's section is left out (not imported)."""
     check_value("model.name", build_model.parameters["name"], spec["name"])
+    if spec["name"] == "custom" or "factory" in kwargs:
+        raise ConfigError(f"its model is a user factory (model.factory = {kwargs.get('factory')!r}): a "
+                          "checkpoint never makes topoland import code; build the model and pass model=")
     check_model_section({"name": spec["name"], **kwargs})
     check_value("run.seed", Param((int,), 0, checks.seed), spec.get("seed", 0))
-    return validate_section("data", load_dataset.parameters, spec.get("data") or {})
+    return validate_section("data", load_dataset.parameters, {} if _user_data(spec) else spec.get("data") or {})
 
 
 def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
@@ -77,7 +86,10 @@ def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
     integers; the model's parameters are counted on the meta device (nothing allocated) and a
     model above ``max_params`` is refused (None: no limit). Returns the spec with the data
     section resolved over its defaults and ``download`` forced off: a checkpoint never makes
-    topoland reach the network. Raises :class:`CheckpointError` naming the file and the key.
+    topoland reach the network. Nor does it make topoland import code: a spec naming a user
+    model factory (``"custom"``) is refused, and a user data factory's section is dropped (the
+    dataset is then not recorded: the caller names one). Raises :class:`CheckpointError` naming
+    the file and the key.
     """
     if not isinstance(spec, dict):
         raise CheckpointError(f"checkpoint {path}: spec must be a JSON object, got {type(spec).__name__}")
@@ -95,7 +107,9 @@ def check_spec(spec, path, *, max_params: int | None = MAX_PARAMS) -> dict:
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path}: its spec is refused: {e}") from None
     out = dict(spec) | {"input_shape": _shape(spec["input_shape"], "input_shape", path), "kwargs": dict(kwargs)}
-    if spec.get("data"):
+    if _user_data(spec):
+        out.pop("data")
+    elif spec.get("data"):
         out["data"] = data | {"download": False}
     if max_params is not None:
         n = spec_parameters(out, path)

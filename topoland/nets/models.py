@@ -11,6 +11,7 @@ bit-identical weights and the caller's global RNG state is left unchanged.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -20,6 +21,7 @@ from torch import nn
 from topoland import checks
 from topoland.declare import Param, declare
 from topoland.errors import ConfigError
+from topoland.nets.external import build_external, check_external_section, is_external
 
 __all__ = ["build_model", "count_parameters", "MODELS"]
 
@@ -291,13 +293,27 @@ def model_arguments(name: str) -> list[str]:
     return [p for p in inspect.signature(MODELS[name]).parameters if p not in ("input_shape", "num_classes")]
 
 
+def _model_name(v) -> str | None:
+    """The check of ``model.name``: a registry model, ``"custom"`` or ``"torchvision:<name>"``."""
+    if v in MODELS or v == "custom" or (v.startswith("torchvision:") and len(v) > len("torchvision:")):
+        return None
+    return f"unknown model (known: {', '.join(MODELS)}, 'custom' with a factory, 'torchvision:<name>')"
+
+
 def check_model_section(model: dict, where: str = "model") -> None:
     """Check a config's ``[model]`` section (``name`` and the builder's arguments) before anything
     is built; :class:`ConfigError` names ``where.key``. Builder arguments are checked by name
-    (:func:`model_arguments`), sizes for sign, and the depths of the residual networks."""
+    (:func:`model_arguments`), sizes for sign, and the depths of the residual networks.
+    ``"custom"`` and ``"torchvision:<name>"`` sections are checked by
+    :func:`topoland.nets.external.check_external_section`, which imports a custom factory's
+    module: validating such a config runs the user's code."""
     name = model.get("name", "mlp")
-    if name not in MODELS:
-        raise ConfigError(f"config key '{where}.name' = {name!r}: unknown model (known: {', '.join(MODELS)})")
+    if not isinstance(name, str) or _model_name(name):
+        raise ConfigError(f"config key '{where}.name' = {name!r}: unknown model (known: {', '.join(MODELS)}, "
+                          "'custom' with model.factory, 'torchvision:<name>')")
+    if is_external(name):
+        check_external_section(model, where)
+        return
     allowed = model_arguments(name)
     for k in model:
         if k != "name" and k not in allowed:
@@ -323,7 +339,8 @@ def check_model_section(model: dict, where: str = "model") -> None:
 
 
 @declare({
-    "name": Param((str,), "mlp", checks.one_of(*MODELS), "architecture"),
+    "name": Param((str,), "mlp", _model_name, "architecture: mlp, cnn, wrn, resnet, 'torchvision:<name>' "
+                  "or 'custom' (factory = 'package.module:function': runs your code)"),
 })
 def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0, **kwargs) -> nn.Module:
     """Build model ``name`` for per-sample ``input_shape`` and ``num_classes`` outputs.
@@ -335,14 +352,24 @@ def build_model(name: str, input_shape, num_classes: int, *, seed: int = 0, **kw
     strided zero-padding shortcut, as in He et al. 2016 for CIFAR; "B": 1x1 conv + BN; without
     BN the convs get biases). Weights are initialized from ``seed`` (global RNG untouched).
     Invalid arguments raise :class:`ConfigError` naming the argument.
+
+    ``"custom"``: ``factory=`` is ``"package.module:function"`` (imported: your code runs) or a
+    callable, called as ``function(**kwargs)`` plus ``input_shape=`` / ``num_classes=`` where it
+    names those parameters; it must return an ``nn.Module``. ``"torchvision:<name>"``:
+    ``torchvision.models.get_model(<name>, weights=None, num_classes=num_classes, **kwargs)`` for
+    ``(3, H, W)`` inputs (see :mod:`topoland.nets.external`). Both are built under the same seeded
+    generator.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    builder = MODELS[name]
-    allowed = model_arguments(name)
-    for key in kwargs:
-        if key not in allowed:
-            raise ConfigError(f"unknown model argument {key!r} for {name!r}; allowed: {', '.join(allowed)}")
+    if not isinstance(name, str) or _model_name(name):
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}, 'custom', 'torchvision:<name>'")
+    if is_external(name):
+        builder = functools.partial(build_external, name)
+    else:
+        builder = MODELS[name]
+        allowed = model_arguments(name)
+        for key in kwargs:
+            if key not in allowed:
+                raise ConfigError(f"unknown model argument {key!r} for {name!r}; allowed: {', '.join(allowed)}")
     try:
         input_shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):

@@ -3,6 +3,7 @@ run-level stages, skipping what is stored; and the commands that rerun one stage
 run directory (``topoland sample/topology/curvature``, ``connect``, ``report``)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 from topoland.errors import TopolandError
 from topoland.io import atomic_copy
 from topoland.pipeline.cells import apply_threads
-from topoland.pipeline.context import DataCache
+from topoland.pipeline.context import DataCache, model_spec
 from topoland.pipeline.executors import execute_cells
 from topoland.pipeline.run_stages import RUN_STAGE_FUNCS, stage_paths, stage_report
 from topoland.runs import layout
@@ -45,9 +46,19 @@ def prepare(config_path, out=None, data_cache: DataCache | None = None) -> tuple
 
 def _check_data(cells, cache: DataCache):
     """Load each distinct dataset of the grid once (cached for the cells), so that a missing or
-    corrupted dataset or non-finite inputs are one error before the run directory is touched."""
+    corrupted dataset or non-finite inputs are one error before the run directory is touched; and
+    build each distinct user model (a ``custom`` factory, a torchvision model) once for its data,
+    so that a factory that fails or returns no ``nn.Module``, or a torchvision model given
+    non-RGB inputs, is one error too (the train stage builds it again, seeded)."""
+    from topoland.nets import build_model, is_external
+    built = set()
     for c in cells:
-        cache.load(c.config)
+        data = cache.load(c.config)
+        name, kwargs = model_spec(c.config)
+        key = json.dumps([c.config["model"], list(data.input_shape), data.num_classes], sort_keys=True, default=str)
+        if is_external(name) and key not in built:
+            build_model(name, data.input_shape, data.num_classes, **kwargs)
+            built.add(key)
 
 
 def _check_stage_names(only, force):

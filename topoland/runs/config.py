@@ -6,6 +6,13 @@ be an axis: ``model = [{name = "mlp", widths = [64, 64]}, {name = "cnn", channel
 replaces the whole ``[model]`` section per cell (its keys depend on the name). Extra cells (for
 instance "bad minima" pretrained on random labels) are listed under ``[[cells]]``.
 
+Your own model and data enter through factories: ``[model] name = "custom"``, ``factory =
+"package.module:function"`` (the section's other keys are its keywords; see
+:mod:`topoland.nets.external`), ``[model] name = "torchvision:resnet18"``, and ``[data] name =
+"custom"``, ``factory = ...``, ``kwargs = {...}`` (:func:`topoland.data.load_dataset`). Validation
+imports a factory's module: validating such a config runs the user's code. The factory string and
+its keywords are part of the sections, hence of the cell id.
+
 Validation happens before any work starts and names the culprit key::
 
     >>> cfg = load_config("experiments/quickstart.toml")      # doctest: +SKIP
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from topoland import declare
+from topoland.data import check_data_section
 from topoland.declare import Param
 from topoland.errors import ConfigError
 from topoland.nets.models import check_model_section
@@ -163,6 +171,7 @@ def validate(raw: dict) -> dict:
             else:
                 cfg[section].update(raw[section])
     check_model_section(cfg["model"])
+    check_data_section(cfg["data"])
     _cross_check(cfg)
     grid = raw.get("grid", {})
     if not isinstance(grid, dict):
@@ -213,7 +222,7 @@ def cell_id(settings: dict) -> str:
 #: keys added after run directories existed: they count in a cell id only when they differ
 #: from their defaults, so the ids of older configs (and of their run directories) stay the same
 _LATER_KEYS = (("topology", "distances"), ("topology", "sketch_dim"), ("train", "target_loss"),
-               ("train", "target_acc"))
+               ("train", "target_acc"), ("data", "factory"), ("data", "kwargs"))
 
 
 def _cell_settings(cfg: dict) -> dict:
@@ -271,7 +280,7 @@ def expand_grid(cfg: dict) -> list[Cell]:
     combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
     overrides = [dict(zip(keys, combo)) for combo in combos]
     overrides += [dict(c) for c in cfg.get("cells", [])]
-    out, seen = [], {}
+    out, seen, checked = [], {}, set()
     for pos, ov in enumerate(overrides):
         c = copy.deepcopy({k: v for k, v in cfg.items() if k not in ("grid", "cells")})
         for key, v in ov.items():
@@ -280,7 +289,11 @@ def expand_grid(cfg: dict) -> list[Cell]:
                 continue
             section, name = key.split(".")
             c[section][name] = v
-        check_model_section(c["model"], where="model")
+        sections = json.dumps([c["model"], c["data"]], sort_keys=True, default=str)
+        if sections not in checked:  # a factory is imported (a torchvision model built on meta) once
+            check_model_section(c["model"], where="model")
+            check_data_section(c["data"])
+            checked.add(sections)
         _cross_check(c, where=f"cell {pos} ({ov})")
         cid = cell_id(_cell_settings(c))
         if cid in seen:
@@ -330,7 +343,9 @@ def describe_schema() -> str:
         for k, spec in keys.items():
             out.append(f"  {k:<24} = {spec.default!r:<28} # {spec.help}")
         if section == "model":
-            out.append("  <argument>               = ...                          # any build_model argument")
+            out.append("  <argument>               = ...                          # any build_model argument; "
+                       "name = 'custom': factory = 'package.module:function' (runs your code) and its "
+                       "keywords; 'torchvision:<name>': get_model's keywords (no weights)")
     out.append("[grid]\n  \"section.key\"            = [v1, v2, ...]                # the grid is the product")
     out.append("[[cells]]\n  \"section.key\"            = value                        # an extra cell")
     return "\n".join(out)
