@@ -62,7 +62,9 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
     opts = sample_options(ctx)
     inherited = [k for k, v in ctx.options("sample").items() if v == "inherit"]
     model = ctx.model()
-    res = jump_and_retrain(model, ctx.data, **arguments(jump_and_retrain, opts, seed=ctx.seed, device=ctx.device))
+    # the retraining minimises the minimum's own training loss (train.loss)
+    res = jump_and_retrain(model, ctx.data, **arguments(jump_and_retrain, opts, seed=ctx.seed, device=ctx.device,
+                                                        loss=ctx.config["train"].get("loss", "cross_entropy")))
     save_samples(res, out)
     feats = trajectory_features(res.table, theta_star=res.theta_star, params=res.params, gram=res.gram)
     n_div = int(res.table.groupby("trajectory")["diverged"].any().sum())

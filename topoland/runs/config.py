@@ -222,7 +222,8 @@ def cell_id(settings: dict) -> str:
 #: keys added after run directories existed: they count in a cell id only when they differ
 #: from their defaults, so the ids of older configs (and of their run directories) stay the same
 _LATER_KEYS = (("topology", "distances"), ("topology", "sketch_dim"), ("train", "target_loss"),
-               ("train", "target_acc"), ("data", "factory"), ("data", "kwargs"))
+               ("train", "target_acc"), ("data", "factory"), ("data", "kwargs"),
+               ("train", "loss"))
 
 
 def _cell_settings(cfg: dict) -> dict:

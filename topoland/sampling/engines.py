@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from topoland.data import augment_batch, minibatch_order
+from topoland.errors import ConfigError
+from topoland.nets.losses import mean_loss
 from topoland.nets.params import flatten, param_names, unflatten
 from topoland.sampling.storage import _SPLITS
 from topoland.utils import make_generator
@@ -37,38 +39,72 @@ def _per_point_ce(logits: Tensor, y: Tensor) -> Tensor:
                            reduction="none").view(b, n)
 
 
-def _accumulate(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-point summed cross-entropy (float64) and correct counts for logits ``(B, n, C)``."""
-    b, n, c = logits.shape
-    ce = _per_point_ce(logits, y)
-    correct = (logits.argmax(-1) == y).sum(1)
-    return ce.double().sum(1), correct
+class _Loss:
+    """The retraining loss of both engines: ``name``, the per-sample ``fn`` (output, target) -> (n,),
+    ``with_acc`` (accuracy recorded, else NaN). ``batched(outputs (B, n, ...), y) -> (B, n)``:
+    the named cross-entropy by one reshaped call, anything else by ``vmap(fn)``; ``single(output,
+    y) -> (n,)`` for the plain-loop reference (no vmap)."""
+
+    def __init__(self, name: str, fn, with_acc: bool):
+        self.name, self.fn, self.with_acc = name, fn, with_acc
+        self._vmapped = None if name == "cross_entropy" else vmap(fn, in_dims=(0, None))
+
+    def batched(self, outputs: Tensor, y: Tensor) -> Tensor:
+        if self._vmapped is None:
+            return _per_point_ce(outputs, y)
+        try:
+            return self._vmapped(outputs, y)
+        except Exception as e:  # noqa: BLE001 - one message for any failure under vmap
+            raise ConfigError(f"loss {self.name!r} failed under torch.func.vmap ({type(e).__name__}: {e}): "
+                              f"the batched sampler needs a vmap-compatible loss (no .item(), no "
+                              f"data-dependent Python control flow); pass batched=False to use the "
+                              f"plain-loop engine") from e
+
+    def single(self, output: Tensor, y: Tensor) -> Tensor:
+        return _per_point_ce(output[None], y)[0] if self._vmapped is None else self.fn(output, y)
+
+    def mean(self, output: Tensor, y: Tensor) -> Tensor:
+        return mean_loss(self.name, self.fn, output, y)
+
+
+_CE = _Loss("cross_entropy", None, True)
+
+
+def _accumulate(per_point: Tensor, logits: Tensor, y: Tensor, with_acc: bool) -> tuple[Tensor, Tensor]:
+    """Per-point summed loss (float64) and correct counts for losses ``(B, n)``, logits ``(B, n, C)``
+    (correct counts are NaN without accuracy)."""
+    if with_acc:
+        correct = (logits.argmax(-1) == y).sum(1)
+    else:
+        correct = torch.full((logits.shape[0],), float("nan"), dtype=torch.float64, device=logits.device)
+    return per_point.double().sum(1), correct
 
 
 @torch.no_grad()
-def _eval_batched(fwd, params, buffers, splits, eval_batch_size) -> dict[str, Tensor]:
+def _eval_batched(fwd, params, buffers, splits, eval_batch_size, loss: _Loss = _CE) -> dict[str, Tensor]:
     out = {}
     for name, (x, y) in splits.items():
-        loss, correct = 0.0, 0
+        total, correct = 0.0, 0
         for lo in range(0, x.shape[0], eval_batch_size):
-            l_, c_ = _accumulate(fwd(params, buffers, x[lo:lo + eval_batch_size]),
-                                 y[lo:lo + eval_batch_size])
-            loss, correct = loss + l_, correct + c_
-        out[f"{name}_loss"] = loss / x.shape[0]
+            logits, yb = fwd(params, buffers, x[lo:lo + eval_batch_size]), y[lo:lo + eval_batch_size]
+            l_, c_ = _accumulate(loss.batched(logits, yb), logits, yb, loss.with_acc)
+            total, correct = total + l_, correct + c_
+        out[f"{name}_loss"] = total / x.shape[0]
         out[f"{name}_acc"] = correct.double() / x.shape[0]
     return out
 
 
 @torch.no_grad()
-def _eval_module(model: nn.Module, splits, eval_batch_size) -> dict[str, float]:
+def _eval_module(model: nn.Module, splits, eval_batch_size, loss: _Loss = _CE) -> dict[str, float]:
     model.eval()
     out = {}
     for name, (x, y) in splits.items():
-        loss, correct = 0.0, 0
+        total, correct = 0.0, 0
         for lo in range(0, x.shape[0], eval_batch_size):
-            l_, c_ = _accumulate(model(x[lo:lo + eval_batch_size])[None], y[lo:lo + eval_batch_size])
-            loss, correct = loss + l_, correct + c_
-        out[f"{name}_loss"] = float(loss[0]) / x.shape[0]
+            logits, yb = model(x[lo:lo + eval_batch_size]), y[lo:lo + eval_batch_size]
+            l_, c_ = _accumulate(loss.single(logits, yb)[None], logits[None], yb, loss.with_acc)
+            total, correct = total + l_, correct + c_
+        out[f"{name}_loss"] = float(total[0]) / x.shape[0]
         out[f"{name}_acc"] = float(correct[0]) / x.shape[0]
     return out
 
@@ -207,7 +243,7 @@ def _sgd_step(params: list[Tensor], grads: Sequence[Tensor], momentum_buf: list[
 # --------------------------------------------------------------------------- the two samplers
 
 
-def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress):
+def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress, loss: _Loss = _CE):
     names = param_names(model)
     J = jump_flat.shape[0]
     base = copy.deepcopy(model).to(device)
@@ -238,7 +274,7 @@ def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress):
     @torch.no_grad()
     def record(r: int):
         base.eval()
-        m = _eval_batched(fwd, params, bufs, splits, eval_rows)
+        m = _eval_batched(fwd, params, bufs, splits, eval_rows, loss)
         nonlocal active
         active = active & ~_nonfinite(m)
         rec.snapshot(r, flatten(params, names, stacked=True))
@@ -254,7 +290,7 @@ def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress):
                                                     cfg["batch_size"], gen, cfg["augment"], device), 1):
             base.train()
             old_bufs = {k: v.clone() for k, v in bufs.items()}
-            losses = _per_point_ce(fwd(params, bufs, xb), yb).mean(1)
+            losses = loss.batched(fwd(params, bufs, xb), yb).mean(1)
             ok = active & torch.isfinite(losses.detach())
             grads = torch.autograd.grad(losses.sum(), plist)
             all_ok = bool(ok.all())
@@ -272,7 +308,7 @@ def _run_batched(model, jump_flat, buffers, data, cfg, rec, device, progress):
             progress((epoch + 1) * J, cfg["epochs"] * J)
 
 
-def _run_sequential(model, jump_flat, buffers, data, cfg, rec, device, progress):
+def _run_sequential(model, jump_flat, buffers, data, cfg, rec, device, progress, loss: _Loss = _CE):
     """The reference: one plain nn.Module + torch.optim.SGD per jump, one after another."""
     names = param_names(model)
     J = jump_flat.shape[0]
@@ -290,7 +326,7 @@ def _run_sequential(model, jump_flat, buffers, data, cfg, rec, device, progress)
 
         def record(r: int):
             nonlocal active
-            met = _eval_module(m, splits, cfg["eval_batch_size"])
+            met = _eval_module(m, splits, cfg["eval_batch_size"], loss)
             if _nonfinite(met):
                 active = False
             rec.snapshot(r, torch.cat([m.get_parameter(k).detach().reshape(-1) for k in names]), j)
@@ -309,9 +345,9 @@ def _run_sequential(model, jump_flat, buffers, data, cfg, rec, device, progress)
                     m.train()
                     saved = {k: b.clone() for k, b in m.named_buffers()}
                     opt.zero_grad()
-                    loss = F.cross_entropy(m(xb), yb)
-                    if torch.isfinite(loss):
-                        loss.backward()
+                    value = loss.mean(m(xb), yb)
+                    if torch.isfinite(value):
+                        value.backward()
                         opt.step()
                     else:  # diverged: undo BN's running-statistics update, freeze
                         active = False

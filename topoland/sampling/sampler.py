@@ -45,8 +45,9 @@ from topoland.data import as_splits
 from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 from topoland.nets.directions import as_flat, filter_normalized_direction
+from topoland.nets.losses import resolve_loss, tracks_accuracy
 from topoland.nets.params import flatten, param_names, unflatten
-from topoland.sampling.engines import _run_batched, _run_sequential
+from topoland.sampling.engines import _Loss, _run_batched, _run_sequential
 from topoland.sampling.seeds import _TAG_SKETCH, _derived, data_seed, direction_seeds
 from topoland.sampling.storage import STORAGE_POLICIES, TABLE_COLUMNS, SampleResult, _Recorder
 from topoland.utils import resolve_device
@@ -87,6 +88,20 @@ def _check_model(model: nn.Module):
         if isinstance(m, _BatchNorm) and m.track_running_stats and m.momentum is None:
             raise ConfigError(f"BN module {name!r} has momentum=None (cumulative average), which "
                               f"the batched sampler does not support; set a numeric momentum")
+
+
+def _checked_loss(loss, model: nn.Module, data):
+    """``(name, fn)`` of ``loss``, run once on the (CPU) model's eval-mode output for two training
+    samples; the model's train/eval flags are restored."""
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.x_train[:2].cpu().float())
+    finally:
+        for m, t in was:
+            m.training = t
+    return resolve_loss(loss, output=out, target=data.y_train[:2].cpu())
 
 
 def _record_positions(n_batches: int, k: int) -> list[int]:
@@ -158,7 +173,8 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
                      records_per_epoch: int = 1, storage: str = "full", sketch_dim: int = 256,
                      sketch_buffer: str = "device", eval_batch_size: int = 1024,
                      device="auto", batched: bool = True,
-                     progress: Callable[[int, int], None] | None = None) -> SampleResult:
+                     progress: Callable[[int, int], None] | None = None,
+                     loss="cross_entropy") -> SampleResult:
     """Jump away from the minimum along random directions and retrain every jump.
 
     model: the architecture; its parameters are θ* unless ``params`` is given (a ``{name:
@@ -179,6 +195,12 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
     held in float32 on ``sketch_buffer`` = "device" | "cpu" during the run and then dropped).
     batched: all jumps in one vmap-ed model (True) or the sequential reference (False).
     progress: called as ``progress(done, total)`` in trajectory-epochs.
+    loss: the retraining objective and the recorded ``*_loss``: a name of
+    :data:`topoland.nets.losses.LOSSES` or a callable ``(output, target) -> (n,)`` per-sample
+    losses, checked once on two training samples; both engines use the same function (the
+    batched one under ``torch.func.vmap``: a loss that fails there raises one error suggesting
+    ``batched=False``). The ``*_acc`` columns are NaN when the loss tracks no accuracy (mse, l1,
+    a callable on float targets); ``config["loss"]`` names a loss other than cross-entropy.
     Returns a :class:`SampleResult` with N = J x (1 + epochs x records_per_epoch) snapshots.
     """
     data = as_splits(data, what="jump_and_retrain data")
@@ -200,6 +222,7 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
             for k, v in buffers.items():
                 model_star.get_buffer(k).copy_(v)
     star_buffers = {k: v.detach().clone() for k, v in model_star.named_buffers()}
+    loss_name, loss_fn = _checked_loss(loss, model_star, data)
 
     n_dir = directions if isinstance(directions, int) else None
     seeds = direction_seeds(seed, n_dir) if n_dir is not None else None
@@ -221,10 +244,13 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
                records_per_trajectory=n_rec, eval_batch_size=int(eval_batch_size),
                batched=bool(batched), dataset=getattr(data, "name", None), n_params=d,
                positions=_record_positions(n_batches, k))
+    if loss_name != "cross_entropy":
+        cfg["loss"] = loss_name
     rec = _Recorder(storage, J, n_rec, d, device, int(sketch_dim), cfg["sketch_seed"], sketch_buffer)
     runner = _run_batched if batched else _run_sequential
     model_run = copy.deepcopy(model_star)
-    runner(model_run, jump_flat, star_buffers, data, cfg, rec, device, progress)
+    runner(model_run, jump_flat, star_buffers, data, cfg, rec, device, progress,
+           _Loss(loss_name, loss_fn, tracks_accuracy(loss_name, data.y_train)))
     snaps, gram, proj = rec.finish()
 
     traj = np.repeat(np.arange(J), n_rec)
