@@ -128,7 +128,7 @@ def test_report_has_the_ensemble_page(ens_run):
 
 
 def test_ensemble_is_optional_and_keeps_cell_ids():
-    assert "ensemble" in STAGES and STAGES.index("ensemble") == STAGES.index("curvature") + 1
+    assert "ensemble" in STAGES and STAGES.index("ensemble") == STAGES.index("measures") + 1
     assert "ensemble" not in DEFAULT_STAGES
     raw = {"run": {"name": "x"}, "data": {"name": "synthetic"}, "grid": {"train.lr": [0.1, 0.2]}}
     cfg = validate(raw)

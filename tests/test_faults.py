@@ -74,7 +74,7 @@ def test_corrupted_index_refused_by_every_command_untouched_then_resumes(trained
     index.write_bytes(raw)  # the backup restored: the run resumes as if nothing happened
     assert main(["run", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
     assert main(["verify", str(run_dir)]) == 0
-    assert assert_same_results(ref, run_dir, ["train"]) == 8
+    assert assert_same_results(ref, run_dir, ["train"]) == 12  # 4 cells x (model, init, history)
 
 
 def test_index_of_another_program_is_refused(tmp_path, capsys):
@@ -172,7 +172,7 @@ def test_unknown_stage_refused_before_any_write(trained, tmp_path, capsys, flag,
     err2 = one_error_line(capsys, main(["run", str(cfg), "--out", str(run_dir), flag, names, "--quiet"]))
     assert err2 == err and tree_hash(run_dir) == before
     assert main(["run", str(cfg), "--out", str(run_dir), flag, "train", "--quiet"]) == 0
-    assert assert_same_results(ref, run_dir, ["train"]) == 8
+    assert assert_same_results(ref, run_dir, ["train"]) == 12  # 4 cells x (model, init, history)
 
 
 # ------------------------------------------------------------------- 7. identical bytes
@@ -282,7 +282,7 @@ def test_verify_flags_what_a_run_never_writes(trained, tmp_path, capsys, what):
     assert tree_hash(run_dir) == before
     # --force leaves a user's train.bak/ alone (it is not the train stage's resume data)
     assert main(["run", str(cfg), "--out", str(run_dir), "--force", "train", "--quiet"]) == 0
-    assert assert_same_results(ref, run_dir, ["train"]) == 8
+    assert assert_same_results(ref, run_dir, ["train"]) == 12  # 4 cells x (model, init, history)
     if what == "train.bak":
         (bak,) = run_dir.glob("cells/*/train.bak")
         assert main(["verify", str(run_dir)]) == 1
@@ -438,7 +438,7 @@ def test_resume_recomputes_what_changed_on_disk(trained, tmp_path, capsys, fault
     assert main(["run", str(cfg), "--out", str(run_dir), "--quiet"]) == 0
     assert f"note: {cid}/train: recomputed, its results changed on disk" in capsys.readouterr().out
     assert main(["verify", str(run_dir)]) == 0
-    assert assert_same_results(ref, run_dir, ["train"]) == 8
+    assert assert_same_results(ref, run_dir, ["train"]) == 12  # 4 cells x (model, init, history)
 
 
 def test_stage_dependencies_and_changed_config(tmp_path, capsys):

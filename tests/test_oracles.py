@@ -84,17 +84,19 @@ def test_invariances(samples):
     for k in KEYS:
         if k != "activity_h0_norm":
             assert shifted.features[k] == pytest.approx(base.features[k], abs=1e-9), k
-    # permuting sample rows (ids travel with their rows) changes nothing
+    # permuting sample rows (ids travel with their rows) changes nothing. In float64: float32
+    # products in another row order round differently on some CPUs' kernels, and a loop as
+    # shallow as the noise (activity_h1 ~ 2e-4 here) can appear or vanish with the rounding
+    base64 = _topo(type(s)(**{**s.__dict__, "params": s.params.double()}))
     perm = np.random.default_rng(3).permutation(len(s.table))
     t2 = s.table.copy()
     t2["sample_id"] = np.argsort(perm)[t2["sample_id"].to_numpy()]
-    permuted = topology_of_samples(t2.sample(frac=1.0, random_state=2), params=s.params[perm],
+    permuted = topology_of_samples(t2.sample(frac=1.0, random_state=2), params=s.params.double()[perm],
                                    picture=False)
     for k in KEYS:
-        assert permuted.features[k] == pytest.approx(base.features[k], rel=1e-9), k
+        assert permuted.features[k] == pytest.approx(base64.features[k], rel=1e-9), k
     # scaling every parameter vector changes nothing (cosine; float64 so that no rounding moves)
     scale = torch.from_numpy(np.random.default_rng(4).uniform(0.1, 10.0, (len(s.table), 1)))
-    base64 = _topo(type(s)(**{**s.__dict__, "params": s.params.double()}))
     scaled = _topo(type(s)(**{**s.__dict__, "params": s.params.double() * scale}))
     for k in KEYS:
         assert scaled.features[k] == pytest.approx(base64.features[k], rel=1e-9), k

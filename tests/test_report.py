@@ -216,8 +216,11 @@ def test_report_pages_and_headings(full_report):
                 + ["Metrics by grid setting", "Classifier table",
                    "Classifier table: both standard errors and adjusted p",
                    "Accuracy ± cross-validation SE per classifier",
-                   "Statistical comparisons by grid setting", "Flatness by batch size", "Paths: barrier profiles",
-                   "Paths: disconnectivity graph", "Notes"])
+                   "Statistical comparisons by grid setting", "Flatness by batch size"]
+                # the topology and curvature features scored as generalization measures
+                + ["Measures vs generalization", "Measures vs generalization: tau along each axis",
+                   "Measures vs generalization: the top measures against the gap"]
+                + ["Paths: barrier profiles", "Paths: disconnectivity graph", "Notes"])
     assert list(dict.fromkeys(_base(h) for h in out["headings"])) == expected
     texts = _page_texts(out["path"])
     assert len(texts) == out["pages"] == len(out["headings"])
