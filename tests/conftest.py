@@ -10,6 +10,16 @@ from topoland.data import load_dataset
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests, the previous count restored after (a test that
+    sets threads itself, e.g. through run.threads, does not leak into the next module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_data():
     """Synthetic Gaussian blobs: 3 classes, 8 features ("vector"), 231/25/128 train/val/test."""

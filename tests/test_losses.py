@@ -18,12 +18,7 @@ from topoland.sampling.storage import TABLE_COLUMNS
 from topoland.train.training import TrainRecipe, train_minimum
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _classes(n_train=60, n_val=16, n_test=20, features=8, classes=3, seed=0):

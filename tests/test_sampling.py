@@ -41,13 +41,7 @@ def _trained_bn_model(data, name="mlp", **kw):
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and the CPU is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(directions=2, steps=(0.5, 1.0), epochs=2, batch_size=16, lr=0.05,
