@@ -50,16 +50,15 @@ def score_summary(scores: pd.DataFrame) -> pd.DataFrame:
     show["tau"] = _ci(t, "kendall_tau")
     show["psi"] = _ci(t, "psi")
     show["pgdl x100"] = _ci(t, "pgdl", 100.0, 1)
-    show["sign error: worst env"] = t["robust_sign_error"].map(_two)
+    show["sign err worst"] = t["robust_sign_error"].map(_two)
     if "mean_sign_error" in t:
-        show["sign error: mean env"] = t["mean_sign_error"].map(_two)
+        show["sign err mean"] = t["mean_sign_error"].map(_two)
     if "tau_p_adjusted" in t:
         show["tau p_adj"] = t["tau_p_adjusted"].map(fmt)
     if "held_out_psi" in t:
         show["held-out psi"] = t["held_out_psi"].map(_two)
-        show["held-out tau"] = t["held_out_tau"].map(_two)
-    if "held_out_p_adjusted" in t:
-        show["held-out psi p_adj"] = t["held_out_p_adjusted"].map(fmt)
+    if "held_out_p_adjusted" in t:   # (held-out tau: in scores.csv; the page has no room for it)
+        show["held-out p_adj"] = t["held_out_p_adjusted"].map(fmt)
     return show
 
 
@@ -81,10 +80,10 @@ def measure_pages(w: Writer, scores: pd.DataFrame | None, frame: pd.DataFrame,
         w.note("Analysis", f"{title}: no measure scores (see the analysis notes)")
         return
     n = int(scores["n_models"].max()) if "n_models" in scores else len(frame)
-    w.table_pages(title, score_summary(scores), col_width=14, footer=textwrap.fill(
+    w.table_pages(title, score_summary(scores), col_width=8, footer=textwrap.fill(
         f"{n} models, gap = {gap}; ranked by |psi|. tau: Kendall tau-a; psi: Jiang et al.'s granulated tau "
         "(per-axis terms on the next pages); pgdl: the NeurIPS 2020 competition's conditional mutual "
-        "information (ignores the sign); sign error: share of pairs differing in one setting ordered wrongly, "
+        "information (ignores the sign); sign err: share of pairs differing in one setting ordered wrongly, "
         "worst and mean environment. [ ]: bootstrap interval over models. p_adj: permutation p of tau, "
         "adjusted over the measures. supervised.<block>: out-of-fold ridge prediction of the gap. held-out: "
         "orientation and fits from the discovery seeds, scored on the others, with Ψ's permutation p adjusted over "
