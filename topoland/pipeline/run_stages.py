@@ -12,7 +12,8 @@ from topoland.pipeline.context import CellContext, DataCache
 from topoland.runs import layout
 from topoland.runs.store import RUN_LEVEL, RunStore
 from topoland.runs.tables import (analysis_table, config_settings, connectable_cells, diverged_cells,
-                                  missed_target, pairs_to_connect, run_design, weight_statistics_table)
+                                  missed_target, pairs_to_connect, run_design, topology_values,
+                                  weight_statistics_table)
 
 
 def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, *,
@@ -207,9 +208,7 @@ def _score_measures(store: RunStore, cfg: dict, ft, out: Path) -> list[str]:
         return [f"measure scores: {len(frame)} comparable minima, {len(hps)} varying settings and {len(cols)} "
                 "measures; scores need 4 minima, one setting and one measure"]
     # a topology filtered by validation loss sees held-out data: scored, but as "validation"
-    from topoland.runs.config import defaults
-    base = defaults()["topology"]["value"]
-    values = {store.cell_config(c).get("topology", {}).get("value", base) for c in frame.index}
+    values = topology_values(store, frame.index)
     validation = [c for c in ft.groups.get("topology", []) if values & {"val_loss", "val_acc"}]
     baselines = {"weights": weight_statistics_table(store, frame.index)}
     baselines |= {g: frame[[c for c in ft.groups[g] if c not in validation and not is_validation_derived(c)]]

@@ -62,6 +62,11 @@ def _fmt(v):
     return str(v)
 
 
+def model_section(model: dict) -> dict:
+    """A ``[model]`` table as the config holds it: ``name`` first (default "mlp"), then the rest."""
+    return {"name": model.get("name", "mlp"), **model}
+
+
 def model_label(model: dict) -> str:
     """A ``[model]`` section in one short string: ``"mlp(widths=[64, 64])"``."""
     args = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
@@ -132,7 +137,7 @@ def _set_dotted(sch: dict, cfg: dict, key: str, value, where: str):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{where}': a 'model' value is a table such as "
                               f"{{name = \"mlp\", widths = [64, 64]}}, got {value!r}")
-        cfg["model"] = {"name": value.get("name", "mlp"), **value}
+        cfg["model"] = model_section(value)
         check_model_section(cfg["model"], where=where)
         return
     if key.count(".") != 1:
@@ -167,7 +172,7 @@ def validate(raw: dict) -> dict:
             declare.validate_section(section, sch[section], raw[section], check=check_value,
                                      skip_undeclared=section == "model")
             if section == "model":
-                cfg["model"] = {"name": raw["model"].get("name", "mlp"), **raw["model"]}
+                cfg["model"] = model_section(raw["model"])
             else:
                 cfg[section].update(raw[section])
     check_model_section(cfg["model"])
@@ -286,7 +291,7 @@ def expand_grid(cfg: dict) -> list[Cell]:
         c = copy.deepcopy({k: v for k, v in cfg.items() if k not in ("grid", "cells")})
         for key, v in ov.items():
             if key == "model":
-                c["model"] = {"name": v.get("name", "mlp"), **v}
+                c["model"] = model_section(v)
                 continue
             section, name = key.split(".")
             c[section][name] = v

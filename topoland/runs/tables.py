@@ -164,13 +164,17 @@ def analysis_table(store: RunStore):
                          test_derived=_test_derived_groups(store, cells.cell_id))
 
 
+def topology_values(store: RunStore, cell_ids) -> set[str]:
+    """The ``topology.value`` columns (``train_loss``, ``val_loss``, ...) the cells filtered by."""
+    from topoland.runs.config import defaults
+    base = defaults()["topology"]["value"]
+    return {store.cell_config(c).get("topology", {}).get("value", base) for c in cell_ids}
+
+
 def _test_derived_groups(store: RunStore, cell_ids) -> dict:
     """Groups computed on the test split whatever their column names: a topology filtered by
     test loss (``topology.value = "test_loss"``) in any cell."""
-    from topoland.runs.config import defaults
-    base = defaults()["topology"]["value"]
-    values = {store.cell_config(c).get("topology", {}).get("value", base) for c in cell_ids}
-    return {"topology": "all"} if "test_loss" in values else {}
+    return {"topology": "all"} if "test_loss" in topology_values(store, cell_ids) else {}
 
 
 def run_design(store: RunStore, cfg: dict):
