@@ -12,80 +12,25 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from topoland.nets import metrics as _metrics
 from topoland.nets.functional import _Mode, _Momentum, _split_model_state
 from topoland.nets.params import ParamsError, _bn_modules, _leading, _shapes, unflatten
 from topoland.utils import resolve_device
 
 __all__ = ["evaluate", "evaluate_loop", "estimate_chunk_size"]
 
-_BUILTIN_METRICS = ("loss", "accuracy", "error")
+def _resolve(loss, metrics, y):
+    name, fn, ms = _metrics.loss_and_metrics(loss, metrics, target=y, error=ParamsError)
+    return fn, ms, _metrics.prepare_target(name, y)
 
 
 # --------------------------------------------------------------------------------------------
 # evaluation of many points
 # --------------------------------------------------------------------------------------------
-
-def _metric_list(metrics) -> list[tuple[str, object]]:
-    if isinstance(metrics, str) or callable(metrics):
-        metrics = (metrics,)
-    items = metrics.items() if isinstance(metrics, Mapping) else [
-        (m if isinstance(m, str) else (m[0] if isinstance(m, tuple) else getattr(m, "__name__", None)),
-         m[1] if isinstance(m, tuple) else m) for m in metrics]
-    out = []
-    for name, m in items:
-        if isinstance(m, str):
-            if m not in _BUILTIN_METRICS:
-                raise ParamsError(f"unknown metric {m!r}; use one of {_BUILTIN_METRICS} or a "
-                                  f"callable(logits, y) -> per-sample values")
-        elif not callable(m):
-            raise ParamsError(f"metric {name!r} is neither a name nor a callable")
-        if not name or name == "<lambda>":
-            raise ParamsError("a metric callable needs a name: pass (name, fn) or a dict")
-        out.append((name, m))
-    names = [n for n, _ in out]
-    if len(set(names)) != len(names):
-        raise ParamsError(f"duplicate metric names in {names}")
-    if not out:
-        raise ParamsError("metrics is empty")
-    return out
-
-
-def _per_sample(m, logits: Tensor, y: Tensor) -> Tensor:
-    """Per-sample values (n,) of one metric for one point, as float64."""
-    if m == "loss":
-        v = F.cross_entropy(logits, y, reduction="none")
-    elif m == "accuracy":
-        v = (logits.argmax(-1) == y)
-    elif m == "error":
-        v = (logits.argmax(-1) != y)
-    else:
-        v = m(logits, y)
-        if not isinstance(v, Tensor) or v.shape != y.shape:
-            raise ParamsError(f"metric {getattr(m, '__name__', m)!r} must return per-sample "
-                              f"values of shape {tuple(y.shape)}, got "
-                              f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
-    return v.to(torch.float64)
-
-
-def _batched_metrics(ms, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """Sums over samples, (B,) float64, of every metric; logits (B, n, C)."""
-    b, n, c = logits.shape
-    out = {}
-    for name, m in ms:
-        if m == "loss":
-            v = F.cross_entropy(logits.reshape(b * n, c), y.repeat(b), reduction="none")
-            out[name] = v.reshape(b, n).to(torch.float64).sum(1)
-        elif m in ("accuracy", "error"):
-            hit = logits.argmax(-1) == y.unsqueeze(0)
-            out[name] = (hit if m == "accuracy" else ~hit).to(torch.float64).sum(1)
-        else:
-            out[name] = torch.stack([_per_sample(m, logits[i], y).sum() for i in range(b)])
-    return out
 
 
 def _points_dict(model: nn.Module, points) -> dict[str, Tensor]:
@@ -164,6 +109,17 @@ def _batches(n: int, batch_size: int):
         yield slice(s, min(s + batch_size, n))
 
 
+def _pair(x, y) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` from tensors, or from one data form when ``y`` is None."""
+    if y is None:
+        from topoland.splits import as_pair
+        return as_pair(x, "train", what="evaluate data")
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise ParamsError(f"x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); or pass "
+                          f"one data form (a DataSplits, an (x, y) pair, a Dataset) as x with y=None")
+    return x, y
+
+
 def _check_data(x: Tensor, y: Tensor, batch_size: int, bn, bn_x):
     if x.shape[0] != y.shape[0]:
         raise ParamsError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
@@ -225,25 +181,29 @@ def _recompute_bn_batched(model, pchunk: dict, shared: dict, bn_x: Tensor, batch
     return out
 
 
-def evaluate(model: nn.Module, points, x: Tensor, y: Tensor, *,
-             metrics=("loss", "accuracy"), batch_size: int = 1024, chunk_size: int | None = None,
+def evaluate(model: nn.Module, points, x, y: Tensor | None = None, *,
+             loss="cross_entropy", metrics=None, batch_size: int = 1024, chunk_size: int | None = None,
              bn: str = "eval", bn_x: Tensor | None = None, device="auto",
              memory_budget: int | None = None) -> dict[str, np.ndarray]:
     """Metrics of P parameter points over a dataset, batched with vmap.
 
     points: ``(P, D)`` flat (param_names order) or stacked dict ``{name: (P, *shape)}``
-    (may include buffers). x: ``(N, *input_shape)``; y: ``(N,)`` int64 labels.
-    metrics: names ("loss": mean cross-entropy in nats, "accuracy" in [0, 1], "error"),
-    callables ``fn(logits (N, C), y (N,)) -> (N,)`` (averaged; keyed by ``__name__``),
-    ``(name, fn)`` pairs, or a dict ``{name: name_or_fn}``.
+    (may include buffers). x: ``(N, *input_shape)`` with y ``(N, ...)`` targets, or with
+    ``y=None`` any data form of one split (:func:`topoland.data.as_pair`: the train split of a
+    DataSplits, an ``(x, y)`` pair, a Dataset). loss: a name of
+    :data:`topoland.nets.losses.LOSSES` or a per-sample callable ``(output, target) -> (N,)``;
+    the metric "loss" is its mean. metrics: :mod:`topoland.nets.metrics` (None: "loss" and,
+    for class-index targets, "accuracy"); callables are applied to all points of a chunk at
+    once, their outputs flattened to ``(B * N, ...)``.
     batch_size: samples per forward; chunk_size: points per vmap call (default from an
     activation-memory estimate and memory_budget bytes). bn: "eval" uses the given/model
     running statistics; "recompute" first recomputes BN statistics per point from bn_x
     (default x) in batches of batch_size (only BN layers in train mode; cumulative average).
     Returns ``{metric: np.ndarray (P,) float64}``. Sums are accumulated in float64.
     """
+    x, y = _pair(x, y)
     _check_data(x, y, batch_size, bn, bn_x)
-    ms = _metric_list(metrics)
+    loss_fn, ms, y = _resolve(loss, metrics, y)
     device = resolve_device(device)
     pts = _points_dict(model, points)
     p_total = _leading(pts, "points")
@@ -259,7 +219,6 @@ def evaluate(model: nn.Module, points, x: Tensor, y: Tensor, *,
     n = x.shape[0]
     shared_all = _split_model_state(model, pts, device)
     results = {name: np.empty(p_total, dtype=np.float64) for name, _ in ms}
-    y = y.to(torch.long)
     budget = _default_budget(device) if memory_budget is None else int(memory_budget)
     if x.device != device and x.element_size() * x.numel() <= budget // 4:
         x, y = x.to(device), y.to(device)  # move the data once, not once per chunk
@@ -284,15 +243,15 @@ def evaluate(model: nn.Module, points, x: Tensor, y: Tensor, *,
                 for sl in _batches(n, batch_size):
                     xb, yb = x[sl].to(device), y[sl].to(device)
                     logits = vmap(f, in_dims=(0, None))(chunk, xb)
-                    for name, s in _batched_metrics(ms, logits, yb).items():
+                    for name, s in _metrics.metric_sums(ms, loss_fn, logits, yb, error=ParamsError).items():
                         sums[name] += s
             for name in sums:
                 results[name][c0:c1] = (sums[name] / n).cpu().numpy()
     return results
 
 
-def evaluate_loop(model: nn.Module, points, x: Tensor, y: Tensor, *,
-                  metrics=("loss", "accuracy"), batch_size: int = 1024, chunk_size: int | None = None,
+def evaluate_loop(model: nn.Module, points, x, y: Tensor | None = None, *,
+                  loss="cross_entropy", metrics=None, batch_size: int = 1024, chunk_size: int | None = None,
                   bn: str = "eval", bn_x: Tensor | None = None, device="auto",
                   memory_budget: int | None = None) -> dict[str, np.ndarray]:
     """Reference for :func:`evaluate`: a plain loop of ``load_state_dict`` + forward per point.
@@ -300,8 +259,9 @@ def evaluate_loop(model: nn.Module, points, x: Tensor, y: Tensor, *,
     Same arguments and result; chunk_size and memory_budget are accepted and ignored. Works on
     a deep copy of the model, so the caller's model is untouched.
     """
+    x, y = _pair(x, y)
     _check_data(x, y, batch_size, bn, bn_x)
-    ms = _metric_list(metrics)
+    loss_fn, ms, y = _resolve(loss, metrics, y)
     device = resolve_device(device)
     pts = _points_dict(model, points)
     p_total = _leading(pts, "points")
@@ -310,7 +270,6 @@ def evaluate_loop(model: nn.Module, points, x: Tensor, y: Tensor, *,
         _bn_batches_ok(model, bn_src.shape[0], batch_size)
     m = copy.deepcopy(model).to(device)
     base = {k: v.detach().clone() for k, v in m.state_dict().items()}
-    y = y.to(torch.long)
     n = x.shape[0]
     results = {name: np.empty(p_total, dtype=np.float64) for name, _ in ms}
     with torch.no_grad():
@@ -335,8 +294,8 @@ def evaluate_loop(model: nn.Module, points, x: Tensor, y: Tensor, *,
             for sl in _batches(n, batch_size):
                 logits = m(x[sl].to(device))
                 yb = y[sl].to(device)
-                for name, metric in ms:
-                    sums[name] += float(_per_sample(metric, logits, yb).sum())
+                for name, v in _metrics.per_sample(ms, loss_fn, logits, yb, error=ParamsError).items():
+                    sums[name] += float(v.sum())
             for name in sums:
                 results[name][i] = sums[name] / n
     return results
