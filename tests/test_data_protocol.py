@@ -83,7 +83,7 @@ def _bad(case):
     return {
         "length": dict(train=(x, y[:-1])),
         "shape": dict(train=(x, y), val=(torch.zeros(3, 7), torch.zeros(3, dtype=torch.long))),
-        "float labels": dict(train=(x, y.float())),
+        "mixed targets": dict(train=(x, y.float())),
         "missing test": dict(train=(x, y), test=None),
         "negative": dict(train=(x, y - 1)),
         "rank": dict(train=(x.reshape(-1), y)),
@@ -99,11 +99,11 @@ def _bad(case):
 @pytest.mark.parametrize("case,message", [
     ("length", r"x_train has 20 samples but y_train has 19 labels"),
     ("shape", r"x_val has per-sample shape \(7,\) but x_train has \(6,\)"),
-    ("float labels", r"y_train holds torch.float32 values: regression targets are not supported yet"),
+    ("mixed targets", r"the splits mix class labels and regression targets \(y_train: float, y_test: int64\)"),
     ("missing test", r"test: the test split is missing; .*generalization gap"),
     ("negative", r"y_train has negative labels \(min -1\)"),
     ("rank", r"x_train has shape \(120,\); inputs must be \(N, F\), \(N, C, L\) or \(N, C, H, W\)"),
-    ("2-d labels", r"y_train has shape \(20, 1\); labels must be class indices of shape \(N,\)"),
+    ("2-d labels", r"y_train has integer values of shape \(20, 1\); class labels must have shape \(N,\)"),
     ("nan", r"x_train: 1 inputs contain NaN or inf"),
     ("classes", r"labels reach 2 but num_classes is 2"),
     ("not a pair", r"train: expected an \(x, y\) pair .* got Tensor"),
@@ -221,3 +221,44 @@ def test_training_and_ensembles_take_every_form():
         snaps.append(fast_geometric_ensemble(model, form, cycles=2, cycle_epochs=1, batch_size=16,
                                              lr1=0.05, lr2=0.01, device="cpu").snapshots)
     assert all(torch.equal(s, snaps[0]) for s in snaps[1:])
+
+
+def test_regression_targets_are_kept_as_float_with_their_shape():
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(40, 3, generator=g), torch.randn(40, 2, generator=g).double()
+    d = DataSplits.from_tensors(train=(x, t), test=(x[:10], t[:10]), val_fraction=0.25, seed=3)
+    assert d.task == "regression" and d.num_classes == 2
+    assert d.y_train.dtype == torch.float32 and d.y_train.shape == (30, 2) and d.y_val.shape == (10, 2)
+    # the held-out rows are the seeded random ones: together they are the training rows, once each
+    rows = {tuple(r.tolist()) for r in torch.cat([d.x_train, d.x_val])}
+    assert rows == {tuple(r.tolist()) for r in x}
+    same = DataSplits.from_tensors(train=(x, t), test=(x[:10], t[:10]), val_fraction=0.25, seed=3)
+    assert torch.equal(same.x_val, d.x_val)
+    ds = DataSplits.from_datasets(TensorDataset(x, t), test=_ItemDataset(x[:10], t[:10]))
+    assert ds.task == "regression" and torch.allclose(ds.y_test, t[:10].float())
+    one = DataSplits.from_tensors(train=(x, t[:, 0]), test=(x, t[:, 0]))
+    assert one.num_classes == 1 and one.y_train.ndim == 1
+    c = DataSplits.from_tensors(train=(x, torch.arange(40) % 3), test=(x, torch.arange(40) % 3))
+    assert c.task == "classification"
+
+
+class _ItemDataset(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+@pytest.mark.parametrize("train,test,message", [
+    ((torch.zeros(4, 2), torch.zeros(4, 2)), (torch.zeros(4, 2), torch.zeros(4, 3)),
+     r"y_test has per-sample target shape \(3,\) but y_train has \(2,\)"),
+    ((torch.zeros(4, 2), torch.tensor([0.0, float("nan"), 1.0, 2.0])), (torch.zeros(4, 2), torch.zeros(4)),
+     r"y_train: 1 regression targets contain NaN or inf"),
+])
+def test_bad_regression_targets_get_their_message(train, test, message):
+    with pytest.raises(DataError, match=message):
+        DataSplits.from_tensors(train=train, test=test)

@@ -12,8 +12,10 @@ Data reaches the API in one of these forms (:func:`as_splits`, :func:`as_pair`):
 A Dataset is materialised once into stacked tensors; one that would not fit in the memory budget
 (half the available memory unless ``max_bytes`` is given) is refused with its size.
 
-Labels are class indices: int64 ``(N,)`` in ``[0, num_classes)``. Float (regression) targets are
-refused for now: every loss in topoland is a cross-entropy.
+Targets are either class indices, int64 ``(N,)`` in ``[0, num_classes)`` (a classification), or
+float32 values ``(N, ...)`` of the model output's shape (a regression: ``DataSplits.task`` is
+"regression", ``num_classes`` the number of target values per sample). All splits hold the
+same kind.
 
 This module sits below :mod:`topoland.data` (which re-exports its names) so that both stay small.
 """
@@ -63,6 +65,13 @@ def _stratified_holdout(y: Tensor, fraction: float, g: torch.Generator) -> tuple
     return torch.nonzero(mask).flatten(), held_idx
 
 
+def _random_holdout(n: int, fraction: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Indices ``(keep, held)``: ``round(fraction * n)`` examples drawn with ``g`` are held out."""
+    perm = torch.randperm(n, generator=g)
+    k = int(round(fraction * n))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
 # --------------------------------------------------------------------------- the splits
 
 
@@ -70,7 +79,9 @@ def _stratified_holdout(y: Tensor, fraction: float, g: torch.Generator) -> tuple
 class DataSplits:
     """Train / validation / test tensors of one dataset.
 
-    ``x_*`` are float32 ``(N, *input_shape)``; ``y_*`` are int64 ``(N,)``. ``y_train`` may be
+    ``x_*`` are float32 ``(N, *input_shape)``; ``y_*`` are int64 class indices ``(N,)``, or
+    float32 regression targets ``(N, ...)`` (:attr:`task`; ``num_classes`` is then the number of
+    target values per sample, the output size of a model). ``y_train`` may be
     corrupted; ``y_train_clean`` holds the labels before corruption. ``meta`` records the
     normalization statistics and the seeds used. Build one from your own data with
     :meth:`from_tensors` or :meth:`from_datasets`.
@@ -96,6 +107,11 @@ class DataSplits:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     @property
+    def task(self) -> str:
+        """``"classification"`` (int64 class indices) or ``"regression"`` (float targets)."""
+        return "regression" if self.y_train.is_floating_point() else "classification"
+
+    @property
     def noisy_mask(self) -> Tensor:
         """Boolean ``(N_train,)``: training labels that differ from the clean ones."""
         return self.y_train != self.y_train_clean
@@ -111,7 +127,9 @@ class DataSplits:
         Without ``val``, ``val_fraction`` of the training pairs is held out, per class
         ``round(val_fraction * count)`` drawn with ``seed`` (the stream ``load_dataset`` uses
         for ``val_seed``). ``num_classes`` defaults to the largest label over all splits + 1
-        (labels index the logits, so a class absent from a small split still counts);
+        (labels index the logits, so a class absent from a small split still counts); for
+        regression targets, the number of values per sample, and the held-out val split is a
+        seeded random ``round(val_fraction * N)`` (no classes to stratify);
         ``input_shape = x.shape[1:]``; ``y_train_clean`` is a copy of ``y_train``.
         Every problem raises :class:`DataError` / :class:`ConfigError` naming the split.
         """
@@ -149,16 +167,34 @@ class DataSplits:
                                 f"{shape}: every split needs the same sample shape")
         if len(xy["train"][0]) == 0 or len(xy["test"][0]) == 0:
             raise DataError(f"{'train' if len(xy['train'][0]) == 0 else 'test'}: the split is empty")
-        top = max(int(y.max()) for _, y in xy.values() if len(y))
-        if num_classes is None:
-            num_classes = top + 1
-        elif int(num_classes) <= top:
-            raise DataError(f"labels reach {top} but num_classes is {num_classes}; labels must lie in "
-                            f"[0, num_classes)")
+        regression = {s: y.is_floating_point() for s, (_, y) in xy.items()}
+        if len(set(regression.values())) > 1:
+            kinds = ", ".join(f"y_{s}: {'float' if r else 'int64'}" for s, r in regression.items())
+            raise DataError(f"the splits mix class labels and regression targets ({kinds}): every split "
+                            f"needs the same kind")
+        if regression["train"]:
+            tshape = tuple(xy["train"][1].shape[1:])
+            for split, (_, y) in xy.items():
+                if tuple(y.shape[1:]) != tshape:
+                    raise DataError(f"y_{split} has per-sample target shape {tuple(y.shape[1:])} but y_train "
+                                    f"has {tshape}: every split needs the same target shape")
+            n_out = int(np.prod(tshape)) if tshape else 1
+            if num_classes is not None and int(num_classes) != n_out:
+                raise DataError(f"num_classes is {num_classes} but the regression targets have {n_out} "
+                                f"values per sample; leave num_classes unset")
+            num_classes = n_out
+        else:
+            top = max(int(y.max()) for _, y in xy.values() if len(y))
+            if num_classes is None:
+                num_classes = top + 1
+            elif int(num_classes) <= top:
+                raise DataError(f"labels reach {top} but num_classes is {num_classes}; labels must lie in "
+                                f"[0, num_classes)")
         x_tr, y_tr = xy["train"]
         held_out = "val" not in xy
         if held_out:
-            keep, held = _stratified_holdout(y_tr, float(val_fraction), _gen(seed, "val"))
+            keep, held = (_random_holdout(len(y_tr), float(val_fraction), _gen(seed, "val")) if regression["train"]
+                          else _stratified_holdout(y_tr, float(val_fraction), _gen(seed, "val")))
             xy["val"] = (x_tr[held], y_tr[held])
             x_tr, y_tr = x_tr[keep], y_tr[keep]
             if len(y_tr) == 0:
@@ -197,20 +233,29 @@ def _tensor(value, what: str) -> Tensor:
 
 
 def _check_pair(x, y, split: str) -> tuple[Tensor, Tensor]:
-    """``(x float32, y int64)`` with every check of one split."""
+    """``(x float32, y)`` with every check of one split: y int64 class indices ``(N,)`` or float32
+    regression targets ``(N, ...)``."""
     x, y = _tensor(x, f"x_{split}"), _tensor(y, f"y_{split}")
     if x.ndim not in _KINDS:
         raise DataError(f"x_{split} has shape {tuple(x.shape)}; inputs must be (N, F), (N, C, L) or (N, C, H, W)")
-    if y.ndim != 1:
-        raise DataError(f"y_{split} has shape {tuple(y.shape)}; labels must be class indices of shape (N,)")
+    if y.ndim == 0:
+        raise DataError(f"y_{split} is a scalar; targets need one row per sample, shape (N,) or (N, ...)")
     if len(x) != len(y):
         raise DataError(f"x_{split} has {len(x)} samples but y_{split} has {len(y)} labels")
-    if y.is_floating_point() or y.is_complex():
-        raise DataError(f"y_{split} holds {y.dtype} values: regression targets are not supported yet; "
-                        f"labels must be integer class indices (cast with .long() if they are)")
-    y = y.long()
-    if len(y) and int(y.min()) < 0:
-        raise DataError(f"y_{split} has negative labels (min {int(y.min())}); labels must lie in [0, num_classes)")
+    if y.is_complex():
+        raise DataError(f"y_{split} holds {y.dtype} values; targets must be integer class indices or real values")
+    if y.is_floating_point():
+        y = y.float()
+        if not torch.isfinite(y).all():
+            bad = int((~torch.isfinite(y)).reshape(len(y), -1).any(1).sum())
+            raise DataError(f"y_{split}: {bad} regression targets contain NaN or inf")
+    else:
+        if y.ndim != 1:
+            raise DataError(f"y_{split} has integer values of shape {tuple(y.shape)}; class labels must have "
+                            f"shape (N,) (regression targets must be float: cast with .float())")
+        y = y.long()
+        if len(y) and int(y.min()) < 0:
+            raise DataError(f"y_{split} has negative labels (min {int(y.min())}); labels must lie in [0, num_classes)")
     x = x.float()
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
@@ -279,11 +324,17 @@ def materialize(dataset, *, what: str = "data", max_bytes: int | None = None) ->
             raise DataError(f"{what}: Dataset item {i} has input shape {tuple(xi.shape)} but item 0 has "
                             f"{tuple(x0.shape)}")
         yi = _tensor(item[1], f"{what} item {i} label")
-        if yi.numel() != 1:
-            raise DataError(f"{what}: Dataset item {i} has a label of shape {tuple(yi.shape)}; "
-                            f"a label is one class index")
+        if yi.is_floating_point():  # a regression target: any fixed shape
+            if i and tuple(yi.shape) != tuple(ys[0].shape[1:]):
+                raise DataError(f"{what}: Dataset item {i} has a target of shape {tuple(yi.shape)} but item 0 "
+                                f"has {tuple(ys[0].shape[1:])}")
+            ys.append(yi.unsqueeze(0))
+        elif yi.numel() != 1:
+            raise DataError(f"{what}: Dataset item {i} has an integer label of shape {tuple(yi.shape)}; "
+                            f"a label is one class index (regression targets must be float)")
+        else:
+            ys.append(yi.reshape(1))
         xs[i] = xi
-        ys.append(yi.reshape(1))
     return _check_pair(xs, torch.cat(ys), what)
 
 
@@ -318,7 +369,8 @@ def as_splits(data, *, what: str = "data", max_bytes: int | None = None) -> Data
 def as_pair(data, split: str = "train", *, what: str = "data", max_bytes: int | None = None) -> tuple[Tensor, Tensor]:
     """``(x, y)`` of one split of ``data``: the split ``split`` of a DataSplits or a mapping of
     splits, or the data itself when it is one ``(x, y)`` pair or one map-style Dataset.
-    Pairs and Datasets are checked and converted (float32 inputs, int64 labels)."""
+    Pairs and Datasets are checked and converted (float32 inputs, int64 labels or float32
+    regression targets)."""
     if split not in _SPLIT_NAMES:
         raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if isinstance(data, (DataSplits, Mapping)):
