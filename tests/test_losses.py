@@ -156,3 +156,34 @@ def test_jump_and_retrain_regression_and_vmap_error():
     c = jump_and_retrain(model, data, batched=False, loss=not_vmappable, **SMALL)
     pd.testing.assert_frame_equal(b.table, c.table, rtol=1e-5)
     assert _Loss("mse", LOSSES["mse"], False).single(torch.zeros(3, 2), torch.ones(3, 2)).tolist() == [1, 1, 1]
+
+
+def abs_error(out, y):
+    return (out - y).abs().mean(1)
+
+
+def test_jump_and_retrain_records_user_metrics_in_both_engines(tmp_path):
+    from topoland.sampling.storage import load_samples, save_samples
+    data = _regression()
+    model = build_model("mlp", data.input_shape, data.num_classes, seed=1, widths=(10,))
+    a = jump_and_retrain(model, data, batched=True, loss="mse", metrics={"mae": abs_error}, **SMALL)
+    b = jump_and_retrain(model, data, batched=False, loss="mse", metrics=[abs_error], **SMALL)
+    extra = [f"{s}_{m}" for s in ("train", "val", "test") for m in ("mae",)]
+    assert list(a.table.columns) == [*TABLE_COLUMNS, *extra] and a.config["metrics"] == ["mae"]
+    assert list(b.table.columns) == [*TABLE_COLUMNS, "train_abs_error", "val_abs_error", "test_abs_error"]
+    np.testing.assert_allclose(a.table["train_mae"], b.table["train_abs_error"], rtol=1e-4, atol=1e-5)
+    # the jump point (epoch 0) of trajectory 0, by hand
+    from topoland.nets.params import param_names, unflatten
+    m = build_model("mlp", data.input_shape, data.num_classes, seed=1, widths=(10,))
+    with torch.no_grad():
+        for k, v in unflatten(torch.as_tensor(a.params[0]).float(), m, param_names(m)).items():
+            m.get_parameter(k).copy_(v)
+        m.eval()
+        want = float((m(data.x_test) - data.y_test).abs().mean())
+    assert math.isclose(a.table["test_mae"].iloc[0], want, rel_tol=1e-5)
+    save_samples(a, tmp_path / "s")
+    pd.testing.assert_frame_equal(load_samples(tmp_path / "s").table, a.table)
+    with pytest.raises(ConfigError, match="metric 'accuracy' needs integer class-index targets"):
+        jump_and_retrain(model, data, loss="mse", metrics=["accuracy"], **SMALL)
+    with pytest.raises(ConfigError, match="would overwrite"):
+        jump_and_retrain(model, data, loss="mse", metrics={"acc": abs_error}, **SMALL)

@@ -20,6 +20,7 @@ from torch.func import functional_call, vmap
 
 from topoland.data import augment_batch, minibatch_order
 from topoland.errors import ConfigError
+from topoland.nets import metrics as _metrics
 from topoland.nets.losses import mean_loss
 from topoland.nets.params import flatten, param_names, unflatten
 from topoland.sampling.storage import _SPLITS
@@ -45,8 +46,9 @@ class _Loss:
     the named cross-entropy by one reshaped call, anything else by ``vmap(fn)``; ``single(output,
     y) -> (n,)`` for the plain-loop reference (no vmap)."""
 
-    def __init__(self, name: str, fn, with_acc: bool):
+    def __init__(self, name: str, fn, with_acc: bool, extra=()):
         self.name, self.fn, self.with_acc = name, fn, with_acc
+        self.extra = list(extra)  # [(name, metric)]: recorded as <split>_<name>
         self._vmapped = None if name == "cross_entropy" else vmap(fn, in_dims=(0, None))
 
     def batched(self, outputs: Tensor, y: Tensor) -> Tensor:
@@ -84,13 +86,16 @@ def _accumulate(per_point: Tensor, logits: Tensor, y: Tensor, with_acc: bool) ->
 def _eval_batched(fwd, params, buffers, splits, eval_batch_size, loss: _Loss = _CE) -> dict[str, Tensor]:
     out = {}
     for name, (x, y) in splits.items():
-        total, correct = 0.0, 0
+        total, correct, extra = 0.0, 0, {}
         for lo in range(0, x.shape[0], eval_batch_size):
             logits, yb = fwd(params, buffers, x[lo:lo + eval_batch_size]), y[lo:lo + eval_batch_size]
             l_, c_ = _accumulate(loss.batched(logits, yb), logits, yb, loss.with_acc)
             total, correct = total + l_, correct + c_
+            for m, v in _metrics.metric_sums(loss.extra, loss.fn, logits, yb).items():
+                extra[m] = extra.get(m, 0.0) + v
         out[f"{name}_loss"] = total / x.shape[0]
         out[f"{name}_acc"] = correct.double() / x.shape[0]
+        out.update({f"{name}_{m}": v / x.shape[0] for m, v in extra.items()})
     return out
 
 
@@ -99,13 +104,16 @@ def _eval_module(model: nn.Module, splits, eval_batch_size, loss: _Loss = _CE) -
     model.eval()
     out = {}
     for name, (x, y) in splits.items():
-        total, correct = 0.0, 0
+        total, correct, extra = 0.0, 0, {}
         for lo in range(0, x.shape[0], eval_batch_size):
             logits, yb = model(x[lo:lo + eval_batch_size]), y[lo:lo + eval_batch_size]
             l_, c_ = _accumulate(loss.single(logits, yb)[None], logits[None], yb, loss.with_acc)
             total, correct = total + l_, correct + c_
+            for m, v in _metrics.per_sample(loss.extra, loss.fn, logits, yb).items():
+                extra[m] = extra.get(m, 0.0) + float(v.sum())
         out[f"{name}_loss"] = float(total[0]) / x.shape[0]
         out[f"{name}_acc"] = float(correct[0]) / x.shape[0]
+        out.update({f"{name}_{m}": v / x.shape[0] for m, v in extra.items()})
     return out
 
 

@@ -46,10 +46,11 @@ from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 from topoland.nets.directions import as_flat, filter_normalized_direction
 from topoland.nets.losses import resolve_loss, tracks_accuracy
+from topoland.nets.metrics import resolve_metrics
 from topoland.nets.params import flatten, param_names, unflatten
 from topoland.sampling.engines import _Loss, _run_batched, _run_sequential
 from topoland.sampling.seeds import _TAG_SKETCH, _derived, data_seed, direction_seeds
-from topoland.sampling.storage import STORAGE_POLICIES, TABLE_COLUMNS, SampleResult, _Recorder
+from topoland.sampling.storage import STORAGE_POLICIES, TABLE_COLUMNS, SampleResult, _Recorder, metric_columns
 from topoland.utils import resolve_device
 
 __all__ = ["jump_and_retrain"]
@@ -102,6 +103,18 @@ def _checked_loss(loss, model: nn.Module, data):
         for m, t in was:
             m.training = t
     return resolve_loss(loss, output=out, target=data.y_train[:2].cpu())
+
+
+def _extra_metrics(metrics, loss_name: str, data) -> list[tuple[str, object]]:
+    """The user metrics beyond loss and accuracy (always recorded), checked once on two samples."""
+    if metrics is None:
+        return []
+    ms = [(n, m) for n, m in resolve_metrics(metrics, loss_name=loss_name, target=data.y_train)
+          if m not in ("loss", "accuracy")]
+    for n, _ in ms:
+        if n in ("loss", "acc"):
+            raise ConfigError(f"metric name {n!r} would overwrite the recorded {n} columns; rename it")
+    return ms
 
 
 def _record_positions(n_batches: int, k: int) -> list[int]:
@@ -174,7 +187,7 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
                      sketch_buffer: str = "device", eval_batch_size: int = 1024,
                      device="auto", batched: bool = True,
                      progress: Callable[[int, int], None] | None = None,
-                     loss="cross_entropy") -> SampleResult:
+                     loss="cross_entropy", metrics=None) -> SampleResult:
     """Jump away from the minimum along random directions and retrain every jump.
 
     model: the architecture; its parameters are θ* unless ``params`` is given (a ``{name:
@@ -223,6 +236,7 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
                 model_star.get_buffer(k).copy_(v)
     star_buffers = {k: v.detach().clone() for k, v in model_star.named_buffers()}
     loss_name, loss_fn = _checked_loss(loss, model_star, data)
+    extra = _extra_metrics(metrics, loss_name, data)
 
     n_dir = directions if isinstance(directions, int) else None
     seeds = direction_seeds(seed, n_dir) if n_dir is not None else None
@@ -246,11 +260,14 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
                positions=_record_positions(n_batches, k))
     if loss_name != "cross_entropy":
         cfg["loss"] = loss_name
-    rec = _Recorder(storage, J, n_rec, d, device, int(sketch_dim), cfg["sketch_seed"], sketch_buffer)
+    if extra:
+        cfg["metrics"] = [n for n, _ in extra]
+    rec = _Recorder(storage, J, n_rec, d, device, int(sketch_dim), cfg["sketch_seed"], sketch_buffer,
+                    extra=cfg.get("metrics", ()))
     runner = _run_batched if batched else _run_sequential
     model_run = copy.deepcopy(model_star)
     runner(model_run, jump_flat, star_buffers, data, cfg, rec, device, progress,
-           _Loss(loss_name, loss_fn, tracks_accuracy(loss_name, data.y_train)))
+           _Loss(loss_name, loss_fn, tracks_accuracy(loss_name, data.y_train), extra))
     snaps, gram, proj = rec.finish()
 
     traj = np.repeat(np.arange(J), n_rec)
@@ -263,7 +280,7 @@ def jump_and_retrain(model: nn.Module, data, *, params=None,
         "epoch": np.tile(epoch_grid, J),
         **{key: val.reshape(-1) for key, val in rec.metrics.items()},
         "diverged": rec.diverged.reshape(-1),
-    })[list(TABLE_COLUMNS)]
+    })[[*TABLE_COLUMNS, *metric_columns(cfg)]]
     cfg.pop("positions")
     return SampleResult(table=table, params=snaps, gram=gram, projection=proj,
                         theta_star=theta_star, directions=dirs, config=cfg)

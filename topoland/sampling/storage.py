@@ -29,7 +29,8 @@ _SPLITS = ("train", "val", "test")
 class SampleResult:
     """Trajectories sampled around one minimum.
 
-    table: one row per snapshot (columns :data:`TABLE_COLUMNS`, ordered by ``sample_id``).
+    table: one row per snapshot (columns :data:`TABLE_COLUMNS`, then ``<split>_<name>`` for the
+    user metrics ``config["metrics"]``; ordered by ``sample_id``).
     params: ``(N, D)`` float32 (``full``) or float16 (``half``) snapshots, row = sample_id;
     None for ``sketch``. gram: ``(N, N)`` float64 inner products of the float32 snapshots
     (``sketch`` only). projection: ``(N, r)`` float32, snapshots times
@@ -52,7 +53,7 @@ class SampleResult:
 class _Recorder:
     """Collects one (J, D) snapshot round per record and the metrics."""
 
-    def __init__(self, storage, n_traj, n_rec, d, device, sketch_dim, sketch_seed, sketch_buffer):
+    def __init__(self, storage, n_traj, n_rec, d, device, sketch_dim, sketch_seed, sketch_buffer, extra=()):
         self.storage, self.J, self.R, self.D = storage, n_traj, n_rec, d
         self.sketch_dim, self.sketch_seed, self.device = sketch_dim, sketch_seed, device
         if storage == "sketch":
@@ -62,7 +63,7 @@ class _Recorder:
             dtype = torch.float32 if storage == "full" else torch.float16
             self.snap = torch.empty(n_traj, n_rec, d, dtype=dtype)
         self.metrics = {f"{s}_{m}": np.full((n_traj, n_rec), np.nan)
-                        for s in _SPLITS for m in ("loss", "acc")}
+                        for s in _SPLITS for m in ("loss", "acc", *extra)}
         self.diverged = np.zeros((n_traj, n_rec), dtype=bool)
 
     def snapshot(self, r: int, flat: Tensor, traj: slice | int = slice(None)):
@@ -110,6 +111,12 @@ def save_samples(result: SampleResult, directory) -> Path:
     return d
 
 
+def metric_columns(config: dict) -> list[str]:
+    """The table columns of the user metrics ``config["metrics"]`` (after :data:`TABLE_COLUMNS`):
+    ``<split>_<name>`` for each split and metric."""
+    return [f"{s}_{m}" for s in _SPLITS for m in config.get("metrics", ())]
+
+
 def load_samples(directory) -> SampleResult:
     """Read a result written by :func:`save_samples`; raises StoreError if incomplete."""
     d = Path(directory)
@@ -118,11 +125,13 @@ def load_samples(directory) -> SampleResult:
             raise StoreError(f"sample directory {str(d)!r} has no {name}: sampling did not finish")
     arrays, _ = load_tensors(d / "arrays.safetensors", what="sample file")
     table = pd.read_csv(d / "samples.csv")
-    if list(table.columns) != list(TABLE_COLUMNS):
+    config = json.loads((d / "config.json").read_text())
+    expected = [*TABLE_COLUMNS, *metric_columns(config)]
+    if list(table.columns) != expected:
         raise StoreError(f"{str(d / 'samples.csv')!r} has columns {list(table.columns)}, "
-                         f"expected {list(TABLE_COLUMNS)}")
+                         f"expected {expected}")
     table["diverged"] = table["diverged"].astype(bool)
     return SampleResult(table=table, params=arrays.get("params"), gram=arrays.get("gram"),
                         projection=arrays.get("projection"), theta_star=arrays["theta_star"],
                         directions=arrays["directions"],
-                        config=json.loads((d / "config.json").read_text()))
+                        config=config)
