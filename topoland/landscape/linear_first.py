@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from topoland.landscape.linear_chain import _Chain
+from topoland.nets import metrics as _metrics
 from topoland.landscape.surface_points import SurfaceError, _points, _state
 
 
@@ -92,9 +93,13 @@ def _linear_first_ok(model, kind, bn) -> str | None:
     return None
 
 
-def _eval_linear_first(lf: _LinearFirst, model, names, origin, dirs, coeffs, x, y, ms,
+def _eval_linear_first(lf: _LinearFirst, model, names, origin, dirs, coeffs, x, y, ms, loss_fn,
                        batch_size, device) -> dict[str, np.ndarray]:
-    """Metrics (P,) for points origin + coeffs @ dirs via the first-layer split."""
+    """Metrics (P,) for points origin + coeffs @ dirs via the first-layer split.
+
+    ms: resolved metrics and loss_fn the per-sample loss (:mod:`topoland.nets.metrics`), applied
+    to the outputs of all points of a chunk at once (:func:`~topoland.nets.metrics.metric_sums`);
+    y: targets as the loss reads them (class indices (N,) or float (N, ...))."""
     state = _state(model)
     k = dirs.shape[0]
 
@@ -124,13 +129,13 @@ def _eval_linear_first(lf: _LinearFirst, model, names, origin, dirs, coeffs, x, 
             zs = [lf.first_out(o, xb)] + [lf.first_out(d, xb) for d in ds]
             if lf.chain is not None and device.type == "cpu" and zs[0].dim() > 2:
                 logits = lf.chain.run_points(zs, ct, rest_stack, shared)
-                for name, v in _chunk_sums(ms, logits, yb).items():
+                for name, v in _sums(ms, loss_fn, logits, yb).items():
                     sums[name] += v
                 continue
             if lf.chain is not None:
                 logits = lf.chain.run(_combine_first(zs, ct, npts), npts, rest_stack, shared,
                                       flat=zs[0].dim() == 2)
-                for name, v in _chunk_sums(ms, logits, yb).items():
+                for name, v in _sums(ms, loss_fn, logits, yb).items():
                     sums[name] += v
                 continue
             for p in range(npts):
@@ -140,7 +145,7 @@ def _eval_linear_first(lf: _LinearFirst, model, names, origin, dirs, coeffs, x, 
                         z.add_(zs[j + 1], alpha=float(c[p, j]))
                 params_p = {nm: v[p] for nm, v in rest_stack.items()}
                 logits = torch.func.functional_call(lf.rest, (params_p, shared), (z,))
-                for name, v in _chunk_sums(ms, logits.unsqueeze(0), yb).items():
+                for name, v in _sums(ms, loss_fn, logits.unsqueeze(0), yb).items():
                     sums[name][p] += v[0]
     return {name: (sums[name] / n).numpy() for name, _ in ms}
 
@@ -173,24 +178,8 @@ def _combine_first(zs: list[Tensor], ct: Tensor, npts: int) -> Tensor:
     return out.reshape(n, npts * ch, ln)
 
 
-def _chunk_sums(ms, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """Sums over samples (P,) float64 of each metric for logits (P, N, C), labels (N,)."""
-    b, n, c = logits.shape
-    out = {}
-    for name, m in ms:
-        if m == "loss":
-            v = F.cross_entropy(logits.reshape(b * n, c), y.repeat(b), reduction="none").reshape(b, n)
-        elif m == "accuracy":
-            v = logits.argmax(-1) == y
-        elif m == "error":
-            v = logits.argmax(-1) != y
-        else:
-            vs = []
-            for p in range(b):
-                vp = m(logits[p], y)
-                if not isinstance(vp, Tensor) or vp.shape != y.shape:
-                    raise SurfaceError(f"metric {name!r} must return per-sample values of shape {tuple(y.shape)}")
-                vs.append(vp)
-            v = torch.stack(vs)
-        out[name] = v.to(torch.float64).sum(1).cpu()
-    return out
+def _sums(ms, loss_fn, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Sums over the N samples, (P,) float64 on the CPU, of every metric for the outputs
+    (P, N, ...) of P points against targets (N, ...)."""
+    return {name: v.cpu() for name, v in
+            _metrics.metric_sums(ms, loss_fn, outputs, y, error=SurfaceError).items()}

@@ -4,6 +4,18 @@ Every surface is a set of parameter points ``theta = origin + sum_j c_j d_j`` (f
 in :func:`topoland.nets.directions.direction_names` order) evaluated on the training data (and the
 test data when given). Points are evaluated in chunks of ``chunk_points``.
 
+Data: ``x, y`` tensors (inputs ``(N, ...)``, targets ``(N,)`` int64 class indices or float
+``(N, ...)`` of the output's shape), or one data form as ``x`` with ``y`` omitted
+(:mod:`topoland.splits`): a DataSplits or a mapping of splits gives the train split and the test
+split (unless ``x_test`` is given); an ``(x, y)`` pair or a map-style Dataset is the train split.
+
+Loss and metrics (:mod:`topoland.nets.losses`, :mod:`topoland.nets.metrics`): ``loss`` is a
+name ("cross_entropy", "nll", "mse", "l1") or a per-sample callable ``(output, target) -> (N,)``,
+recorded in ``Surface.meta["loss"]``; the metric "loss" is its mean over a split.
+``metrics=None`` records ("loss", "accuracy") for class-index targets, ("loss",) for float
+targets; accuracy/error on float targets raise naming the dtype. The loss and every metric are
+checked once on a two-sample forward before any evaluation (a wrong shape raises naming it).
+
 Evaluators (``evaluator=``):
 
 - ``"batched"``: :func:`topoland.nets.evaluation.evaluate` (functional_call + vmap, P points per pass).
@@ -24,8 +36,9 @@ Evaluators (``evaluator=``):
 
 Grid convention: ``values[m][i, j]`` is at ``(xs[j], ys[i])`` (shape ``(ny, nx)``, as
 ``np.meshgrid(xs, ys)``); flat point index ``i * nx + j``. 1-D surfaces have ``ys=None`` and
-values of shape ``(nx,)``. Metric keys are ``{split}_{name}``: ``train_loss`` (mean
-cross-entropy, nats), ``train_acc`` (fraction), ``test_loss``, ``test_acc``, ...
+values of shape ``(nx,)``. Metric keys are ``{split}_{short}`` with short ``loss`` (the mean
+loss: nats for cross_entropy/nll, squared target units for mse), ``acc`` / ``err`` (fractions in
+[0, 1]) or the user's metric name: ``train_loss``, ``train_acc``, ``test_loss``, ...
 """
 from __future__ import annotations
 
@@ -49,14 +62,19 @@ __all__ = [
 
 
 _COMMON_DOC = """
-    x, y: training inputs (N, ...) and int64 labels (N,); x_test, y_test: optional test split.
-    metrics: names ("loss", "accuracy", "error") or (name, fn(logits, y) -> (N,)) pairs.
+    x, y: training inputs (N, ...) and targets (N,) int64 class indices or (N, ...) float; or x
+    one data form with y omitted (a DataSplits / mapping of splits: train and test; an (x, y)
+    pair / Dataset: train). x_test, y_test: optional test split (tensors, or x_test a data form).
+    loss: a name ("cross_entropy", "nll", "mse", "l1") or a per-sample callable (output, target)
+    -> (N,); values "{split}_loss" are its mean. metrics: None (("loss", "accuracy") for class
+    indices, ("loss",) for float targets), names ("loss", "accuracy", "error"), callables
+    (output, target) -> (N,), (name, fn) pairs or {name: fn}; keys "{split}_{loss|acc|err|name}".
     evaluator: "auto" | "batched" | "loop" | "linear-first" (module docstring);
     chunk_points: points per evaluation chunk (and per HDF5 write); batch_size: samples per
     forward; bn: "eval" (the origin's running statistics) | "recompute" (per point, from x);
-    device: "auto" | "cpu" | "cuda". store: HDF5 path for a resumable grid; on_chunk(done,
-    total): called after every chunk (progress; raising interrupts, the store keeps the chunks
-    already done)."""
+    device: "auto" | "cpu" | "cuda". store: HDF5 path for a resumable grid (resuming checks the
+    loss too); on_chunk(done, total): called after every chunk (progress; raising interrupts,
+    the store keeps the chunks already done)."""
 
 
 def _common_doc(fn):
@@ -67,19 +85,19 @@ def _common_doc(fn):
 
 
 @_common_doc
-def line(model: nn.Module, direction: Mapping[str, Tensor], x: Tensor, y: Tensor,
-         alphas=np.linspace(-1.0, 1.0, 41), *, x_test=None, y_test=None,
-         metrics=("loss", "accuracy"), evaluator="auto", chunk_points=16, batch_size=2048,
+def line(model: nn.Module, direction: Mapping[str, Tensor], x, y: Tensor | None = None,
+         alphas=np.linspace(-1.0, 1.0, 41), *, x_test=None, y_test=None, loss="cross_entropy",
+         metrics=None, evaluator="auto", chunk_points=16, batch_size=2048,
          bn="eval", device="auto", store=None, on_chunk=None) -> Surface:
     """1-D surface ``theta* + alpha * d`` for alphas (n,); values (n,)."""
     xs = _grid_axis(alphas, None, "alphas")
     return _evaluate_surface(model, [direction], xs, None, x, y, x_test=x_test, y_test=y_test,
-                             metrics=metrics, evaluator=evaluator, chunk_points=chunk_points,
+                             loss=loss, metrics=metrics, evaluator=evaluator, chunk_points=chunk_points,
                              batch_size=batch_size, bn=bn, device=device, store=store,
                              on_chunk=on_chunk, meta={"kind": "line"})
 
 
-def random_lines(model: nn.Module, x: Tensor, y: Tensor, *, n_directions: int = 4, seed: int = 0,
+def random_lines(model: nn.Module, x, y: Tensor | None = None, *, n_directions: int = 4, seed: int = 0,
                  alphas=np.linspace(-1.0, 1.0, 21), norm="filter", ignore="biasbn",
                  **kw) -> list[Surface]:
     """``n_directions`` 1-D surfaces along seeded random (filter-normalized) directions.
@@ -99,9 +117,9 @@ def random_lines(model: nn.Module, x: Tensor, y: Tensor, *, n_directions: int = 
 
 
 @_common_doc
-def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
+def interpolate(model_a: nn.Module, model_b: nn.Module, x, y: Tensor | None = None, *,
                 alphas=np.linspace(-0.5, 1.5, 41), kind: str = "weights", x_test=None, y_test=None,
-                metrics=("loss", "accuracy"), evaluator="auto", chunk_points=16, batch_size=2048,
+                loss="cross_entropy", metrics=None, evaluator="auto", chunk_points=16, batch_size=2048,
                 bn="eval", device="auto", store=None, on_chunk=None) -> Surface:
     """1-D interpolation ``(1 - alpha) a + alpha b`` (Goodfellow et al.); values (n,).
 
@@ -113,7 +131,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
     d = _dirs.between(model_a, model_b, kind=kind)
     xs = _grid_axis(alphas, None, "alphas")
     return _evaluate_surface(model_a, [d], xs, None, x, y, x_test=x_test, y_test=y_test,
-                             metrics=metrics, evaluator=evaluator, chunk_points=chunk_points,
+                             loss=loss, metrics=metrics, evaluator=evaluator, chunk_points=chunk_points,
                              batch_size=batch_size, bn=bn, device=device, store=store,
                              on_chunk=on_chunk, meta={"kind": "interpolate", "interp_kind": kind})
 
@@ -123,9 +141,9 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Tensor, *,
     "grid": Param((int,), 21, checks.at_least(2), "points per axis"),
     "range": Param((list,), [-1.0, 1.0], checks.interval, "coordinate range of each axis", arg=tuple),
 })
-def plane(model: nn.Module, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor], x: Tensor,
-          y: Tensor, *, grid=51, range=(-1.0, 1.0), x_test=None, y_test=None,
-          metrics=("loss", "accuracy"), evaluator="auto", chunk_points=32, batch_size=2048,
+def plane(model: nn.Module, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor], x,
+          y: Tensor | None = None, *, grid=51, range=(-1.0, 1.0), x_test=None, y_test=None,
+          loss="cross_entropy", metrics=None, evaluator="auto", chunk_points=32, batch_size=2048,
           bn="eval", device="auto", store=None, on_chunk=None, origin=None) -> Surface:
     """2-D surface ``theta* + a d1 + b d2``; values (ny, nx).
 
@@ -139,13 +157,13 @@ def plane(model: nn.Module, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor], 
             raise SurfaceError("grid must be an int or a pair (xs, ys) of coordinate arrays")
         xs = ys = _grid_axis(grid, range, "grid")
     return _evaluate_surface(model, [d1, d2], xs, ys, x, y, x_test=x_test, y_test=y_test,
-                             metrics=metrics, origin=origin, evaluator=evaluator,
+                             loss=loss, metrics=metrics, origin=origin, evaluator=evaluator,
                              chunk_points=chunk_points, batch_size=batch_size, bn=bn,
                              device=device, store=store, on_chunk=on_chunk,
                              meta={"kind": "plane"})
 
 
-def random_plane(model: nn.Module, x: Tensor, y: Tensor, *, seed: int = 0, norm="filter",
+def random_plane(model: nn.Module, x, y: Tensor | None = None, *, seed: int = 0, norm="filter",
                  ignore="biasbn", exact: bool = False, **kw) -> Surface:
     """2-D surface on two seeded random (filter-normalized) directions (Li et al. 2018).
 
@@ -170,8 +188,8 @@ def _unit_pair(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor, float, float, floa
     return e1, w / nw, nu, v1, nw
 
 
-def plane_through(model_a: nn.Module, model_b: nn.Module, model_c: nn.Module, x: Tensor, y: Tensor,
-                  *, grid=51, margin: float = 0.25, **kw) -> Surface:
+def plane_through(model_a: nn.Module, model_b: nn.Module, model_c: nn.Module, x,
+                  y: Tensor | None = None, *, grid=51, margin: float = 0.25, **kw) -> Surface:
     """2-D surface on the plane through three models (parameters; BN statistics are a's).
 
     Orthonormal axes: e1 along b - a, e2 the part of c - a orthogonal to e1 (units: parameter
@@ -248,7 +266,7 @@ def pca_directions(checkpoints, theta_final):
     return axes[0], axes[1], evr, coords
 
 
-def trajectory_plane(model: nn.Module, checkpoints, x: Tensor, y: Tensor, *, grid=31,
+def trajectory_plane(model: nn.Module, checkpoints, x, y: Tensor | None = None, *, grid=31,
                      margin: float = 0.2, **kw) -> Surface:
     """The surface on the PCA plane of a trajectory, with the path in ``Surface.path`` (T, 2).
 
@@ -305,7 +323,8 @@ def surface_features(surfaces, *, metric: str = "train_loss", radii=(0.5, 1.0)) 
     ``L(alpha) - ((1 - alpha) L(0) + alpha L(1))`` (>= 0 up to grid resolution), and
     ``surface_interp_max``. Planes: mean of L on the circle of radius r (bilinear, 64 angles)
     minus L(0, 0) -> ``surface_plane_rise_r{r}``; ``surface_plane_max_r{max r}`` the largest
-    rise within the largest radius. Units: those of ``metric`` (nats for losses).
+    rise within the largest radius. Units: those of ``metric`` (``Surface.meta["loss"]``: nats for
+    cross-entropy, squared target units for mse).
     """
     if isinstance(surfaces, Surface):
         surfaces = [surfaces]

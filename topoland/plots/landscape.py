@@ -1,7 +1,9 @@
 """Figures of loss surfaces (:class:`topoland.landscape.surfaces.Surface`) and VTK export.
 
 Every ``plot_*`` takes a surface and an optional Axes and returns the Axes; nothing is saved
-here except by :func:`export_vtk`, which writes a legacy ASCII VTK file for ParaView.
+here except by :func:`export_vtk`, which writes a legacy ASCII VTK file for ParaView. Only the
+metrics a surface holds are drawn: a regression surface (``loss="mse"``, float targets) has no
+``*_acc`` values, so :func:`quantities` lists no "acc" and nothing draws an accuracy axis.
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import numpy as np
 
 from topoland.errors import TopolandError
 
-__all__ = ["plot_line", "plot_contour", "plot_heatmap", "plot_surface_3d", "plot_trajectory",
-           "export_vtk"]
+__all__ = ["quantities", "plot_line", "plot_contour", "plot_heatmap", "plot_surface_3d",
+           "plot_trajectory", "export_vtk"]
+
+_SPLITS = ("train", "val", "test")
+_LABELS = {"acc": "accuracy", "err": "error"}
 
 
 class PlotError(TopolandError):
@@ -35,6 +40,24 @@ def _need(surface, ndim, metric=None):
         raise PlotError(f"metric {metric!r} is not in the surface ({sorted(surface.values)})")
 
 
+def quantities(surface) -> list[str]:
+    """The metric suffixes of a surface's ``{split}_{quantity}`` values, in order of appearance:
+    e.g. ``["loss", "acc"]`` for a classification, ``["loss"]`` for a regression."""
+    out = []
+    for k in surface.values:
+        split, _, q = k.partition("_")
+        q = q if split in _SPLITS and q else k
+        if q not in out:
+            out.append(q)
+    return out
+
+
+def _label(surface, quantity: str) -> str:
+    if quantity == "loss" and surface.meta.get("loss"):
+        return f"loss ({surface.meta['loss']})"
+    return _LABELS.get(quantity, quantity)
+
+
 def _axis_labels(surface, ax):
     evr = surface.meta.get("explained_variance_ratio")
     if evr is not None:
@@ -48,11 +71,15 @@ def _axis_labels(surface, ax):
 def plot_line(surface, ax=None, *, quantity: str = "loss", **kw):
     """1-D curves of ``{split}_{quantity}`` (e.g. train and test loss) against alpha.
 
-    quantity: "loss" | "acc" | any metric suffix. Interpolations mark alpha = 0 and 1."""
+    quantity: "loss" | "acc" | any metric suffix (:func:`quantities` lists those present; a
+    regression surface has no "acc"). Interpolations mark alpha = 0 and 1."""
     _need(surface, 1)
     keys = [k for k in surface.values if k.endswith(f"_{quantity}")]
     if not keys:
-        raise PlotError(f"no metric ending in '_{quantity}' in the surface ({sorted(surface.values)})")
+        what = (f"no {_LABELS[quantity]} values (loss {surface.meta.get('loss', '?')!r}: "
+                f"{_LABELS[quantity]} is recorded only for class-index targets)"
+                if quantity in _LABELS else f"no metric ending in '_{quantity}'")
+        raise PlotError(f"the surface has {what}; it holds {sorted(surface.values)}")
     ax = _ax(ax)
     for k in keys:
         ax.plot(surface.xs, surface.values[k], label=k.replace("_", " "), **kw)
@@ -60,7 +87,7 @@ def plot_line(surface, ax=None, *, quantity: str = "loss", **kw):
         for a in (0.0, 1.0):
             ax.axvline(a, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel("alpha")
-    ax.set_ylabel(quantity)
+    ax.set_ylabel(_label(surface, quantity))
     ax.legend()
     return ax
 
