@@ -121,8 +121,9 @@ def test_unknown_loss_name_lists_the_known_ones():
                 lambda: _train(_classes(), "hinge")):
         with pytest.raises(ConfigError, match="unknown loss 'hinge'; known losses: cross_entropy, nll, mse, l1"):
             bad()
-    assert config_loss_check("nll") is None and "regression" in config_loss_check("mse")
-    assert "'cross_entropy'" in config_loss_check("hinge")
+    assert config_loss_check("nll") is None and config_loss_check("mse") is None
+    assert config_loss_check("my_pkg.losses:huber") is None
+    assert "'cross_entropy'" in config_loss_check("hinge") and "package.module:function" in config_loss_check("a:b:c")
 
 
 SMALL = dict(directions=2, steps=(0.5, 1.0), epochs=1, batch_size=16, lr=0.05,

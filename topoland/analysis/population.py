@@ -28,7 +28,16 @@ from topoland.analysis.multiple import adjust_p, permutations_for_family
 from topoland.analysis.scores import (granulated_kendall, kendall_tau, oof_prediction, psi_permutation_test, regressor,
                                       score_measures)
 
-__all__ = ["score_population", "hashable_settings"]
+__all__ = ["score_population", "hashable_settings", "resolve_gap"]
+
+
+
+def resolve_gap(gap: str, frame) -> str:
+    """The gap column ``gap`` names: ``"auto"`` is ``acc_gap`` (train_acc - test_acc) where the
+    minima record accuracy, else ``gap`` (test_loss - train_loss: a regression has no accuracy)."""
+    if gap != "auto":
+        return gap
+    return "acc_gap" if "acc_gap" in frame and frame["acc_gap"].notna().any() else "gap"
 
 
 def hashable_settings(frame: pd.DataFrame, columns) -> pd.DataFrame:

@@ -7,9 +7,10 @@
 * ``"mse"``, ``"l1"``: squared / absolute error averaged over the output's non-batch dimensions,
   ``target`` float of the output's shape.
 
-Anywhere a ``loss=`` is taken (:func:`topoland.train.train_minimum`,
-:func:`topoland.sampling.jump_and_retrain`) a callable ``(output, target) -> (N,)`` may stand in
-for a name; :func:`resolve_loss` checks it once on a small batch. The mean over a batch is the
+Anywhere a ``loss=`` is taken (training, sampling, surfaces, curvature, paths) a callable
+``(output, target) -> (N,)`` may stand in for a name, or a factory string
+``"package.module:function"`` naming one (a config's ``train.loss``; importing it runs the user's
+code); :func:`resolve_loss` checks it once on a small batch. The mean over a batch is the
 training objective; accuracy means something only for class-index targets
 (:func:`tracks_accuracy`).
 """
@@ -62,15 +63,16 @@ def is_classification(loss_name: str) -> bool:
 
 
 def config_loss_check(v) -> str | None:
-    """The check of a config's ``loss`` key (``train.loss``, ``sample.loss``): a name of
-    :data:`LOSSES`; the regression ones are refused for now (config data are class-labelled and
-    the train stage and the report read accuracies): from Python only."""
-    if v not in LOSSES:
-        return f"must be one of {', '.join(map(repr, LOSSES))}"
-    if not is_classification(v):
-        return (f"{v!r} is a regression loss, available from Python only for now "
-                f"(train_minimum(..., loss={v!r})); a config takes 'cross_entropy' or 'nll'")
-    return None
+    """The check of a config's ``train.loss`` key: a name of :data:`LOSSES` or a factory string
+    ``"package.module:function"`` (its import and its fit to the model and data are checked when
+    the run starts, before the run directory is touched)."""
+    import re
+
+    from topoland.declare import _FACTORY_FORM
+    if v in LOSSES or (isinstance(v, str) and re.fullmatch(_FACTORY_FORM, v)):
+        return None
+    return (f"must be one of {', '.join(map(repr, LOSSES))} or 'package.module:function' "
+            f"(a per-sample loss (output, target) -> (N,) of your own)")
 
 
 def tracks_accuracy(loss_name: str, target: Tensor) -> bool:
@@ -103,20 +105,29 @@ def check_loss_output(name: str, fn, output: Tensor, target: Tensor) -> None:
                           f"target {_shape(target)}: it must return one value per sample, shape ({n},)")
 
 
-def resolve_loss(loss, *, output: Tensor | None = None, target: Tensor | None = None
-                 ) -> tuple[str, Callable[[Tensor, Tensor], Tensor]]:
-    """``(name, per-sample fn)`` of a loss name in :data:`LOSSES` or a callable.
+def resolve_loss(loss, *, output: Tensor | None = None, target: Tensor | None = None,
+                 where: str = "train.loss") -> tuple[str, Callable[[Tensor, Tensor], Tensor]]:
+    """``(name, per-sample fn)`` of a loss name in :data:`LOSSES`, a callable or a factory string.
 
-    A callable ``(output, target) -> (N,)`` is named by its ``__name__`` ("custom" for a lambda).
+    A callable ``(output, target) -> (N,)`` is named by its ``__name__`` ("custom" for a lambda);
+    a factory string ``"package.module:function"`` is imported (:func:`topoland.declare.load_factory`,
+    errors naming the config key ``where``) and named by the string.
     With a small batch ``output``/``target``, the loss is run on it once and its shape checked
     (:func:`check_loss_output`); the named regression losses also need ``target`` of the output's
     shape. Unknown names raise :class:`ConfigError` listing the known ones.
     """
-    if isinstance(loss, str):
+    if isinstance(loss, str) and ":" in loss:  # a factory string: the user's own function
+        from topoland.declare import load_factory
+        name, fn = loss, load_factory(loss, where)
+    elif isinstance(loss, str):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; known losses: {', '.join(LOSSES)} "
                               f"(or pass a callable (output, target) -> per-sample losses (N,))")
         name, fn = loss, LOSSES[loss]
+        if output is not None and is_classification(name) and (target.is_floating_point() or target.ndim != 1):
+            raise ConfigError(f"loss {name!r} needs class-index targets of shape (N,), got {target.dtype} "
+                              f"targets {_shape(target)} (output {_shape(output)}); for regression targets "
+                              f"use 'mse' or 'l1'")
         if output is not None and not is_classification(name) and tuple(target.shape) != tuple(output.shape):
             raise ConfigError(f"loss {name!r} needs a target of the output's shape: got output "
                               f"{_shape(output)} and target {_shape(target)}")

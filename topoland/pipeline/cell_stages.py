@@ -64,7 +64,7 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
     model = ctx.model()
     # the retraining minimises the minimum's own training loss (train.loss)
     res = jump_and_retrain(model, ctx.data, **arguments(jump_and_retrain, opts, seed=ctx.seed, device=ctx.device,
-                                                        loss=ctx.config["train"].get("loss", "cross_entropy")))
+                                                        loss=ctx.loss))
     save_samples(res, out)
     feats = trajectory_features(res.table, theta_star=res.theta_star, params=res.params, gram=res.gram)
     n_div = int(res.table.groupby("trajectory")["diverged"].any().sum())
@@ -119,7 +119,7 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
     model = ctx.model()
     x, y = seeded_subset(ctx.data.x_train, ctx.data.y_train, opts["n_samples"], ctx.seed)
     lo, hi = (float(v) for v in opts["range"])
-    common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device)
+    common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device, loss=ctx.loss)
     seed = ctx.seed
     # the grid file lives beside the stage while it fills, so a killed run resumes the grid
     partial = ctx.store.stage_dir(ctx.cell_id, "surface").with_name(layout.SURFACE_PARTIAL)
@@ -158,14 +158,14 @@ def stage_curvature(ctx: CellContext, out: Path) -> dict:
     if not opts["enabled"]:
         return {"skipped": "curvature.enabled = false"}
     model = ctx.model()
-    feats = curvature_features(model, ctx.data.x_train, ctx.data.y_train,
+    feats = curvature_features(model, ctx.data.x_train, ctx.data.y_train, loss=ctx.loss,
                                **arguments(curvature_features, opts, seed=ctx.seed, device=ctx.device))
     if opts["density"]:
         import pandas as pd
 
         from topoland.landscape import eigenvalue_density, hvp_fn
         op = hvp_fn(model, ctx.data.x_train, ctx.data.y_train, n_samples=opts["n_samples"],
-                    seed=ctx.seed, device=ctx.device)
+                    seed=ctx.seed, device=ctx.device, loss=ctx.loss)
         grid, dens = eigenvalue_density(op, seed=ctx.seed)
         pd.DataFrame({"eigenvalue": grid, "density": dens}).to_csv(out / layout.DENSITY, index=False)
     (out / layout.CURVATURE).write_text(json.dumps(feats, indent=1, default=float))

@@ -61,6 +61,12 @@ class CellContext:
     def data(self):
         return self.data_cache.load(self.config)
 
+    @property
+    def loss(self) -> str:
+        """The cell's training loss (``train.loss``: a name or a factory string); every stage that
+        evaluates the landscape evaluates this loss."""
+        return self.config["train"].get("loss", "cross_entropy")
+
     def options(self, stage: str) -> dict:
         """A stage's config section for this cell, with the invocation's overrides applied.
 

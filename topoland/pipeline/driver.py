@@ -47,18 +47,53 @@ def prepare(config_path, out=None, data_cache: DataCache | None = None) -> tuple
 def _check_data(cells, cache: DataCache):
     """Load each distinct dataset of the grid once (cached for the cells), so that a missing or
     corrupted dataset or non-finite inputs are one error before the run directory is touched; and
-    build each distinct user model (a ``custom`` factory, a torchvision model) once for its data,
-    so that a factory that fails or returns no ``nn.Module``, or a torchvision model given
-    non-RGB inputs, is one error too (the train stage builds it again, seeded)."""
-    from topoland.nets import build_model, is_external
-    built = set()
+    build each distinct model once for its data, so that a factory that fails or returns no
+    ``nn.Module``, a torchvision model given non-RGB inputs, or a model output that does not fit
+    ``train.loss`` is one error too (the train stage builds it again, seeded)."""
+    from topoland.nets import build_model
+    checked = set()
     for c in cells:
         data = cache.load(c.config)
         name, kwargs = model_spec(c.config)
-        key = json.dumps([c.config["model"], list(data.input_shape), data.num_classes], sort_keys=True, default=str)
-        if is_external(name) and key not in built:
-            build_model(name, data.input_shape, data.num_classes, **kwargs)
-            built.add(key)
+        key = json.dumps([c.config["model"], c.config["train"].get("loss"), c.config["data"],
+                          list(data.input_shape), data.num_classes], sort_keys=True, default=str)
+        if key not in checked:
+            model = build_model(name, data.input_shape, data.num_classes, **kwargs)
+            _check_task(c.config, data, model)
+            checked.add(key)
+
+
+#: what a run asks of accuracy, refused when the loss and targets track none (a regression)
+_NEEDS_ACCURACY = (("train", "target_acc", lambda v: v > 0, "stops on an accuracy"),
+                   ("train", "pretrain_random_epochs", lambda v: v > 0, "draws random class labels"),
+                   ("analysis", "score_gap", lambda v: v == "acc_gap", "scores the accuracy gap"))
+
+
+def _check_task(cfg: dict, data, model) -> None:
+    """The loss fits the model's output and the targets (one message naming the shapes), and a
+    loss without accuracy (mse, l1, a callable on float targets) meets no setting that needs one."""
+    import torch
+
+    from topoland.errors import ConfigError
+    from topoland.nets.losses import resolve_loss, tracks_accuracy
+    spec = cfg["train"].get("loss", "cross_entropy")
+    model.eval()
+    with torch.no_grad():
+        out = model(data.x_train[:2])
+    try:
+        name, _ = resolve_loss(spec, output=out, target=data.y_train[:2])
+    except ConfigError as e:
+        raise ConfigError(f"config key 'train.loss' = {spec!r} with data {data.name!r} ({data.task}): {e}") from None
+    if tracks_accuracy(name, data.y_train):
+        return
+    why = f"train.loss = {spec!r} on {data.task} targets tracks no accuracy"
+    for section, key, bad, what in _NEEDS_ACCURACY:
+        if section in cfg and key in cfg[section] and bad(cfg[section][key]):
+            raise ConfigError(f"config key '{section}.{key}' = {cfg[section][key]!r} {what}, but {why}")
+    for stage in ("measures", "ensemble"):
+        if stage in cfg["run"]["stages"]:
+            raise ConfigError(f"config key 'run.stages' names {stage!r}, which needs class labels "
+                              f"(margins, ensemble accuracy), but {why}; remove it")
 
 
 def _check_stage_names(only, force):

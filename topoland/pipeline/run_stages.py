@@ -28,7 +28,7 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, 
         # a retry (AutoNEB strategy) gets more images and steps
         res = connect_models(ca.model(), cb.model(), ca.data, **arguments(
             connect_models, opts, n_images=opts["n_images"] + 4 * attempt, steps=opts["steps"] * (1 + attempt),
-            seed=cfg["run"]["seed"] + attempt, device=ca.device))
+            seed=cfg["run"]["seed"] + attempt, device=ca.device, loss=ca.loss))
         with atomic_path(pdir) as tmp:
             tmp.mkdir()
             for name, prof in res["profiles"].items():
@@ -117,10 +117,16 @@ def _floor_note(what: str, table) -> list[str]:
             f"p_min x {m} = {p_min * m:.3g} >= 0.05: none can be a finding after Holm"]
 
 
+def _test_metric(ft) -> str:
+    """``test_acc`` where the minima record accuracy, else ``test_loss`` (a regression)."""
+    f = ft.frame
+    return "test_acc" if "test_acc" in f and f["test_acc"].notna().any() else "test_loss"
+
+
 def _targets(cfg: dict, ft) -> list[str]:
     out = []
     for t in cfg["analysis"]["targets"]:
-        col = "test_acc" if t == "gen_label" else t
+        col = _test_metric(ft) if t == "gen_label" else t
         if col in ft.frame and ft.frame[col].nunique() > 1:
             out.append(col)
     return out
@@ -159,14 +165,14 @@ def stage_analysis(store: RunStore, cfg: dict, out: Path) -> dict:
     try:
         if not enough:
             raise NotEnoughSamplesError("no feature has 5 or more values")
-        corr = correlations(ft, enough, targets=("gap", "test_acc"), n_boot=a["n_boot"], seed=seed,
+        corr = correlations(ft, enough, targets=("gap", _test_metric(ft)), n_boot=a["n_boot"], seed=seed,
                             p_adjust=a["p_adjust"])
         write_table(corr, out / layout.CORRELATIONS)
     except NotEnoughSamplesError as e:
         notes.append(f"correlations: {e}")
     # grid axes stratified on the others, extra cells (bad minima) on their own; one family
     design = run_design(store, cfg)
-    metrics = (["test_acc", "gap"] + [c for c in TOPOLOGY_HEADLINE if c in feature_cols]
+    metrics = ([_test_metric(ft), "gap"] + [c for c in TOPOLOGY_HEADLINE if c in feature_cols]
                + [c for c in FLATNESS_MEASURES if c in feature_cols])
     comps, comp_notes = comparison_table(ft, design, metrics, settings=config_settings(ft), p_adjust=a["p_adjust"],
                                          n_permutations=a["compare_permutations"], n_boot=a["n_boot"], seed=seed)
@@ -192,10 +198,11 @@ def _score_measures(store: RunStore, cfg: dict, ft, out: Path) -> list[str]:
     """Score every measure against the gap over the comparable minima (``scores`` table and the
     supervised baselines' predictions); returns the notes."""
     from topoland.analysis import AnalysisError, is_validation_derived, score_population
+    from topoland.analysis.population import resolve_gap
     from topoland.runs.store import write_table
     a = cfg["analysis"]
-    gap = a["score_gap"]
     frame = ft.frame
+    gap = resolve_gap(a["score_gap"], frame)
     if gap not in frame or frame[gap].nunique() < 2:
         return [f"measure scores: the gap column {gap!r} is absent or constant; nothing to score"]
     if "reached_target" in frame:   # minima that missed the stopping criterion are not comparable

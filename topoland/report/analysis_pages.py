@@ -218,7 +218,8 @@ def analysis_pages(w: Writer, run: RunFacts) -> dict[str, pd.DataFrame]:
         w.note("Analysis", "no statistical comparisons (no grid setting with two or more groups of enough minima)")
 
     if layout.SCORES in tables:
-        gap = run.cfg.get("analysis", {}).get("score_gap", "acc_gap")
+        from topoland.analysis.population import resolve_gap
+        gap = resolve_gap(run.cfg.get("analysis", {}).get("score_gap", "acc_gap"), frame)
         measure_pages(w, tables[layout.SCORES], frame, tables.get(layout.PREDICTIONS), gap, names)
 
     for g, cells in ft.missing.items():

@@ -171,10 +171,10 @@ def minimum_page(w, run, cid: str) -> None:
             plot_eigenvalue_density((d["eigenvalue"].to_numpy(), d["density"].to_numpy()), ax=ax)
             ax.set_title("Hessian eigenvalue density")
         w.panel(axes[1, 4], f"{name} eigenvalue density", density)
-    elif lines:
+    elif lines and "train_acc" in lines[0].values:
         w.panel(axes[1, 4], f"{name} 1-D accuracy", lambda ax: _draw_lines(ax, lines, "acc"))
     else:
-        blank(axes[1, 4], "no curvature density or 1-D curves stored")
+        blank(axes[1, 4], "no curvature density stored" + ("" if lines else " and no 1-D curves"))
     w.save(fig, title)
 
 

@@ -112,6 +112,13 @@ def _stage_time_rows(run: RunFacts) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------------------- page 2
+def _loss_units(run: RunFacts) -> str:
+    """The units of the run's losses: nats for cross-entropy/nll, else the losses' names."""
+    losses = {run.store.cell_config(c)["train"].get("loss", "cross_entropy") for c in run.cells.cell_id}
+    named = sorted(losses - {"cross_entropy", "nll"})
+    return "nats" if not named else "units of " + ", ".join(named) + (" / nats" if len(named) < len(losses) else "")
+
+
 def minima_pages(w: Writer, run: RunFacts, table: pd.DataFrame) -> None:
     if table.empty:
         w.note("Minima", "the run has no cells")
@@ -129,7 +136,8 @@ def minima_pages(w: Writer, run: RunFacts, table: pd.DataFrame) -> None:
     shown = df.map(fmt) if hasattr(df, "map") else df.applymap(fmt)
     foot = ("stages: " + ", ".join(run.cell_stages()) + " (✓ done, ✗ failed, ! interrupted, · not run). "
             + ("Shared by all minima: " + "; ".join(f"{k}={fmt(v)}" for k, v in shared.items())
-               if shared else "") + ". gap = test loss − train loss (nats); acc_gap = train acc − test acc.")
+               if shared else "") + ". gap = test loss − train loss (" + _loss_units(run)
+            + ("); acc_gap = train acc − test acc." if "acc_gap" in df else ")."))
     w.table_pages("The minima: settings and metrics", shown, footer=textwrap.fill(foot, 190))
 
 

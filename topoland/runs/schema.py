@@ -71,9 +71,10 @@ def schema() -> dict[str, dict[str, Param]]:
             **declared(classifier_table, "p_adjust"),
             "n_boot": Param((int,), 1000, checks.pos, "bootstrap resamples"),
             **declared(classifier_table, "n_classes", "n_jobs"),
-            "score_gap": Param((str,), "acc_gap", checks.one_of("acc_gap", "gap"),
+            "score_gap": Param((str,), "auto", checks.one_of("auto", "acc_gap", "gap"),
                                "generalization gap the measures are scored against: acc_gap = train_acc - "
-                               "test_acc (Jiang et al.), gap = test_loss - train_loss (nats)"),
+                               "test_acc (Jiang et al.), gap = test_loss - train_loss (the loss's units); "
+                               "auto = acc_gap where the minima record accuracy, else gap"),
             "score_boot": Param((int,), 200, checks.pos, "bootstrap resamples of each measure score"),
         },
         "report": {

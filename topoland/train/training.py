@@ -36,8 +36,9 @@ _OPTIMIZERS = ("sgd", "adam", "swa", "entropy_sgd", "pal")
 
 @declare({
     "optimizer": Param((str,), "sgd", checks.one_of("sgd", "adam", "swa", "entropy_sgd", "pal"), "optimizer"),
-    "loss": Param((str,), "cross_entropy", config_loss_check, "training loss: cross_entropy (logits) or nll "
-                  "(log-probabilities); mse/l1 and callables from Python only"),
+    "loss": Param((str,), "cross_entropy", config_loss_check, "training loss: cross_entropy (logits), nll "
+                  "(log-probabilities), mse / l1 (float targets) or 'package.module:function' (your own "
+                  "per-sample loss; runs your code)"),
     "nesterov": Param((bool,), False, None, "Nesterov momentum"),
     "swa_start": Param((int, float), 0.75, checks.frac, "SWA: averaging starts at this fraction of epochs"),
     "swa_lr": Param((int, float), 0.01, checks.pos, "SWA: constant lr reached by SWALR"),
