@@ -248,7 +248,7 @@ def _quad_loss(out, y, c=CW):
 def test_sharpness_on_quadratic_matches_analytic():
     model = _Quadratic(W0)
     x, y = torch.zeros(5, 1, dtype=torch.float64), torch.zeros(5, dtype=torch.int64)
-    prof = C.sharpness_profile(model, x, y, radius=0.3, n_directions=4, n_alphas=7, seed=1, loss_fn=_quad_loss)
+    prof = C.sharpness_profile(model, x, y, radius=0.3, n_directions=4, n_alphas=7, seed=1, loss=_quad_loss)
     d = prof["directions"]
     assert d.shape == (4, 8) and torch.all(d[:, 6:] == 0)  # biases ignored
     # filter normalization: every row of the W-direction has the norm of the matching row of W0
@@ -257,7 +257,7 @@ def test_sharpness_on_quadratic_matches_analytic():
     np.testing.assert_allclose(prof["losses"], 0.5 * np.outer(curv, prof["alphas"] ** 2), atol=1e-12)
     assert prof["base_loss"] == pytest.approx(0.0, abs=1e-15)
     assert prof["sharpness"] == pytest.approx(0.5 * 0.3**2 * float(curv.max()), rel=1e-12)
-    assert C.sharpness(model, x, y, radius=0.3, n_directions=4, n_alphas=7, seed=1, loss_fn=_quad_loss) == prof["sharpness"]
+    assert C.sharpness(model, x, y, radius=0.3, n_directions=4, n_alphas=7, seed=1, loss=_quad_loss) == prof["sharpness"]
     # the same seed gives the same directions; the first ones do not depend on n_directions
     torch.testing.assert_close(C.random_directions(model, 2, seed=1), d[:2])
 
@@ -276,7 +276,7 @@ def test_basin_volume_radii_on_quadratic():
     x, y = torch.zeros(3, 1, dtype=torch.float64), torch.zeros(3, dtype=torch.int64)
     t = 0.2
     res = C.basin_volume(model, x, y, threshold=t, n_directions=5, seed=2, max_radius=5.0, tol=1e-6,
-                         loss_fn=_quad_loss)
+                         loss=_quad_loss)
     d = C.random_directions(model, 5, seed=2)
     r_exact = torch.sqrt(2 * t / (CW * d[:, :6] ** 2).sum(1)).numpy()
     np.testing.assert_allclose(res["radii"], r_exact, atol=2e-6)
@@ -285,12 +285,12 @@ def test_basin_volume_radii_on_quadratic():
     assert res["mean_log_radius"] == pytest.approx(np.log(r_exact).mean(), abs=1e-5)
     # absolute level, and censoring when the level is out of reach
     res_abs = C.basin_volume(model, x, y, threshold=t, relative=False, n_directions=5, seed=2, max_radius=5.0,
-                             tol=1e-6, loss_fn=_quad_loss)
+                             tol=1e-6, loss=_quad_loss)
     np.testing.assert_allclose(res_abs["radii"], res["radii"], atol=1e-9)
-    cens = C.basin_volume(model, x, y, threshold=t, n_directions=5, seed=2, max_radius=0.05, loss_fn=_quad_loss)
+    cens = C.basin_volume(model, x, y, threshold=t, n_directions=5, seed=2, max_radius=0.05, loss=_quad_loss)
     assert cens["n_censored"] == 5 and np.all(cens["radii"] == 0.05)
     with pytest.raises(CurvatureError, match="level"):
-        C.basin_volume(model, x, y, threshold=-1.0, relative=False, loss_fn=_quad_loss)
+        C.basin_volume(model, x, y, threshold=-1.0, relative=False, loss=_quad_loss)
 
 
 def test_basin_log_volume_of_a_ball():
@@ -302,7 +302,7 @@ def test_basin_log_volume_of_a_ball():
     dirs[:, :6] = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=1, keepdim=True) * torch.tensor([[1.0], [2.0], [0.5], [3.0]], dtype=torch.float64)
     res = C.basin_volume(model, x, y, threshold=t, directions=dirs, max_radius=10.0, tol=1e-9,
-                         loss_fn=lambda o, yy: _quad_loss(o, yy, c=torch.full((6,), c, dtype=torch.float64)))
+                         loss=lambda o, yy: _quad_loss(o, yy, c=torch.full((6,), c, dtype=torch.float64)))
     rho = math.sqrt(2 * t / c)
     np.testing.assert_allclose(res["distances"], rho, rtol=1e-8)
     ball = 0.5 * 6 * math.log(math.pi) - math.lgamma(4) + 6 * math.log(rho)  # pi^3/6 rho^6

@@ -3,14 +3,15 @@
 Flatness: filter-normalized sharpness (largest loss rise within a radius along random
 filter-normalized directions) and the basin "volume" (distance at which the loss first
 exceeds a level along each direction, summarized as a log-volume). Losses follow the
-conventions of :mod:`topoland.landscape.hessian` (mean loss, eval mode, a seeded subset of
-``n_samples``); :func:`curvature_features` adds the spectrum of
-:mod:`topoland.landscape.spectrum`.
+conventions of :mod:`topoland.landscape.hessian`: the mean of ``loss=`` (a name of
+:data:`topoland.nets.losses.LOSSES`, default ``"cross_entropy"`` in nats, or a per-sample callable
+``(output, target) -> (N,)``), in that loss's units; eval mode; a seeded subset of ``n_samples``;
+``x`` with ``y``, or any data form with ``y=None`` (its train split). :func:`curvature_features`
+adds the spectrum of :mod:`topoland.landscape.spectrum`.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from topoland.declare import Param, declare
 from topoland.nets import directions as _directions
 from topoland.nets import evaluation as _evaluation
 from topoland.nets import params as _params
-from topoland.landscape.hessian import (DEFAULT_N_SAMPLES, CurvatureError, _check_v, _eval_mode,
+from topoland.landscape.hessian import (DEFAULT_N_SAMPLES, CurvatureError, _check_v, _data, _eval_mode,
                                         _flat_params, _Setup, _unflat, hvp_fn)
 from topoland.landscape.spectrum import hessian_trace, top_eigenvalues
 from topoland.utils import resolve_device
@@ -71,9 +72,9 @@ def _points_loss(s: _Setup, points: Tensor, chunk_size: int | None) -> Tensor:
     if s.buffers:
         P = points.shape[0]
         pts.update({k: b.unsqueeze(0).expand(P, *b.shape) for k, b in s.buffers.items()})
-    metric = {"loss": s.loss_fn} if s.custom_loss else {"loss": "loss"}
-    out = _evaluation.evaluate(s.model, pts, s.x, s.y, metrics=metric, batch_size=s.batch_size,
-                           chunk_size=chunk_size, bn="eval", device=s.device)["loss"]
+    out = _evaluation.evaluate(s.model, pts, s.x, s.y, loss=(s.loss_name, s.loss_fn), metrics=("loss",),
+                               batch_size=s.batch_size, chunk_size=chunk_size, bn="eval",
+                               device=s.device)["loss"]
     return torch.as_tensor(out, dtype=torch.float64)
 
 
@@ -86,19 +87,20 @@ def _points_loss_loop(s: _Setup, points: Tensor) -> Tensor:
     return out
 
 
-def loss_along_directions(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, alphas, *,
-                          batch_size: int = 512, n_samples: int | None = DEFAULT_N_SAMPLES, seed: int = 0,
+def loss_along_directions(model: nn.Module, x, y: Tensor | None, directions: Tensor, alphas, *,
+                          loss="cross_entropy", batch_size: int = 512,
+                          n_samples: int | None = DEFAULT_N_SAMPLES, seed: int = 0,
                           params: dict | None = None, buffers: dict | None = None,
-                          loss_fn: Callable | None = None, chunk_size: int | None = None,
-                          device="auto") -> np.ndarray:
-    """Mean loss at theta + alpha d for every direction d (n, D) and alpha (A,): (n, A) float64.
+                          chunk_size: int | None = None, device="auto") -> np.ndarray:
+    """Mean loss (loss units) at theta + alpha d for every direction d (n, D) and alpha (A,):
+    (n, A) float64. ``y=None``: ``x`` is a data form (its train split).
 
     All n*A points go through :func:`topoland.nets.evaluation.evaluate` (vmap over ``chunk_size`` points
     per call; None: sized from its memory estimate); same subset, batches and eval-mode
     convention as :func:`hvp_fn`.
     """
     s = _Setup(model, x, y, params=params, buffers=buffers, batch_size=batch_size,
-               n_samples=n_samples, seed=seed, loss_fn=loss_fn, device=device)
+               n_samples=n_samples, seed=seed, loss=loss, device=device, what="loss_along_directions data")
     directions = torch.as_tensor(directions).to(s.theta)
     _check_v(directions, s.theta.numel(), "directions")
     if directions.dim() == 1:
@@ -123,40 +125,41 @@ def _directions_arg(model, directions, n_directions, seed, norm, ignore, params,
     return torch.as_tensor(directions)
 
 
-def sharpness_profile(model: nn.Module, x: Tensor, y: Tensor, *, radius: float = 0.1,
+def sharpness_profile(model: nn.Module, x, y: Tensor | None = None, *, loss="cross_entropy", radius: float = 0.1,
                       n_directions: int = 10, n_alphas: int = 21, seed: int = 0, norm: str = "filter",
                       ignore: str | None = "biasbn", directions: Tensor | None = None,
                       batch_size: int = 512, n_samples: int | None = DEFAULT_N_SAMPLES,
                       params: dict | None = None, buffers: dict | None = None,
-                      loss_fn: Callable | None = None, chunk_size: int | None = None, device="auto") -> dict:
+                      chunk_size: int | None = None, device="auto") -> dict:
     """Loss along random normalized directions within ``radius``: the data behind :func:`sharpness`.
 
     Alphas: ``n_alphas`` points evenly spaced on [-radius, radius] (alpha is in units of the
     direction, i.e. relative to each filter's weight norm for ``norm="filter"``). Directions:
     ``directions`` (n, D) if given, else :func:`random_directions` (``n_directions``, ``seed``).
-    Returns {"alphas": (A,), "losses": (n, A), "base_loss": float, "directions": (n, D),
-    "radius": float, "sharpness": float (max loss - base_loss)}.
+    Losses in the units of ``loss``. Returns {"alphas": (A,), "losses": (n, A), "base_loss":
+    float, "directions": (n, D), "radius": float, "sharpness": float (max loss - base_loss)}.
     """
     if radius <= 0 or n_alphas < 2:
         raise CurvatureError(f"radius must be > 0 and n_alphas >= 2, got {radius}, {n_alphas}")
+    x, y = _data(x, y, "sharpness data")
     d = _directions_arg(model, directions, n_directions, seed, norm, ignore, params, device)
     alphas = np.linspace(-radius, radius, n_alphas)
-    kw = dict(batch_size=batch_size, n_samples=n_samples, seed=seed, params=params, buffers=buffers,
-              loss_fn=loss_fn, chunk_size=chunk_size, device=device)
+    kw = dict(loss=loss, batch_size=batch_size, n_samples=n_samples, seed=seed, params=params,
+              buffers=buffers, chunk_size=chunk_size, device=device)
     losses = loss_along_directions(model, x, y, d, alphas, **kw)
     base = float(loss_along_directions(model, x, y, d[:1], [0.0], **kw)[0, 0])
     return {"alphas": alphas, "losses": losses, "base_loss": base, "directions": d.detach().cpu(),
             "radius": float(radius), "sharpness": float(losses.max() - base)}
 
 
-def sharpness(model: nn.Module, x: Tensor, y: Tensor, *, radius: float = 0.1, n_directions: int = 10,
+def sharpness(model: nn.Module, x, y: Tensor | None = None, *, radius: float = 0.1, n_directions: int = 10,
               seed: int = 0, norm: str = "filter", **kw) -> float:
     """Filter-normalized sharpness: max over directions d and |alpha| <= radius of
     L(theta + alpha d) - L(theta), in loss units (nats for cross-entropy).
 
     Directions are random and normalized by ``norm`` (see :func:`random_directions`);
     ``n_alphas`` (default 21) evenly spaced alphas on [-radius, radius] are evaluated along
-    each. Other keywords as :func:`sharpness_profile`.
+    each. Other keywords (``loss=`` among them) as :func:`sharpness_profile`.
     """
     return sharpness_profile(model, x, y, radius=radius, n_directions=n_directions, seed=seed,
                              norm=norm, **kw)["sharpness"]
@@ -167,16 +170,15 @@ def log_ball_volume(dim: int) -> float:
     return 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim + 1)
 
 
-def basin_volume(model: nn.Module, x: Tensor, y: Tensor, *, threshold: float = 0.1, relative: bool = True,
+def basin_volume(model: nn.Module, x, y: Tensor | None = None, *, loss="cross_entropy", threshold: float = 0.1, relative: bool = True,
                  n_directions: int = 20, seed: int = 0, max_radius: float = 10.0, tol: float = 1e-3,
                  n_grid: int = 20, norm: str = "filter", ignore: str | None = "biasbn",
                  directions: Tensor | None = None, batch_size: int = 512,
                  n_samples: int | None = DEFAULT_N_SAMPLES, params: dict | None = None,
-                 buffers: dict | None = None, loss_fn: Callable | None = None,
-                 chunk_size: int | None = None, device="auto") -> dict:
+                 buffers: dict | None = None, chunk_size: int | None = None, device="auto") -> dict:
     """Basin "volume": how far the loss stays below a level along random directions.
 
-    Level: ``loss* + threshold`` (``relative=True``, loss* = loss at theta) or ``threshold``
+    Level (loss units): ``loss* + threshold`` (``relative=True``, loss* = loss at theta) or ``threshold``
     itself (``relative=False``; must exceed loss*). Along each direction d_i (normalized as in
     :func:`random_directions`, or given as ``directions`` (n, D)) the radius r_i is the first
     alpha > 0 with L(theta + alpha d_i) > level: the first of ``n_grid`` evenly spaced alphas on
@@ -200,7 +202,7 @@ def basin_volume(model: nn.Module, x: Tensor, y: Tensor, *, threshold: float = 0
     if max_radius <= 0 or tol <= 0 or n_grid < 1:
         raise CurvatureError(f"max_radius, tol and n_grid must be positive, got {max_radius}, {tol}, {n_grid}")
     s = _Setup(model, x, y, params=params, buffers=buffers, batch_size=batch_size,
-               n_samples=n_samples, seed=seed, loss_fn=loss_fn, device=device)
+               n_samples=n_samples, seed=seed, loss=loss, device=device, what="basin_volume data")
     d = _directions_arg(model, directions, n_directions, seed, norm, ignore, params, device).to(s.theta)
     _check_v(d, s.theta.numel(), "directions")
     if d.dim() == 1:
@@ -259,13 +261,13 @@ def _logsumexp(a: np.ndarray) -> float:
     "n_samples": Param((int,), 2048, checks.pos, "training samples in the Hessian"),
     "sharpness_radius": Param((int, float), 0.5, checks.pos, "filter-normalized radius of sharpness"),
     "n_directions": Param((int,), 8, checks.pos, "random directions for sharpness and volume"),
-    "volume_threshold": Param((int, float), 0.1, checks.pos, "loss rise that ends the basin (nats)"),
+    "volume_threshold": Param((int, float), 0.1, checks.pos, "loss rise that ends the basin (loss units; nats for cross-entropy)"),
 })
-def curvature_features(model: nn.Module, x: Tensor, y: Tensor, *, top_k: int = 1, n_probes: int = 20,
+def curvature_features(model: nn.Module, x, y: Tensor | None = None, *, loss="cross_entropy", top_k: int = 1, n_probes: int = 20,
                        n_samples: int | None = DEFAULT_N_SAMPLES, batch_size: int = 512, seed: int = 0,
                        lanczos_iters: int = 100, tol: float = 1e-4, probe_batch: int = 1,
                        sharpness_radius: float = 0.5, n_directions: int = 8, volume_threshold: float = 0.1,
-                       max_radius: float = 10.0, loss_fn: Callable | None = None, params: dict | None = None,
+                       max_radius: float = 10.0, params: dict | None = None,
                        buffers: dict | None = None, device="auto") -> dict[str, float]:
     """The ``curvature`` feature group of one minimum (all floats; keys without group prefix).
 
@@ -273,12 +275,16 @@ def curvature_features(model: nn.Module, x: Tensor, y: Tensor, *, top_k: int = 1
     eigenvalue_2 ... eigenvalue_k; trace (Hutchinson, ``n_probes`` Rademacher probes) and
     trace_stderr; top_trace_ratio (top_eigenvalue / trace); sharpness (filter-normalized,
     radius ``sharpness_radius``, ``n_directions`` directions); log_volume and mean_log_radius
-    (:func:`basin_volume`, level loss* + ``volume_threshold`` nats, same number of directions);
-    n_samples (samples used). ``seed`` fixes the subset, the Lanczos start, the probes and the
-    directions. Defaults match the ``[curvature]`` config section except ``n_samples``.
+    (:func:`basin_volume`, level loss* + ``volume_threshold`` in loss units, same number of
+    directions); n_samples (samples used). ``loss``: a name of LOSSES or a per-sample callable
+    (:func:`topoland.landscape.hessian.hvp_fn`); eigenvalues, trace and sharpness are in its units
+    (nats for cross-entropy). ``x`` with ``y``, or a data form with ``y=None`` (train split).
+    ``seed`` fixes the subset, the Lanczos start, the probes and the directions. Defaults match
+    the ``[curvature]`` config section except ``n_samples``.
     """
-    common = dict(batch_size=batch_size, n_samples=n_samples, seed=seed, params=params,
-                  buffers=buffers, loss_fn=loss_fn, device=device)
+    x, y = _data(x, y, "curvature_features data")
+    common = dict(loss=loss, batch_size=batch_size, n_samples=n_samples, seed=seed, params=params,
+                  buffers=buffers, device=device)
     op = hvp_fn(model, x, y, **common)
     vals, _ = top_eigenvalues(op, k=top_k, method="lanczos", iters=lanczos_iters, tol=tol, seed=seed)
     tr, tr_se = hessian_trace(op, n_probes=n_probes, seed=seed, probe_batch=probe_batch)

@@ -3,7 +3,13 @@ loss functions for networks; protocol: :mod:`topoland.landscape.path_losses`).
 
 Points are flat vectors of the trainable parameters in ``model.named_parameters()`` order;
 BatchNorm is handled in ``"eval"``, ``"train"`` or ``"recompute"`` mode (see
-:func:`network_loss`).
+:func:`network_loss`). The loss is ``loss=``: a name of :data:`topoland.nets.losses.LOSSES`
+(default ``"cross_entropy"``, nats) or a per-sample callable ``(output (N, ...), target (N, ...))
+-> (N,)``, checked once on a 2-sample batch (a model output that does not fit it raises one
+message naming both shapes); values are in that loss's units. The loss is applied outside
+``vmap`` to the outputs of all points flattened to ``(B * N, ...)`` (targets repeated), so a
+callable needs no ``vmap`` support. Data: ``x`` with ``y``, or one data form with ``y=None``
+(its train split, :func:`topoland.splits.as_pair`).
 """
 from __future__ import annotations
 
@@ -12,11 +18,12 @@ import copy
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from topoland.errors import ConfigError
 from topoland.landscape.path_losses import PathError, _as_2d
+from topoland.nets.losses import mean_loss, resolve_loss, tracks_accuracy
+from topoland.nets.metrics import prepare_target
 
 __all__ = ["NetworkLoss", "network_loss", "network_loss_loop", "network_metrics", "model_vector"]
 
@@ -124,8 +131,53 @@ def _recompute_bn(model, params, bn_x: Tensor, bn_batch_size: int | None) -> dic
 _BN_MODES = ("eval", "train", "recompute")
 
 
+def _pair(x, y, what: str) -> tuple[Tensor, Tensor]:
+    if y is None:
+        from topoland.splits import as_pair
+        return as_pair(x, "train", what=what)
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise PathError(f"{what}: x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); or "
+                        f"pass one data form (a DataSplits, an (x, y) pair, a Dataset) as x with y=None")
+    return x, y
+
+
+def _resolve(model: nn.Module, loss, x: Tensor, y: Tensor) -> tuple[str, Callable, Tensor]:
+    """``(name, per-sample fn, targets)``: ``loss`` resolved and checked once on the first two
+    samples (eval mode, no gradient); targets as the loss reads them."""
+    if isinstance(loss, tuple) and len(loss) == 2 and callable(loss[1]):
+        return loss[0], loss[1], prepare_target(loss[0], y)
+    name, _ = resolve_loss(loss)
+    y = prepare_target(name, y)
+    x2 = x[:2]
+    p0 = next((p for p in model.parameters()), None)
+    if p0 is not None and x2.is_floating_point() and p0.is_floating_point():
+        x2 = x2.to(device=p0.device, dtype=p0.dtype)
+    with torch.no_grad(), _modes(model, bn_train=False):
+        out2 = model(x2)
+    y2 = y[:2].to(out2.device)
+    if y2.is_floating_point() and out2.is_floating_point():
+        y2 = y2.to(out2.dtype)
+    name, fn = resolve_loss(loss, output=out2, target=y2)
+    return name, fn, y
+
+
+def _flat_target(yb: Tensor, b: int) -> Tensor:
+    """Targets ``(N, ...)`` repeated for B points: ``(B * N, ...)``."""
+    return yb.unsqueeze(0).expand(b, *yb.shape).reshape(b * yb.shape[0], *yb.shape[1:])
+
+
+def _point_losses(name: str, fn: Callable, outputs: Tensor, yb: Tensor) -> Tensor:
+    """Mean per-sample loss of each point: outputs ``(B, N, ...)`` -> ``(B,)``."""
+    b, n = outputs.shape[:2]
+    v = fn(outputs.reshape(b * n, *outputs.shape[2:]), _flat_target(yb, b))
+    if tuple(v.shape) != (b * n,):
+        raise PathError(f"loss {name!r} returned shape {tuple(v.shape)} for {b * n} samples; it must "
+                        f"return one value per sample")
+    return v.view(b, n).mean(1)
+
+
 class NetworkLoss:
-    """Batched mean cross-entropy (nats) of a network at flat parameter points.
+    """Batched mean loss of a network at flat parameter points (loss units; nats for cross-entropy).
 
     ``loss(thetas (B, D)) -> (B,)``; ``loss(thetas, (xb, yb))`` uses that minibatch. Without
     a batch, the whole ``(x, y)`` is used, or, when ``batch_size`` is set, a fresh random
@@ -133,12 +185,16 @@ class NetworkLoss:
     See :func:`network_loss`.
     """
 
-    def __init__(self, model, x, y, *, batch_size=None, bn="eval", bn_x=None,
+    def __init__(self, model, x, y=None, *, loss="cross_entropy", batch_size=None, bn="eval", bn_x=None,
                  bn_batch_size=None, chunk_size=None, seed=0):
         if bn not in _BN_MODES:
             raise ConfigError(f"bn must be one of {_BN_MODES}, got {bn!r}")
+        x, y = _pair(x, y, "network_loss data")
         if x.shape[0] != y.shape[0]:
             raise PathError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+        if x.shape[0] == 0:
+            raise PathError("x is empty")
+        self.loss_name, self.loss_fn, y = _resolve(model, loss, x, y)
         self.model, self.x, self.y = model, x, y
         self.batch_size, self.bn, self.bn_batch_size = batch_size, bn, bn_batch_size
         self.bn_x = x if bn_x is None else bn_x
@@ -149,7 +205,8 @@ class NetworkLoss:
 
     def with_batch_size(self, batch_size: int | None) -> "NetworkLoss":
         """A copy that draws random minibatches of ``batch_size`` (None: full data)."""
-        return NetworkLoss(self.model, self.x, self.y, batch_size=batch_size, bn=self.bn,
+        return NetworkLoss(self.model, self.x, self.y, loss=(self.loss_name, self.loss_fn),
+                           batch_size=batch_size, bn=self.bn,
                            bn_x=self.bn_x, bn_batch_size=self.bn_batch_size,
                            chunk_size=self.chunk_size, seed=self.seed)
 
@@ -181,16 +238,16 @@ class NetworkLoss:
             return _vmapped_logits(self.model, params, bufs, xb, True)
 
     def _losses(self, thetas, xb, yb):
-        logits = self._logits(thetas, xb)  # (B, N, C)
-        b, n, c = logits.shape
-        ce = F.cross_entropy(logits.reshape(b * n, c), yb.repeat(b), reduction="none")
-        return ce.view(b, n).mean(1)
+        outputs = self._logits(thetas, xb)  # (B, N, ...)
+        return _point_losses(self.loss_name, self.loss_fn, outputs, yb)
 
 
-def network_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int | None = None,
-                 bn: str = "eval", bn_x: Tensor | None = None, bn_batch_size: int | None = None,
-                 chunk_size: int | None = None, seed: int = 0) -> NetworkLoss:
-    """Batched loss ``thetas (B, D) -> (B,)`` (mean cross-entropy, nats) of ``model``.
+def network_loss(model: nn.Module, x, y: Tensor | None = None, *, loss="cross_entropy",
+                 batch_size: int | None = None, bn: str = "eval", bn_x: Tensor | None = None,
+                 bn_batch_size: int | None = None, chunk_size: int | None = None, seed: int = 0) -> NetworkLoss:
+    """Batched loss ``thetas (B, D) -> (B,)`` of ``model``: the mean over the samples of ``loss``
+    (a name of LOSSES or a per-sample callable; module docstring), in its units (nats for
+    cross-entropy). This is the loss NEB, AutoNEB and the curve fitters minimise.
 
     Points are flat vectors of the trainable parameters in ``model.named_parameters()``
     order (as :func:`topoland.nets.params.flatten`). Evaluation: ``torch.func.functional_call`` + ``vmap`` over the stacked,
@@ -207,19 +264,21 @@ def network_loss(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int | No
     train mode). ``batch_size``: draw a random minibatch per call (seeded by
     ``seed``); None uses all of ``x``.
     """
-    return NetworkLoss(model, x, y, batch_size=batch_size, bn=bn, bn_x=bn_x,
+    return NetworkLoss(model, x, y, loss=loss, batch_size=batch_size, bn=bn, bn_x=bn_x,
                        bn_batch_size=bn_batch_size, chunk_size=chunk_size, seed=seed)
 
 
-def network_loss_loop(model: nn.Module, x: Tensor, y: Tensor, *, bn: str = "eval",
+def network_loss_loop(model: nn.Module, x, y: Tensor | None = None, *, loss="cross_entropy", bn: str = "eval",
                       bn_x: Tensor | None = None, bn_batch_size: int | None = None) -> Callable:
-    """Plain-loop reference of :func:`network_loss` (full data, no gradient).
+    """Plain-loop reference of :func:`network_loss` (full data, no gradient; same ``loss``).
 
     Each point: a deep copy of the model, parameters loaded with ``vector_to_parameters``,
     BN statistics reset and re-accumulated with ``momentum=None`` for ``"recompute"``.
     """
     if bn not in _BN_MODES:
         raise ConfigError(f"bn must be one of {_BN_MODES}, got {bn!r}")
+    x, y = _pair(x, y, "network_loss_loop data")
+    name, fn, y = _resolve(model, loss, x, y)
     bn_x = x if bn_x is None else bn_x
 
     def _loop(thetas: Tensor) -> Tensor:
@@ -244,18 +303,42 @@ def network_loss_loop(model: nn.Module, x: Tensor, y: Tensor, *, bn: str = "eval
                     for mod in m.modules():
                         if isinstance(mod, _BN_TYPES):
                             mod.train()
-                out.append(F.cross_entropy(m(x), y))
+                out.append(mean_loss(name, fn, m(x), y))
         return torch.stack(out)
     return _loop
 
 
-def network_metrics(model: nn.Module, splits: dict[str, tuple[Tensor, Tensor]], *,
+def _split_pairs(splits) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{name: (x, y)}`` of a mapping of splits (values: ``(x, y)`` pairs or Datasets) or of a
+    DataSplits (its train and test splits)."""
+    from collections.abc import Mapping
+
+    from topoland.splits import DataSplits, as_pair
+    if isinstance(splits, DataSplits):
+        return {"train": splits.split("train"), "test": splits.split("test")}
+    if not isinstance(splits, Mapping):
+        raise PathError(f"network_metrics splits must be a mapping name -> (x, y) or a DataSplits, "
+                        f"got {type(splits).__name__}")
+    out = {}
+    for name, v in splits.items():
+        if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(t, Tensor) for t in v):
+            out[str(name)] = (v[0], v[1])
+        else:
+            out[str(name)] = as_pair(v, "train", what=f"network_metrics split {name!r}")
+    return out
+
+
+def network_metrics(model: nn.Module, splits, *, loss="cross_entropy", metrics=None,
                     bn: str = "recompute", bn_x: Tensor | None = None, batch_size: int = 1024,
                     chunk_size: int | None = None, device="auto") -> Callable:
-    """Batched metrics ``thetas (B, D) -> {f"{split}_loss", f"{split}_error": (B,)}``.
+    """Batched metrics ``thetas (B, D) -> {f"{split}_{metric}": (B,)}``.
 
-    Loss: mean cross-entropy (nats); error: fraction misclassified (0..1). Evaluated by
-    :func:`topoland.nets.evaluation.evaluate` (vmap over points, no gradients); with
+    splits: ``{name: (x, y)}`` (values may also be Datasets) or a DataSplits (train and test).
+    loss: a name of LOSSES or a per-sample callable (its mean is the column ``{split}_loss``, in
+    its units: nats for cross-entropy). metrics: as :func:`topoland.nets.evaluation.evaluate`;
+    None records ``loss`` and, for class-index targets (:func:`~topoland.nets.losses.tracks_accuracy`),
+    ``error`` (fraction misclassified, 0..1): the columns ``{split}_loss``, ``{split}_error``.
+    Evaluated by :func:`topoland.nets.evaluation.evaluate` (vmap over points, no gradients); with
     ``bn="recompute"`` (default) the BN statistics are recomputed at every point from
     ``bn_x`` (default: the first split's inputs, normally ``"train"``) in batches of
     ``batch_size``.
@@ -266,16 +349,20 @@ def network_metrics(model: nn.Module, splits: dict[str, tuple[Tensor, Tensor]], 
         raise PathError("network_metrics needs at least one split (name -> (x, y))")
     if bn not in ("eval", "recompute"):
         raise ConfigError(f"network_metrics bn must be 'eval' or 'recompute', got {bn!r}")
-    first = next(iter(splits.values()))[0]
-    bn_x = first if bn_x is None else bn_x
+    pairs = _split_pairs(splits)
+    fx, fy = next(iter(pairs.values()))
+    name, fn, _ = _resolve(model, loss, fx, fy)
+    if metrics is None:
+        metrics = ("loss", "error") if tracks_accuracy(name, fy) else ("loss",)
+    bn_x = fx if bn_x is None else bn_x
 
     def _metrics(thetas: Tensor) -> dict[str, Tensor]:
         thetas = _as_2d(thetas, "thetas").detach()
         out = {}
-        for s, (x, y) in splits.items():
-            r = evaluate(model, thetas, x, y, metrics=("loss", "error"), batch_size=batch_size,
+        for s, (x, y) in pairs.items():
+            r = evaluate(model, thetas, x, y, loss=(name, fn), metrics=metrics, batch_size=batch_size,
                          chunk_size=chunk_size, bn=bn, bn_x=bn_x, device=device)
-            out[f"{s}_loss"] = torch.as_tensor(r["loss"])
-            out[f"{s}_error"] = torch.as_tensor(r["error"])
+            for k, v in r.items():
+                out[f"{s}_{k}"] = torch.as_tensor(v)
         return out
     return _metrics

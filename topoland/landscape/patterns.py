@@ -1,8 +1,10 @@
 """Multi-point optimization: loss patterns drawn into the landscape (Skorokhodov & Burtsev).
 
 A plane ``w(x, y) = origin + s (x right + y up)`` in parameter space is trained so that a given
-binary picture appears in the loss on a grid of cells over ``[-1, 1]^2``: cross-entropy is
-minimized at "low" cells and maximized, clipped at ``clip`` nats, at "high" cells. ``right``
+binary picture appears in the loss on a grid of cells over ``[-1, 1]^2``: the loss (``loss=``,
+default cross-entropy in nats; a name of :data:`topoland.nets.losses.LOSSES` or a per-sample
+callable ``(output, target) -> (N,)``) is minimized at "low" cells and maximized, clipped at
+``clip`` (loss units), at "high" cells. ``right``
 and ``up`` are kept orthogonal and of equal norm by Gram-Schmidt after every step, so the
 picture is not distorted by the parametrization.
 
@@ -28,6 +30,8 @@ from topoland.nets.directions import orthogonal_pair
 from topoland.errors import TopolandError
 from topoland.nets.evaluation import evaluate
 from topoland.nets.functional import functional_logits
+from topoland.nets.losses import resolve_loss
+from topoland.nets.metrics import prepare_target
 from topoland.nets.params import flatten, get_params, has_batchnorm, param_names, unflatten
 from topoland.utils import make_generator, resolve_device
 
@@ -124,20 +128,33 @@ def gram_schmidt_(right: Tensor, up: Tensor) -> None:
 # per-cell losses: batched and reference
 # --------------------------------------------------------------------------------------------
 
-def _cell_losses(model: nn.Module, points: Tensor, xb: Tensor, yb: Tensor, *, train: bool) -> Tensor:
-    """Mean cross-entropy (nats) of each point on one batch: points ``(B, D)`` -> ``(B,)``.
+def _loss(loss):
+    """``(name, per-sample fn)`` of a loss name, callable or resolved pair."""
+    if isinstance(loss, tuple) and len(loss) == 2 and callable(loss[1]):
+        return loss
+    return resolve_loss(loss)
 
-    One vmap call over the points; differentiable in ``points``. train: BN uses batch statistics."""
+
+def _cell_losses(model: nn.Module, points: Tensor, xb: Tensor, yb: Tensor, *, train: bool,
+                 loss="cross_entropy") -> Tensor:
+    """Mean loss (loss units; nats for cross-entropy) of each point on one batch: points
+    ``(B, D)`` -> ``(B,)``.
+
+    One vmap call over the points (the loss is applied outside it, to the outputs flattened to
+    ``(B * N, ...)``); differentiable in ``points``. train: BN uses batch statistics."""
+    _, fn = _loss(loss)
     params = unflatten(points, model)
-    logits = functional_logits(model, params, None, xb, train=train)   # (B, N, C)
-    b, n, c = logits.shape
-    ce = F.cross_entropy(logits.reshape(b * n, c), yb.repeat(b), reduction="none")
-    return ce.reshape(b, n).mean(1)
+    out = functional_logits(model, params, None, xb, train=train)   # (B, N, ...)
+    b, n = out.shape[:2]
+    tgt = yb.unsqueeze(0).expand(b, *yb.shape).reshape(b * n, *yb.shape[1:])
+    return fn(out.reshape(b * n, *out.shape[2:]), tgt).reshape(b, n).mean(1)
 
 
 @torch.no_grad()
-def _cell_losses_loop(model: nn.Module, points: Tensor, xb: Tensor, yb: Tensor, *, train: bool) -> Tensor:
+def _cell_losses_loop(model: nn.Module, points: Tensor, xb: Tensor, yb: Tensor, *, train: bool,
+                      loss="cross_entropy") -> Tensor:
     """Reference for :func:`_cell_losses`: a fresh copy of the model per point, load_state_dict, forward."""
+    _, fn = _loss(loss)
     names = param_names(model)
     out = []
     for p in points:
@@ -148,7 +165,7 @@ def _cell_losses_loop(model: nn.Module, points: Tensor, xb: Tensor, yb: Tensor, 
             for mod in m.modules():
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     mod.train(True)
-        out.append(F.cross_entropy(m(xb), yb))
+        out.append(fn(m(xb), yb).mean())
     return torch.stack(out)
 
 
@@ -161,10 +178,12 @@ class LossPatternFitter(BaseEstimator):
 
     Parameters: steps (Adam steps), lr, cells_per_step (half low, half high cells drawn with
     replacement each step; all in one batched forward), batch_size (training samples per step),
-    clip (nats; high cells' loss is maximized up to it), init_scale (initial s), seed (plane
-    directions, cell and batch draws), device.
+    clip (loss units, nats for cross-entropy; high cells' loss is maximized up to it), init_scale
+    (initial s), seed (plane directions, cell and batch draws), loss (a name of LOSSES or a
+    per-sample callable ``(output, target) -> (N,)``, checked once on 2 samples), device.
 
-    ``fit(model, x, y, mask)`` starts from the model's weights as origin and an exactly
+    ``fit(model, x, y, mask)`` (or ``fit(model, data, mask=mask)`` with any data form: its train
+    split) starts from the model's weights as origin and an exactly
     orthogonal filter-normalized pair (:func:`topoland.nets.directions.orthogonal_pair`) as right/up.
     BN models are trained with batch statistics and evaluated with statistics recomputed per
     cell. Fitted attributes: ``origin_``, ``right_``, ``up_`` ``(D,)`` float32, ``scale_`` (float),
@@ -173,9 +192,11 @@ class LossPatternFitter(BaseEstimator):
     """
 
     def __init__(self, *, steps: int = 500, lr: float = 1e-3, cells_per_step: int = 8, batch_size: int = 128,
-                 clip: float = 2.5, init_scale: float = 1.0, seed: int = 0, device="auto"):
+                 clip: float = 2.5, init_scale: float = 1.0, seed: int = 0, loss="cross_entropy",
+                 device="auto"):
         self.steps, self.lr, self.cells_per_step, self.batch_size = steps, lr, cells_per_step, batch_size
         self.clip, self.init_scale, self.seed, self.device = clip, init_scale, seed, device
+        self.loss = loss
 
     def _check(self, mask):
         for name, ok in [("steps", self.steps >= 1), ("lr", self.lr > 0), ("cells_per_step", self.cells_per_step >= 2),
@@ -190,11 +211,38 @@ class LossPatternFitter(BaseEstimator):
             raise PatternError("mask needs both high (True) and low (False) cells")
         return mask
 
-    def fit(self, model: nn.Module, x: Tensor, y: Tensor, mask) -> "LossPatternFitter":
+    def _data(self, model, x, y, what):
+        """``(x, y, (loss name, fn))``: tensors (the train split of a data form when ``y`` is None),
+        targets as the loss reads them, and the loss checked on the model's outputs for 2 samples."""
+        if y is None:
+            from topoland.splits import as_pair
+            x, y = as_pair(x, "train", what=what)
+        elif not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise PatternError(f"{what}: x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); "
+                               f"or pass one data form (a DataSplits, an (x, y) pair, a Dataset) with y=None")
+        name, fn = _loss(self.loss)
+        y = prepare_target(name, y)
+        if not isinstance(self.loss, tuple):
+            flags = [(m, m.training) for m in model.modules()]
+            model.eval()
+            try:
+                with torch.no_grad():
+                    out2 = model(x[:2].to(next(model.parameters()).device))
+            finally:
+                for m, f in flags:
+                    m.training = f
+            name, fn = resolve_loss(self.loss, output=out2, target=y[:2].to(out2.device))
+        return x, y, (name, fn)
+
+    def fit(self, model: nn.Module, x, y: Tensor | None = None, mask=None) -> "LossPatternFitter":
+        if mask is None:
+            raise PatternError("LossPatternFitter.fit needs a mask: fit(model, x, y, mask) or "
+                               "fit(model, data, mask=mask)")
         mask = self._check(mask)
         dev = resolve_device(self.device)
         model.to(dev)
-        x, y = x.to(dev), y.to(dev).long()
+        x, y, objective = self._data(model, x, y, "LossPatternFitter.fit data")
+        x, y = x.to(dev), y.to(dev)
         train = has_batchnorm(model)
         d1, d2 = orthogonal_pair(model, self.seed)
         names = param_names(model)
@@ -218,7 +266,7 @@ class LossPatternFitter(BaseEstimator):
             bidx = torch.randint(len(y), (min(self.batch_size, len(y)),), generator=g).to(dev)
             cells = torch.cat([lo, hi]).to(dev)
             pts = plane_points(origin, right, up, scale, coords[cells])
-            ce = _cell_losses(model, pts, x[bidx], y[bidx], train=train)
+            ce = _cell_losses(model, pts, x[bidx], y[bidx], train=train, loss=objective)
             low_loss, high_loss = ce[:n_low].mean(), ce[n_low:].clamp(max=self.clip).mean()
             loss = low_loss - high_loss
             if not bool(torch.isfinite(loss)):
@@ -245,36 +293,46 @@ class LossPatternFitter(BaseEstimator):
             raise PatternError("LossPatternFitter is not fitted; call fit() first")
         return plane_points(self.origin_, self.right_, self.up_, self.scale_, cell_coordinates(self.mask_.shape))
 
-    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024,
+    def evaluate(self, model: nn.Module, x, y: Tensor | None = None, *, metrics=None, batch_size: int = 1024,
                  device=None) -> dict[str, np.ndarray]:
-        """Loss (nats) and accuracy of every cell on ``(x, y)``: ``{"loss", "accuracy"}`` of shape
-        ``(H, W)``, via :func:`topoland.nets.evaluation.evaluate` (BN statistics recomputed per cell from x).
+        """The metrics of every cell on ``(x, y)`` (or a data form with ``y=None``: its train
+        split): ``{name: (H, W)}``, via :func:`topoland.nets.evaluation.evaluate` (BN statistics
+        recomputed per cell from x). metrics: None is "loss" (the fitter's ``loss``, in its units)
+        and, for class-index targets, "accuracy"; or any ``metrics=`` of
+        :mod:`topoland.nets.metrics`.
 
         Pass held-out data (the test split, as the source paper does): the plane was optimized on
         the training data given to :meth:`fit`, so a pattern that shows there measures only the
         optimization; one that shows on data the fit never saw is a property of the landscape."""
         dev = self.device if device is None else device
+        pts = self.points()
+        x, y, loss = self._data(model, x, y, "LossPatternFitter.evaluate data")
         bn = "recompute" if has_batchnorm(model) else "eval"
-        res = evaluate(model, self.points(), x, y, metrics=("loss", "accuracy"), batch_size=batch_size,
+        res = evaluate(model, pts, x, y, loss=loss, metrics=metrics, batch_size=batch_size,
                        bn=bn, device=dev)
         return {k: v.reshape(self.mask_.shape) for k, v in res.items()}
 
 
 def pattern_gap(grids: dict[str, np.ndarray], mask) -> dict[str, float]:
-    """How well a mask shows: mean loss/accuracy over low and high cells.
+    """How well a mask shows: mean loss (and accuracy, when recorded) over low and high cells.
 
-    grids: ``{"loss", "accuracy"}`` ``(H, W)``; mask ``(H, W)`` bool (True = high). Returns
-    ``low_loss, high_loss, loss_gap = high_loss - low_loss, low_acc, high_acc,
-    acc_gap = low_acc - high_acc``.
+    grids: ``{"loss", ("accuracy")}`` ``(H, W)``; mask ``(H, W)`` bool (True = high). Returns
+    ``low_loss, high_loss, loss_gap = high_loss - low_loss`` (loss units) and, when ``grids``
+    has "accuracy" (class-index targets), ``low_acc, high_acc, acc_gap = low_acc - high_acc``.
     """
     mask = np.asarray(mask, bool)
+    if "loss" not in grids:
+        raise PatternError(f"pattern_gap needs a 'loss' grid, got {sorted(grids)}")
     out = {}
     for key, short in (("loss", "loss"), ("accuracy", "acc")):
+        if key not in grids:
+            continue
         g = np.asarray(grids[key])
         if g.shape != mask.shape:
             raise PatternError(f"grid {key!r} has shape {g.shape}, mask {mask.shape}")
         out[f"low_{short}"] = float(g[~mask].mean())
         out[f"high_{short}"] = float(g[mask].mean())
     out["loss_gap"] = out["high_loss"] - out["low_loss"]
-    out["acc_gap"] = out["low_acc"] - out["high_acc"]
+    if "low_acc" in out:
+        out["acc_gap"] = out["low_acc"] - out["high_acc"]
     return out

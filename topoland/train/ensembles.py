@@ -4,9 +4,11 @@ From a trained minimum, SGD runs ``cycles`` cycles of ``cycle_epochs`` epochs ea
 cycle the learning rate goes from ``lr1`` down to ``lr2`` at the middle and back up
 (``"triangular"``: linearly; ``"cosine"``: ``lr2 + (lr1 - lr2) (1 + cos 2 pi t) / 2``), with
 ``t in [0, 1)`` the position of the iteration in its cycle. A snapshot is taken after the
-iteration with the lowest rate of each cycle. The ensemble predicts the average of the
-members' softmax probabilities; :func:`ensemble_curve` tabulates its accuracy against the
-number of members.
+iteration with the lowest rate of each cycle. The SGD objective is the mean of ``loss=`` (a
+name of :data:`topoland.nets.losses.LOSSES`, default cross-entropy, or a per-sample callable
+``(output, target) -> (N,)``). For a classification the ensemble predicts the average of the
+members' softmax probabilities (:func:`member_probabilities`); :func:`ensemble_curve` tabulates
+its accuracy against the number of members.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from topoland import checks
 from topoland.data import DataSplits, as_pair, augment_batch, kind_of, minibatch_order
 from topoland.declare import Param, declare
 from topoland.errors import TopolandError
+from topoland.nets.losses import mean_loss, resolve_loss
+from topoland.nets.metrics import prepare_target
 from topoland.train.optim import update_bn
 from topoland.nets.functional import functional_logits
 from topoland.nets.params import flatten, get_buffers, has_batchnorm, param_names, stack, unflatten
@@ -53,7 +57,7 @@ class FGEResult:
 
     ``snapshots``: ``(M, D)`` float32 flat parameters (param_names order); ``buffers``: stacked
     ``{name: (M, ...)}`` (BN statistics per member) or ``{}``; ``history``: one row per
-    iteration (cycle, iteration, lr, loss, snapshot flag).
+    iteration (cycle, iteration, lr, loss (the minibatch's mean loss, in its units), snapshot flag).
     """
 
     snapshots: Tensor
@@ -75,11 +79,13 @@ def fast_geometric_ensemble(model: nn.Module, data, *, cycles: int = 4, cycle_ep
                             lr1: float = 0.05, lr2: float = 5e-4, schedule: str = "triangular",
                             momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 128,
                             augment: bool = False, bn: str = "recompute", seed: int = 0,
-                            device="auto") -> FGEResult:
+                            loss="cross_entropy", device="auto") -> FGEResult:
     """Collect ``cycles`` snapshots around the minimum held by ``model`` (trained in place).
 
     data: only its training split is used: a DataSplits, a mapping of splits, or one ``(x, y)``
-    pair / map-style Dataset (:func:`topoland.data.as_pair`).
+    pair / map-style Dataset (:func:`topoland.data.as_pair`); targets int64 class indices or
+    float regression targets. loss: a name of LOSSES or a per-sample callable, checked once on
+    the model's outputs for 2 samples (a mismatch names both shapes); SGD minimises its mean.
 
     bn: "recompute" (BN statistics of every snapshot recomputed on the training inputs, as
     for SWA) or "running" (the running statistics at snapshot time). ``seed`` drives the
@@ -98,7 +104,16 @@ def fast_geometric_ensemble(model: nn.Module, data, *, cycles: int = 4, cycle_ep
     model.to(dev)
     x, y = as_pair(data, "train", what="fast_geometric_ensemble data")
     kind = data.kind if isinstance(data, DataSplits) else kind_of(x)
+    loss_name, _ = resolve_loss(loss)
+    y = prepare_target(loss_name, y)
     x, y = x.to(dev), y.to(dev)
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    with torch.no_grad():
+        out2 = model(x[:2])
+    for m, f in was:
+        m.training = f
+    loss_name, loss_fn = resolve_loss(loss, output=out2, target=y[:2])
     g = make_generator(seed)
     has_bn = has_batchnorm(model)
     n_batches = len(minibatch_order(len(y), batch_size, make_generator(0)))
@@ -121,17 +136,17 @@ def fast_geometric_ensemble(model: nn.Module, data, *, cycles: int = 4, cycle_ep
                     xb = augment_batch(xb, kind, g)
                 for group in opt.param_groups:
                     group["lr"] = lrs[i]
-                loss = nn.functional.cross_entropy(model(xb), yb)
-                if not bool(torch.isfinite(loss)):
+                obj = mean_loss(loss_name, loss_fn, model(xb), yb)
+                if not bool(torch.isfinite(obj)):
                     raise EnsembleError(f"fast_geometric_ensemble diverged in cycle {c} (lr1={lr1} too large?)")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                obj.backward()
                 opt.step()
                 snap = i == snap_at
                 if snap:
                     snaps.append(flatten({n: p.detach() for n, p in model.named_parameters()}, names).float().cpu())
                     bufs.append({k: v.cpu() for k, v in get_buffers(model).items()})
-                rows.append({"cycle": c, "iteration": i, "lr": lrs[i], "loss": float(loss.detach()), "snapshot": snap})
+                rows.append({"cycle": c, "iteration": i, "lr": lrs[i], "loss": float(obj.detach()), "snapshot": snap})
                 i += 1
     model.eval()
     buffers = stack(bufs) if bufs and bufs[0] else {}
