@@ -266,7 +266,7 @@ def test_batched_point_loss_equals_loop():
     model, (x, y) = _mlp(3, bn=True), _data()
     model[1].running_var.fill_(2.0)
     s = _Setup(model, x, y, params=None, buffers=None, batch_size=16, n_samples=None, seed=0,
-               loss_fn=None, device="cpu")
+               device="cpu")
     pts = s.theta[None] + 0.1 * C.random_directions(model, 5, seed=0)
     torch.testing.assert_close(C._points_loss(s, pts, chunk_size=2), C._points_loss_loop(s, pts), rtol=1e-12, atol=0)
 

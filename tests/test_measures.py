@@ -171,14 +171,14 @@ def test_ascent_finds_the_maximum_over_the_filter_balls():
     W, xn = net.weight.detach().numpy(), float(x.norm())
     a = np.linalg.norm(W, axis=1) * xn
     for r in (0.05, 0.5):
-        rise, delta = FM.worst_case_sharpness(net, x, y, radius=r, loss_fn=_sq, steps=10, return_delta=True)
+        rise, delta = FM.worst_case_sharpness(net, x, y, radius=r, loss=_sq, steps=10, return_delta=True)
         assert rise == pytest.approx(float(((np.abs(e) + r * a) ** 2 - e ** 2).sum()), rel=1e-9)
         norms = delta.reshape(3, 4).norm(dim=1).numpy()
         assert (norms <= r * np.linalg.norm(W, axis=1) * (1 + 1e-12)).all()
     # alpha': the positive root of sum_k (a_k^2 r^2 + 2 |e_k| a_k r) = threshold
     A, B, thr = (a ** 2).sum(), 2 * (np.abs(e) * a).sum(), 0.1
     root = (-B + math.sqrt(B ** 2 + 4 * A * thr)) / (2 * A)
-    alpha = FM.worst_case_alpha(net, x, y, threshold=thr, loss_fn=_sq, rtol=0.01)
+    alpha = FM.worst_case_alpha(net, x, y, threshold=thr, loss=_sq, rtol=0.01)
     assert root / 1.01 * (1 - 1e-9) <= alpha <= root * (1 + 1e-9)
 
 
@@ -189,7 +189,7 @@ def test_ascent_finds_the_maximum_over_the_box():
     theta = np.concatenate([net.weight.detach().numpy().ravel(), net.bias.detach().numpy()])
     c = np.concatenate([x.numpy().ravel(), [1.0]])
     r, eps = 0.2, 0.01
-    rise, delta = FM.worst_case_sharpness(net, x, y, radius=r, kind="adaptive", eps=eps, loss_fn=_sq,
+    rise, delta = FM.worst_case_sharpness(net, x, y, radius=r, kind="adaptive", eps=eps, loss=_sq,
                                           return_delta=True)
     S = r * ((np.abs(theta) + eps) * np.abs(c)).sum()
     assert rise == pytest.approx((abs(e[0]) + S) ** 2 - e[0] ** 2, rel=1e-9)
@@ -222,17 +222,17 @@ def test_pac_bayes_sigma_brackets_the_threshold_with_fixed_draws(least_squares):
     net, x, y, A = least_squares
     thr, n_draws = 0.1, 8
     z = torch.randn((n_draws, 3), generator=make_generator(0), dtype=torch.float64).numpy()
-    sigma = FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=n_draws, loss_fn=_sq, seed=0)
+    sigma = FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=n_draws, loss=_sq, seed=0)
     exact = math.sqrt(thr / np.mean([zk @ A @ zk for zk in z]))  # the rise is sigma^2 mean z^T A z
     assert exact / 1.01 * (1 - 1e-9) <= sigma <= exact * (1 + 1e-9)
     assert _brute_rise(net, x, y, sigma * z) <= thr * (1 + 1e-9)
     assert _brute_rise(net, x, y, 1.1 * sigma * z) >= thr
-    assert FM.pac_bayes_rise(net, x, y, sigma, n_draws=n_draws, loss_fn=_sq) == pytest.approx(
+    assert FM.pac_bayes_rise(net, x, y, sigma, n_draws=n_draws, loss=_sq) == pytest.approx(
         _brute_rise(net, x, y, sigma * z), rel=1e-9)
-    assert FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=n_draws, loss_fn=_sq, seed=0) == sigma
-    assert FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=n_draws, loss_fn=_sq, seed=1) != sigma
+    assert FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=n_draws, loss=_sq, seed=0) == sigma
+    assert FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=n_draws, loss=_sq, seed=1) != sigma
     # many draws: E[u^T A u] = sigma^2 tr(A)
-    many = FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=2000, loss_fn=_sq)
+    many = FM.pac_bayes_sigma(net, x, y, threshold=thr, n_draws=2000, loss=_sq)
     assert many == pytest.approx(math.sqrt(thr / np.trace(A)), rel=0.05)
 
 
@@ -241,13 +241,13 @@ def test_magnitude_aware_sigma_uses_the_magnitude_variance(least_squares):
     thr, eps = 0.05, 1e-3
     theta = net.weight.detach().numpy()[0]
     z = torch.randn((16, 3), generator=make_generator(4), dtype=torch.float64).numpy()
-    s = FM.pac_bayes_sigma(net, x, y, kind="magnitude", threshold=thr, n_draws=16, eps=eps, loss_fn=_sq, seed=4)
+    s = FM.pac_bayes_sigma(net, x, y, kind="magnitude", threshold=thr, n_draws=16, eps=eps, loss=_sq, seed=4)
     std = lambda sg: np.sqrt(sg ** 2 * theta ** 2 + eps ** 2)  # noqa: E731
     assert _brute_rise(net, x, y, z * std(s)) <= thr * (1 + 1e-9)
     assert _brute_rise(net, x, y, z * std(1.1 * s)) >= thr
-    assert FM.pac_bayes_rise(net, x, y, 0.3, kind="magnitude", n_draws=16, eps=0.2, loss_fn=_sq, seed=4) == \
+    assert FM.pac_bayes_rise(net, x, y, 0.3, kind="magnitude", n_draws=16, eps=0.2, loss=_sq, seed=4) == \
         pytest.approx(_brute_rise(net, x, y, z * np.sqrt(0.09 * theta ** 2 + 0.04)), rel=1e-9)
-    many = FM.pac_bayes_sigma(net, x, y, kind="magnitude", threshold=thr, n_draws=2000, eps=eps, loss_fn=_sq)
+    many = FM.pac_bayes_sigma(net, x, y, kind="magnitude", threshold=thr, n_draws=2000, eps=eps, loss=_sq)
     assert float((np.diag(A) * std(many) ** 2).sum()) == pytest.approx(thr, rel=0.1)
 
 

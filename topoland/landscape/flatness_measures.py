@@ -2,8 +2,8 @@
 ascent and the PAC-Bayes perturbation scale (Jiang et al. 2020, Appendix C; Foret et al. 2021;
 Kwon et al. 2021).
 
-Losses follow :mod:`topoland.landscape.hessian`: the mean of ``loss_fn(logits, y)`` (default
-cross-entropy, nats) over a seeded subset of ``n_samples`` training samples, BN in eval mode
+Losses follow :mod:`topoland.landscape.hessian`: the mean of the per-sample ``loss`` (a name of
+:data:`topoland.nets.losses.LOSSES` or a callable; default cross-entropy, nats) over a seeded subset of ``n_samples`` training samples, BN in eval mode
 (running statistics never move), parameters flattened in :func:`topoland.nets.params.param_names`
 order, shape (D,). Perturbation sets at radius r (``kind``):
 
@@ -167,9 +167,9 @@ class _Ascent:
         return max(best - self.base, 0.0), arg.detach()
 
 
-def _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss_fn, device) -> _Setup:
+def _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss, device) -> _Setup:
     return _Setup(model, x, y, params=params, buffers=buffers, batch_size=batch_size,
-                  n_samples=n_samples, seed=seed, loss_fn=loss_fn, device=device)
+                  n_samples=n_samples, seed=seed, loss=loss, device=device)
 
 
 def worst_case_sharpness(model: nn.Module, x: Tensor, y: Tensor, *, radius: float, kind: str = "filter",
@@ -177,7 +177,7 @@ def worst_case_sharpness(model: nn.Module, x: Tensor, y: Tensor, *, radius: floa
                          eps: float = 1e-3, ignore: str | None = "biasbn", seed: int = 0,
                          n_samples: int | None = DEFAULT_N_SAMPLES, batch_size: int = 1024,
                          params: dict | None = None, buffers: dict | None = None,
-                         loss_fn: Callable | None = None, return_delta: bool = False, device="auto"):
+                         loss="cross_entropy", return_delta: bool = False, device="auto"):
     """Worst-case sharpness: the largest rise L(theta + delta) - L(theta) (loss units, nats for
     cross-entropy) found by projected gradient ascent with delta in the ``kind`` set at
     ``radius`` (module docstring). x: (N, *input_shape), y: (N,).
@@ -190,7 +190,7 @@ def worst_case_sharpness(model: nn.Module, x: Tensor, y: Tensor, *, radius: floa
     ``return_delta``: also return that perturbation, (D,) flat.
     """
     _check_radius(radius)
-    s = _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss_fn, device)
+    s = _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss, device)
     rise, delta = _Ascent(s, kind, eps, ignore, steps, restarts, step_size, seed).rise(float(radius))
     return (rise, delta) if return_delta else rise
 
@@ -244,7 +244,7 @@ def worst_case_alpha(model: nn.Module, x: Tensor, y: Tensor, *, kind: str = "fil
                      alpha_start: float = 0.05, alpha_min: float = 1e-5, alpha_max: float = 10.0,
                      n_samples: int | None = DEFAULT_N_SAMPLES, batch_size: int = 1024,
                      params: dict | None = None, buffers: dict | None = None,
-                     loss_fn: Callable | None = None, device="auto") -> float:
+                     loss="cross_entropy", device="auto") -> float:
     """Jiang's alpha': the largest radius whose worst-case loss rise (:func:`worst_case_sharpness`,
     same ascent settings and random starts at every radius) stays <= ``threshold`` (nats of the
     mean loss; Jiang bounds the perturbed 0-1 error by 0.1 instead).
@@ -256,7 +256,7 @@ def worst_case_alpha(model: nn.Module, x: Tensor, y: Tensor, *, kind: str = "fil
     when the threshold is not crossed in between).
     """
     _check_threshold(threshold)
-    s = _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss_fn, device)
+    s = _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss, device)
     asc = _Ascent(s, kind, eps, ignore, steps, restarts, step_size, seed)
     return _largest_below(lambda a: asc.rise(a)[0], alpha_start, threshold, alpha_min, alpha_max, rtol)
 
@@ -281,16 +281,16 @@ class _Draws:
         return float(losses.mean()) - self.base
 
 
-def _draws(model, x, y, kind, n_draws, eps, seed, n_samples, batch_size, params, buffers, loss_fn,
+def _draws(model, x, y, kind, n_draws, eps, seed, n_samples, batch_size, params, buffers, loss,
            chunk_size, device) -> _Draws:
-    s = _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss_fn, device)
+    s = _setup(model, x, y, n_samples, batch_size, seed, params, buffers, loss, device)
     return _Draws(s, kind, n_draws, eps, seed, chunk_size)
 
 
 def pac_bayes_rise(model: nn.Module, x: Tensor, y: Tensor, sigma: float, *, kind: str = "isotropic",
                    n_draws: int = 16, eps: float = 1e-3, seed: int = 0,
                    n_samples: int | None = DEFAULT_N_SAMPLES, batch_size: int = 1024,
-                   params: dict | None = None, buffers: dict | None = None, loss_fn: Callable | None = None,
+                   params: dict | None = None, buffers: dict | None = None, loss="cross_entropy",
                    chunk_size: int | None = None, device="auto") -> float:
     """Monte-Carlo expected loss rise (1/n) sum_k L(theta + u_k) - L(theta) at scale ``sigma``
     (loss units). u_k = sigma z_k (``"isotropic"``: u ~ N(0, sigma^2 I)) or
@@ -301,14 +301,14 @@ def pac_bayes_rise(model: nn.Module, x: Tensor, y: Tensor, sigma: float, *, kind
     """
     _check_radius(sigma, "sigma")
     return _draws(model, x, y, kind, n_draws, eps, seed, n_samples, batch_size, params, buffers,
-                  loss_fn, chunk_size, device).rise(float(sigma))
+                  loss, chunk_size, device).rise(float(sigma))
 
 
 def pac_bayes_sigma(model: nn.Module, x: Tensor, y: Tensor, *, kind: str = "isotropic", threshold: float = 0.1,
                     n_draws: int = 16, eps: float = 1e-3, seed: int = 0, rtol: float = 0.01,
                     sigma_start: float | None = None, sigma_min: float = 1e-8, sigma_max: float = 10.0,
                     n_samples: int | None = DEFAULT_N_SAMPLES, batch_size: int = 1024,
-                    params: dict | None = None, buffers: dict | None = None, loss_fn: Callable | None = None,
+                    params: dict | None = None, buffers: dict | None = None, loss="cross_entropy",
                     chunk_size: int | None = None, device="auto") -> float:
     """The largest sigma whose Monte-Carlo expected loss rise (:func:`pac_bayes_rise`, the same
     draws at every sigma) is <= ``threshold`` (nats of the mean loss; Jiang bounds the perturbed
@@ -323,7 +323,7 @@ def pac_bayes_sigma(model: nn.Module, x: Tensor, y: Tensor, *, kind: str = "isot
     """
     _check_threshold(threshold)
     dr = _draws(model, x, y, kind, n_draws, eps, seed, n_samples, batch_size, params, buffers,
-                loss_fn, chunk_size, device)
+                loss, chunk_size, device)
     if sigma_start is None:
         th = dr.s.theta.double()
         sigma_start = 0.1 * float(th.pow(2).mean().sqrt()) if kind == "isotropic" else 0.1

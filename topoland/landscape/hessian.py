@@ -173,12 +173,11 @@ def _check_func(name: str, fn: Callable, out: Tensor, target: Tensor) -> None:
 class _Setup:
     """Everything a functional loss over (a subset of) a dataset needs.
 
-    ``loss``: a name of LOSSES, a per-sample callable, or a resolved ``(name, fn)`` pair;
-    ``loss_fn`` (a per-sample callable, for older internal callers) overrides it when given.
+    ``loss``: a name of LOSSES, a per-sample callable, or a resolved ``(name, fn)`` pair.
     """
 
     def __init__(self, model, x, y=None, *, params=None, buffers=None, batch_size=512,
-                 n_samples=DEFAULT_N_SAMPLES, seed=0, loss="cross_entropy", loss_fn=None, device="auto",
+                 n_samples=DEFAULT_N_SAMPLES, seed=0, loss="cross_entropy", device="auto",
                  what="curvature data"):
         self.device = resolve_device(device)
         self.model = model
@@ -190,8 +189,6 @@ class _Setup:
         self.x = xs.to(self.device)
         if self.x.is_floating_point():
             self.x = self.x.to(theta.dtype)
-        if loss_fn is not None:
-            loss = loss_fn
         if isinstance(loss, tuple) and len(loss) == 2 and callable(loss[1]):
             name, fn = loss
             ys = prepare_target(name, ys)

@@ -118,7 +118,7 @@ def generalization_measures(model: nn.Module, x: Tensor, y: Tensor, *,
     out = norm_based_measures(model, init_params, input_shape=tuple(x.shape[1:]), margin=gamma)
     out["margin"] = gamma
     s = _Setup(model, xs, ys, params=None, buffers=None, batch_size=batch_size, n_samples=None,
-               seed=seed, loss_fn=None, device=device)
+               seed=seed, device=device)
     theta = s.theta.detach().double().cpu()
     l2sq = {"orig": out["l2"] ** 2}
     if init_params is not None:

@@ -148,7 +148,7 @@ def output_margins(model: nn.Module, x: Tensor, y: Tensor, *, n_samples: int | N
     (:func:`topoland.data.seeded_subset`, ``seed``) instead of all N (None: all).
     """
     s = _Setup(model, x, y, params=params, buffers=buffers, batch_size=batch_size,
-               n_samples=n_samples, seed=seed, loss_fn=None, device=device)
+               n_samples=n_samples, seed=seed, device=device)
     p = _unflat(s.theta, s.names, s.shapes)
     parts = []
     with torch.no_grad(), _eval_mode(model):
