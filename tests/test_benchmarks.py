@@ -49,7 +49,14 @@ def test_bench_sampler_runs():
 
 
 def test_bench_study_runs(tmp_path):
-    out = _bench("bench_study.py", "--config", str(ROOT / "tests" / "data" / "tiny_measures.toml"),
+    # the suite's measure population (tests/test_measures_pipeline.py) cut to 4 models: one
+    # architecture, the script is what is under test here
+    text = (ROOT / "tests" / "data" / "tiny_measures.toml").read_text()
+    grid = 'model = [{ name = "mlp", widths = [8] }, { name = "mlp", widths = [24] }]\n'
+    assert grid in text
+    cfg = tmp_path / "tiny_study.toml"
+    cfg.write_text(text.replace(grid, "").replace("epochs = 40", "epochs = 20"))
+    out = _bench("bench_study.py", "--config", str(cfg),
                  "--out", str(tmp_path / "study"), "--budget", "1", timeout=600)
     assert "exit status: 0" in out and "ratio" in out and "measures" in out
     assert (tmp_path / "reports" / "study.pdf").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,15 @@ def _run(*args, **kw):
             os.environ["PYTHONPATH"] = old
 
 
+def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """The CLI in this process (no interpreter start-up), the example's folder on sys.path;
+    returns (exit status, stderr)."""
+    from topoland.cli.main import main
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    rc = main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def reg_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("regression")
@@ -173,13 +183,14 @@ def test_analysis_scores_the_loss_gap_and_the_report_has_no_accuracy(reg_run):
     assert "units of mse" in text
 
 
-def test_loss_factory_string_and_its_cell_id(tmp_path):
+def test_loss_factory_string_and_its_cell_id(tmp_path, monkeypatch, capsys):
     """``train.loss = "regression_mlp:huber"`` trains with the user's loss; the string is in the cell id."""
-    mse = _run("run", _config(tmp_path, stages='["train"]', name="a.toml"), "--out", tmp_path / "a", "--quiet",
-               cwd=tmp_path, timeout=300)
-    hub = _run("run", _config(tmp_path, stages='["train"]', loss='"regression_mlp:huber"', name="b.toml"),
-               "--out", tmp_path / "b", "--quiet", cwd=tmp_path, timeout=300)
-    assert mse.returncode == 0 and hub.returncode == 0, hub.stdout + hub.stderr
+    monkeypatch.chdir(tmp_path)
+    rc_a, _ = _main(monkeypatch, capsys, "run", _config(tmp_path, stages='["train"]', name="a.toml"),
+                    "--out", tmp_path / "a", "--quiet")
+    rc_b, err = _main(monkeypatch, capsys, "run", _config(tmp_path, stages='["train"]', loss='"regression_mlp:huber"',
+                                                          name="b.toml"), "--out", tmp_path / "b", "--quiet")
+    assert rc_a == 0 and rc_b == 0, err
     ids_a = {p.name for p in _cells(tmp_path / "a")}
     ids_b = {p.name for p in _cells(tmp_path / "b")}
     assert len(ids_a) == len(ids_b) == 4 and not ids_a & ids_b
@@ -195,22 +206,36 @@ def test_loss_factory_string_and_its_cell_id(tmp_path):
                                                 r"train.loss = 'mse' on regression targets tracks no accuracy"),
     ('"mse"', "", '["train", "measures"]', r"config key 'run.stages' names 'measures'"),
 ])
-def test_bad_regression_configs_get_one_error_and_no_run_directory(tmp_path, loss, extra, stages, message):
-    r = _run("run", _config(tmp_path, loss=loss, train_extra=extra, stages=stages), "--out", tmp_path / "run",
-             cwd=tmp_path, timeout=120)
-    assert r.returncode != 0
-    err = r.stderr.strip().splitlines()
-    assert err and err[-1].startswith("error:"), r.stderr
+def test_bad_regression_configs_get_one_error_and_no_run_directory(tmp_path, monkeypatch, capsys, loss, extra,
+                                                                   stages, message):
+    monkeypatch.chdir(tmp_path)
+    rc, stderr = _main(monkeypatch, capsys, "run", _config(tmp_path, loss=loss, train_extra=extra, stages=stages),
+                       "--out", tmp_path / "run")
+    assert rc != 0
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), stderr
     import re
-    assert re.search(message, err[-1]), err[-1]
+    assert re.search(message, err[0]), err[0]
     assert not (tmp_path / "run").exists()
 
 
-def test_mse_on_class_labels_names_the_shapes(tmp_path):
+def test_mse_on_class_labels_names_the_shapes(tmp_path, monkeypatch, capsys):
     from tests.helpers import tiny_config
+    monkeypatch.chdir(tmp_path)
     p = tiny_config(tmp_path / "c.toml")
     p.write_text(p.read_text().replace("batch_size = 32\n", 'batch_size = 32\nloss = "mse"\n', 1))
-    r = cli("run", p, "--out", tmp_path / "run", cwd=tmp_path, timeout=120)
-    assert r.returncode != 0 and "error:" in r.stderr
-    assert "output (2, " in r.stderr and "target (2,)" in r.stderr, r.stderr
+    rc, err = _main(monkeypatch, capsys, "run", p, "--out", tmp_path / "run")
+    assert rc != 0 and err.startswith("error:")
+    assert "output (2, " in err and "target (2,)" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_example_config_checks(monkeypatch, capsys):
+    """The shipped example config is valid with its factories importable (and refused without)."""
+    from topoland.cli.main import main
+    monkeypatch.delitem(sys.modules, "regression_mlp", raising=False)
+    rc = main(["config", str(EXAMPLES / "regression_mlp.toml")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "regression_mlp" in err and "PYTHONPATH" in err
+    rc, err = _main(monkeypatch, capsys, "config", EXAMPLES / "regression_mlp.toml")
+    assert rc == 0, err

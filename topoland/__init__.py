@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     **dict.fromkeys(("DataSplits", "load_dataset", "as_splits", "as_pair"), "topoland.data"),
-    **dict.fromkeys(("build_model",), "topoland.nets"),
+    **dict.fromkeys(("build_model", "evaluate", "LOSSES"), "topoland.nets"),
     **dict.fromkeys(("TrainRecipe", "train_minimum"), "topoland.train"),
     **dict.fromkeys(("jump_and_retrain", "SampleResult", "load_samples", "save_samples",
                      "trajectory_features"), "topoland.sampling"),
