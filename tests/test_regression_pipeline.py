@@ -45,6 +45,8 @@ batch_size = 32
 epochs = 3
 milestones = []
 {train_extra}
+[train.metrics]
+mae = "regression_mlp:mae"
 
 [grid]
 "train.weight_decay" = [0.0, 0.001]
@@ -61,6 +63,7 @@ batch_size = 32
 k = 3
 knn = 3
 t = 5
+value = "val_mae"
 
 [surface]
 kind = "plane"
@@ -135,16 +138,24 @@ def test_every_stage_runs_without_accuracy(reg_run):
         train = store.summary(c.name, "train")
         assert "test_acc" not in train and "train_acc" not in train
         assert math.isfinite(train["train_loss"]) and train["test_loss"] > 0
+        assert train["train_mae"] > 0 and train["test_mae"] > 0   # the user metric, every split
         samples = pd.read_csv(c / "sample" / "samples.csv")
         assert samples["train_acc"].isna().all() and samples["train_loss"].notna().all()
+        assert samples[["train_mae", "val_mae", "test_mae"]].notna().all().all()
+        # the topology's vertex values are the user metric on the validation split
+        from topoland.runs import layout
+        arrays, _ = layout.read_topology(c / "topology")
+        by_id = samples.set_index("sample_id")["val_mae"]
+        np.testing.assert_allclose(arrays["values"], by_id.loc[arrays["sample_ids"].astype(int)].to_numpy(), rtol=1e-6)
         lines = pd.read_csv(sorted((c / "surface").glob("line_*.csv"))[0])
-        assert {"train_loss", "test_loss"} <= set(lines.columns) and not any("acc" in k for k in lines.columns)
+        assert {"train_loss", "test_loss", "train_mae", "test_mae"} <= set(lines.columns)
+        assert not any("acc" in k for k in lines.columns)
         curv = store.summary(c.name, "curvature")
         assert all(math.isfinite(v) for k, v in curv.items() if isinstance(v, float)), curv
         topo = json.loads((c / "topology" / "features.json").read_text())
         assert np.isfinite(topo["loss_range"]) and topo["loss_range"] > 0
     pairs = pd.read_csv(out / "run" / "paths" / "pairs.csv")
-    assert len(pairs) and np.isfinite(pairs["neb.train_loss.max"]).all()
+    assert len(pairs) and np.isfinite(pairs["neb.train_loss.max"]).all() and "neb.train_mae.max" in pairs
 
 
 def test_the_train_loss_is_the_mean_squared_error(reg_run):
@@ -180,7 +191,7 @@ def test_analysis_scores_the_loss_gap_and_the_report_has_no_accuracy(reg_run):
     from pypdf import PdfReader
     text = "\n".join(p.extract_text() for p in PdfReader(out / "run" / "report" / "report.pdf").pages)
     assert "1-D accuracy" not in text and "test_acc" not in text
-    assert "units of mse" in text
+    assert "units of mse" in text and "train mae" in text
 
 
 def test_loss_factory_string_and_its_cell_id(tmp_path, monkeypatch, capsys):

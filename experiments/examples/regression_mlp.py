@@ -5,6 +5,7 @@ The factories this module holds are named by ``regression_mlp.toml`` beside it:
 * ``make_data``: a noisy smooth function of a few inputs, ``y = sin(2 x_1) + 0.5 x_2^2 - x_3 x_4``
   plus Gaussian noise, as float targets ``(N, 1)`` (``DataSplits.task == "regression"``);
 * ``make_model``: an MLP ``(N, features) -> (N, 1)``;
+* ``mae``: a per-sample metric, recorded by every stage (``[train.metrics]``);
 * ``huber``: a per-sample Huber loss ``(output, target) -> (N,)`` (``train.loss =
   "regression_mlp:huber"`` selects it instead of ``"mse"``).
 
@@ -67,6 +68,11 @@ def huber(output: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> tor
     err = (output - target).abs()
     quad = torch.clamp(err, max=delta)
     return (0.5 * quad ** 2 + delta * (err - quad)).reshape(len(err), -1).mean(1)
+
+
+def mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean absolute error: ``(N,)`` (``[train.metrics] mae = "regression_mlp:mae"``)."""
+    return (output - target).abs().reshape(len(output), -1).mean(1)
 
 
 def main(argv=None) -> int:

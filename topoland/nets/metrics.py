@@ -26,7 +26,11 @@ from topoland.errors import ConfigError
 from topoland.nets.losses import is_classification, resolve_loss, tracks_accuracy
 
 __all__ = ["BUILTIN_METRICS", "resolve_metrics", "default_metrics", "per_sample", "metric_sums",
-           "has_accuracy", "loss_and_metrics", "prepare_target"]
+           "has_accuracy", "loss_and_metrics", "prepare_target", "config_metrics_check", "load_metrics",
+           "with_defaults"]
+
+#: names a user metric may not take: they are the recorded loss and accuracy columns
+_RESERVED_NAMES = ("loss", "acc", "err", "accuracy", "error")
 
 BUILTIN_METRICS = ("loss", "accuracy", "error")
 
@@ -146,3 +150,33 @@ def prepare_target(loss_name: str, y: Tensor) -> Tensor:
     if is_classification(loss_name) or not (y.is_floating_point() or y.is_complex()):
         return y.to(torch.long)
     return y
+
+
+def config_metrics_check(v) -> str | None:
+    """The check of a config's ``train.metrics`` table ``{name = "package.module:function"}``:
+    each name an identifier other than the loss/accuracy columns, each value a factory string
+    (imported when the run starts, before the run directory is touched)."""
+    import re
+
+    from topoland.declare import _FACTORY_FORM
+    for name, spec in v.items():
+        if not re.fullmatch(r"[A-Za-z_]\w*", str(name)) or name in _RESERVED_NAMES:
+            return (f"metric name {name!r} must be an identifier other than {', '.join(_RESERVED_NAMES)} "
+                    f"(it becomes the columns train_{name}, val_{name}, test_{name})")
+        if not isinstance(spec, str) or not re.fullmatch(_FACTORY_FORM, spec):
+            return (f"metric {name!r} = {spec!r} must be 'package.module:function', a per-sample function "
+                    f"(output, target) -> (N,) of your own")
+    return None
+
+
+def load_metrics(spec: Mapping | None) -> dict[str, Callable]:
+    """``{name: callable}`` of a config's ``train.metrics`` table, each factory string imported
+    (:func:`topoland.declare.load_factory`; errors name ``train.metrics.<name>``)."""
+    from topoland.declare import load_factory
+    return {str(k): load_factory(v, f"train.metrics.{k}") for k, v in (spec or {}).items()}
+
+
+def with_defaults(extra: Mapping | None, *, loss_name: str, target: Tensor | None) -> list:
+    """The default metrics of the loss (:func:`default_metrics`) followed by ``extra``'s
+    ``(name, callable)`` pairs: what a stage records when the user asked for more."""
+    return [*((m, m) for m in default_metrics(loss_name, target)), *dict(extra or {}).items()]

@@ -64,7 +64,7 @@ def stage_sample(ctx: CellContext, out: Path) -> dict:
     model = ctx.model()
     # the retraining minimises the minimum's own training loss (train.loss)
     res = jump_and_retrain(model, ctx.data, **arguments(jump_and_retrain, opts, seed=ctx.seed, device=ctx.device,
-                                                        loss=ctx.loss))
+                                                        loss=ctx.loss, metrics=ctx.metrics or None))
     save_samples(res, out)
     feats = trajectory_features(res.table, theta_star=res.theta_star, params=res.params, gram=res.gram)
     n_div = int(res.table.groupby("trajectory")["diverged"].any().sum())
@@ -119,7 +119,8 @@ def stage_surface(ctx: CellContext, out: Path) -> dict:
     model = ctx.model()
     x, y = seeded_subset(ctx.data.x_train, ctx.data.y_train, opts["n_samples"], ctx.seed)
     lo, hi = (float(v) for v in opts["range"])
-    common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device, loss=ctx.loss)
+    common = dict(x_test=ctx.data.x_test, y_test=ctx.data.y_test, device=ctx.device, loss=ctx.loss,
+                  metrics=ctx.stage_metrics(y))
     seed = ctx.seed
     # the grid file lives beside the stage while it fills, so a killed run resumes the grid
     partial = ctx.store.stage_dir(ctx.cell_id, "surface").with_name(layout.SURFACE_PARTIAL)

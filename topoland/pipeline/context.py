@@ -67,6 +67,21 @@ class CellContext:
         evaluates the landscape evaluates this loss."""
         return self.config["train"].get("loss", "cross_entropy")
 
+    @property
+    def metrics(self) -> dict:
+        """The user metrics ``train.metrics`` of the cell, imported: ``{name: callable}``."""
+        from topoland.nets.metrics import load_metrics
+        return load_metrics(self.config["train"].get("metrics"))
+
+    def stage_metrics(self, target) -> list | None:
+        """What a stage records: the loss's defaults and the user metrics (None: no user metric)."""
+        from topoland.nets.losses import resolve_loss
+        from topoland.nets.metrics import with_defaults
+        extra = self.metrics
+        if not extra:
+            return None
+        return with_defaults(extra, loss_name=resolve_loss(self.loss)[0], target=target)
+
     def options(self, stage: str) -> dict:
         """A stage's config section for this cell, with the invocation's overrides applied.
 

@@ -73,7 +73,9 @@ def minimum_page(w, run, cid: str) -> None:
     fig = w.figure(title)
     train = run.summary(cid, "train")
     topo = run.summary(cid, "topology")
-    facts = [f"{k.replace('_', ' ')} {fmt(train[k])}" for k in ("train_loss", "test_loss", "test_acc", "gap")
+    user = list(run.store.cell_config(cid)["train"].get("metrics", {}))
+    facts = [f"{k.replace('_', ' ')} {fmt(train[k])}" for k in ("train_loss", "test_loss", "test_acc", "gap",
+                                                               *(f"{s}_{m}" for m in user for s in ("train", "test")))
              if k in train]
     facts += [f"{label} {fmt(topo[k])}" for k, label in _HEADLINE if k in topo]
     facts.append(f"{len(ids)} samples, PHATE t = {meta.get('t_used', '?')}")
@@ -173,6 +175,8 @@ def minimum_page(w, run, cid: str) -> None:
         w.panel(axes[1, 4], f"{name} eigenvalue density", density)
     elif lines and "train_acc" in lines[0].values:
         w.panel(axes[1, 4], f"{name} 1-D accuracy", lambda ax: _draw_lines(ax, lines, "acc"))
+    elif lines and user and f"train_{user[0]}" in lines[0].values:
+        w.panel(axes[1, 4], f"{name} 1-D {user[0]}", lambda ax: _draw_lines(ax, lines, user[0]))
     else:
         blank(axes[1, 4], "no curvature density stored" + ("" if lines else " and no 1-D curves"))
     w.save(fig, title)

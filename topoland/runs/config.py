@@ -112,6 +112,11 @@ _NO_SGD_MOMENTUM = ("adam", "pal")
 def _cross_check(cfg: dict, where: str = "config"):
     """Checks that span sections (each key was already checked on its own)."""
     opt = cfg["train"]["optimizer"]
+    value = cfg["topology"]["value"]
+    if value.split("_", 1)[1] not in ("loss", *cfg["train"].get("metrics", {})):
+        raise ConfigError(f"{where}: 'topology.value' = {value!r} names no recorded column: the losses are "
+                          f"train_loss, val_loss, test_loss, the metrics <split>_<name> of train.metrics "
+                          f"({', '.join(cfg['train'].get('metrics', {})) or 'none'})")
     if "sample" in cfg["run"]["stages"]:
         try:
             resolve_inherited(cfg["sample"], cfg["train"])
@@ -228,7 +233,7 @@ def cell_id(settings: dict) -> str:
 #: from their defaults, so the ids of older configs (and of their run directories) stay the same
 _LATER_KEYS = (("topology", "distances"), ("topology", "sketch_dim"), ("train", "target_loss"),
                ("train", "target_acc"), ("data", "factory"), ("data", "kwargs"),
-               ("train", "loss"))
+               ("train", "loss"), ("train", "metrics"))
 
 
 def _cell_settings(cfg: dict) -> dict:

@@ -173,8 +173,8 @@ def topology_values(store: RunStore, cell_ids) -> set[str]:
 
 def _test_derived_groups(store: RunStore, cell_ids) -> dict:
     """Groups computed on the test split whatever their column names: a topology filtered by
-    test loss (``topology.value = "test_loss"``) in any cell."""
-    return {"topology": "all"} if "test_loss" in topology_values(store, cell_ids) else {}
+    test split (``topology.value = "test_loss"`` or ``"test_<metric>"``) in any cell."""
+    return {"topology": "all"} if any(v.startswith("test_") for v in topology_values(store, cell_ids)) else {}
 
 
 def run_design(store: RunStore, cfg: dict):

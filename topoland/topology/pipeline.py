@@ -91,9 +91,12 @@ def _check_options(k, value, complex, p, essential, graph_on, distances="exact",
                    ci_level=0.9, resample="trajectory"):
     for name, v, options in (("distances", distances, DISTANCES), ("complex", complex, COMPLEXES),
                              ("essential", essential, ESSENTIAL), ("graph_on", graph_on, GRAPH_ON),
-                             ("value", value, VALUES), ("graph", graph, GRAPHS),
+                             ("graph", graph, GRAPHS),
                              ("plane", plane, PLANES), ("resample", resample, RESAMPLE)):
         _choice(name, v, options)
+    why = _value_check(value)
+    if why:   # the column itself is checked against the table (_usable)
+        raise ConfigError(f"topology value {why}, got {value!r}.")
     if not isinstance(sketch_dim, (int, np.integer)) or isinstance(sketch_dim, bool) or sketch_dim < 1:
         raise ConfigError(f"topology sketch_dim must be a positive integer, got {sketch_dim!r}.")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -182,9 +185,17 @@ def _intervals(gd, values, plane_xy, groups, *, k, graph, complex, p, min_pers, 
                           "n_resamples": int(R[f].notna().sum())} for f in _CI_FEATURES])
 
 
+def _value_check(v) -> str | None:
+    import re
+    if v in VALUES or re.fullmatch(r"(train|val|test)_[A-Za-z_]\w*", str(v)):
+        return None
+    return f"must be one of {', '.join(map(repr, VALUES))} or '<split>_<metric>' of a metric in train.metrics"
+
+
 @declare({
     "k": Param((int,), 20, checks.pos, "neighbours of the k-NN graph"),
-    "value": Param((str,), "val_loss", checks.one_of(*VALUES), "vertex value"),
+    "value": Param((str,), "val_loss", lambda v: _value_check(v), "vertex value: a loss column, or "
+                   "<split>_<name> of a metric in train.metrics"),
     "graph": Param((str,), "knn_mst", checks.one_of(*GRAPHS),
                   "filtration graph: k-NN united with a minimum spanning tree (connected), or bare k-NN"),
     "graph_on": Param((str,), "cosine", checks.one_of(*GRAPH_ON),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +25,7 @@ from topoland.data import DataSplits, as_splits
 from topoland.declare import Param, declare
 from topoland.errors import ConfigError
 from topoland.nets.losses import config_loss_check, resolve_loss, tracks_accuracy
+from topoland.nets.metrics import config_metrics_check
 from topoland.train.epochs import evaluate_model, evaluate_split, train_one_epoch
 from topoland.train.optim import PAL, EntropySGD, SWAAverager
 from topoland.utils import resolve_device
@@ -39,6 +41,9 @@ _OPTIMIZERS = ("sgd", "adam", "swa", "entropy_sgd", "pal")
     "loss": Param((str,), "cross_entropy", config_loss_check, "training loss: cross_entropy (logits), nll "
                   "(log-probabilities), mse / l1 (float targets) or 'package.module:function' (your own "
                   "per-sample loss; runs your code)"),
+    "metrics": Param((dict,), {}, config_metrics_check, "more per-sample values every stage records: "
+                     "{name = 'package.module:function'} (columns train_<name>, val_<name>, test_<name>; "
+                     "runs your code)"),
     "nesterov": Param((bool,), False, None, "Nesterov momentum"),
     "swa_start": Param((int, float), 0.75, checks.frac, "SWA: averaging starts at this fraction of epochs"),
     "swa_lr": Param((int, float), 0.01, checks.pos, "SWA: constant lr reached by SWALR"),
@@ -136,6 +141,7 @@ class TrainRecipe:
     target_loss: float = 0.0
     target_acc: float = 0.0
     loss: str | Callable = "cross_entropy"
+    metrics: Mapping = field(default_factory=dict)
 
     @property
     def has_target(self) -> bool:
@@ -286,7 +292,7 @@ def _flat_params(model: nn.Module) -> Tensor:
 
 def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = TrainRecipe(), *, seed: int = 0,
                   device="auto", progress: Callable[[int, int, dict], None] | None = None,
-                  loss=None) -> TrainResult:
+                  loss=None, metrics=None) -> TrainResult:
     """Train ``model`` in place on ``data`` (a DataSplits or a mapping of splits: :func:`topoland.data.as_splits`)
     following ``recipe``; return weights and metrics.
 
@@ -296,6 +302,8 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
     ``diverged`` (also ``metrics["diverged"] = 1.0``); it is not an exception. The model is left
     on ``device`` in eval mode.
 
+    ``metrics`` (default ``recipe.metrics``): ``{name: per-sample callable or 'package.module:function'}``,
+    recorded in ``metrics`` as ``train_<name>``, ``val_<name>``, ``test_<name>`` (eval mode, after training).
     ``loss`` (default ``recipe.loss``, "cross_entropy"): a name of :data:`topoland.nets.losses.LOSSES`
     or a callable ``(output, target) -> (N,)``, checked once on two training samples. Accuracy is
     recorded only when the loss tracks it (:func:`topoland.nets.losses.tracks_accuracy`): with
@@ -304,6 +312,7 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
     """
     if not isinstance(recipe, TrainRecipe):
         raise ConfigError(f"recipe must be a TrainRecipe, got {type(recipe).__name__}")
+    metrics_arg = metrics
     data = as_splits(data, what="train_minimum data")
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -388,6 +397,7 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
         swa.apply_to(model, x_tr, batch_size=recipe.batch_size)
 
     metrics = evaluate_model(model, data, dev, loss=loss_pair)
+    metrics |= _user_metrics(model, data, recipe.metrics if metrics_arg is None else metrics_arg, loss_pair, dev)
     model.eval()
     metrics.update({"epochs_run": float(epoch_no), "stop_epoch": float(stop_epoch), "diverged": float(diverged),
                     "num_params": float(sum(p.numel() for p in model.parameters()))})
@@ -406,6 +416,29 @@ def train_minimum(model: nn.Module, data: DataSplits, recipe: TrainRecipe = Trai
 
 
 _ACC_COLUMNS = ("acc", "val_acc", "train_acc")
+
+
+def _user_metrics(model: nn.Module, data, spec, loss_pair, dev, batch_size: int = 1024) -> dict[str, float]:
+    """``{<split>_<name>: mean}`` of the user metrics ``spec`` (``{name: callable or
+    'package.module:function'}``) on every split, the model in eval mode."""
+    from topoland.nets.metrics import load_metrics, per_sample, prepare_target, resolve_metrics
+    if not spec:
+        return {}
+    fns = {k: v if callable(v) else load_metrics({k: v})[k] for k, v in dict(spec).items()}
+    ms = resolve_metrics(fns, loss_name=loss_pair[0], target=data.y_train)
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for split in ("train", "val", "test"):
+            x, y = data.split(split)
+            y = prepare_target(loss_pair[0], y)
+            sums = dict.fromkeys(fns, 0.0)
+            for lo in range(0, len(x), batch_size):
+                vals = per_sample(ms, loss_pair[1], model(x[lo:lo + batch_size].to(dev)), y[lo:lo + batch_size].to(dev))
+                for k, v in vals.items():
+                    sums[k] += float(v.sum())
+            out |= {f"{split}_{k}": v / max(len(x), 1) for k, v in sums.items()}
+    return out
 
 
 def _checked_loss(loss, model: nn.Module, x: Tensor, y: Tensor):
