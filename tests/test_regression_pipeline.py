@@ -47,6 +47,7 @@ milestones = []
 {train_extra}
 [train.metrics]
 mae = "regression_mlp:mae"
+{metrics_extra}
 
 [grid]
 "train.weight_decay" = [0.0, 0.001]
@@ -88,8 +89,11 @@ ALL = '["train", "sample", "topology", "surface", "curvature", "paths", "analysi
 
 
 def _config(tmp_path: Path, *, stages=ALL, loss='"mse"', train_extra="", name="reg.toml") -> Path:
+    """The tiny regression config; a ``train_extra`` starting "metrics:" goes into [train.metrics]."""
     p = tmp_path / name
-    p.write_text(TINY.format(stages=stages, loss=loss, train_extra=train_extra))
+    metrics_extra = train_extra[len("metrics:"):] if train_extra.startswith("metrics:") else ""
+    train_extra = "" if metrics_extra else train_extra
+    p.write_text(TINY.format(stages=stages, loss=loss, train_extra=train_extra, metrics_extra=metrics_extra))
     return p
 
 
@@ -216,6 +220,10 @@ def test_loss_factory_string_and_its_cell_id(tmp_path, monkeypatch, capsys):
     ('"mse"', "target_acc = 0.5", '["train"]', r"config key 'train.target_acc' = 0.5 stops on an accuracy, but "
                                                 r"train.loss = 'mse' on regression targets tracks no accuracy"),
     ('"mse"', "", '["train", "measures"]', r"config key 'run.stages' names 'measures'"),
+    ('"mse"', "metrics:bad = \"regression_mlp:huber_nope\"", '["train"]',
+     r"config key 'train.metrics.bad' = 'regression_mlp:huber_nope': module 'regression_mlp' has no attribute"),
+    ('"mse"', "metrics:bad = \"regression_mlp:make_model\"", '["train"]',
+     r"config key 'train.metrics.bad' = 'regression_mlp:make_model': "),
 ])
 def test_bad_regression_configs_get_one_error_and_no_run_directory(tmp_path, monkeypatch, capsys, loss, extra,
                                                                    stages, message):

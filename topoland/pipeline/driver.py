@@ -81,9 +81,17 @@ def _check_task(cfg: dict, data, model) -> None:
     with torch.no_grad():
         out = model(data.x_train[:2])
     try:
-        name, _ = resolve_loss(spec, output=out, target=data.y_train[:2])
+        name, fn = resolve_loss(spec, output=out, target=data.y_train[:2])
     except ConfigError as e:
         raise ConfigError(f"config key 'train.loss' = {spec!r} with data {data.name!r} ({data.task}): {e}") from None
+    from topoland.nets.metrics import load_metrics, per_sample, prepare_target, resolve_metrics
+    for key, metric in load_metrics(cfg["train"].get("metrics")).items():
+        y2 = prepare_target(name, data.y_train[:2])
+        try:
+            per_sample(resolve_metrics({key: metric}, loss_name=name, target=y2), fn, out, y2)
+        except Exception as e:  # noqa: BLE001 - the user's function: any error, named with the key
+            raise ConfigError(f"config key 'train.metrics.{key}' = {cfg['train']['metrics'][key]!r}: "
+                              f"{type(e).__name__ + ': ' if not isinstance(e, ConfigError) else ''}{e}") from None
     if tracks_accuracy(name, data.y_train):
         return
     why = f"train.loss = {spec!r} on {data.task} targets tracks no accuracy"
