@@ -122,8 +122,14 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def reg_run(tmp_path_factory):
+    """The example script itself (it puts its folder on PYTHONPATH and calls ``topoland run``) on
+    the tiny config."""
+    import os
+    import subprocess
     d = tmp_path_factory.mktemp("regression")
-    r = _run("run", _config(d), "--out", d / "run", "--quiet", cwd=d, timeout=600)
+    r = subprocess.run([sys.executable, str(EXAMPLES / "regression_mlp.py"), "--config", str(_config(d)),
+                        "--out", str(d / "run")], capture_output=True, text=True, cwd=d, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
     return d / "run", r
 
 
