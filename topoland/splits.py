@@ -382,3 +382,15 @@ def as_pair(data, split: str = "train", *, what: str = "data", max_bytes: int | 
             raise DataError(f"{what}: {exc}") from None
     raise DataError(f"{what} must be a DataSplits, a mapping of splits, an (x, y) pair or a Dataset, got "
                     f"{type(data).__name__}")
+
+
+def tensors_or_pair(x, y, *, what: str = "data", error: type[Exception] = DataError) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` of the functions that take ``x, y=None``: the tensors as given, or, with ``y``
+    None, the train split of one data form in ``x`` (:func:`as_pair`). Anything else raises
+    ``error`` naming ``what`` and the types."""
+    if y is None:
+        return as_pair(x, "train", what=what)
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise error(f"{what}: x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); or pass "
+                    f"one data form (a DataSplits, an (x, y) pair, a Dataset) as x with y=None")
+    return x, y

@@ -135,14 +135,8 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def _data(x, y, what: str) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` tensors, or the train split of one data form when ``y`` is None."""
-    if y is None:
-        from topoland.splits import as_pair
-        return as_pair(x, "train", what=what)
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise CurvatureError(f"{what}: x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); "
-                             f"or pass one data form (a DataSplits, an (x, y) pair, a Dataset) as x with y=None")
-    return x, y
+    from topoland.splits import tensors_or_pair
+    return tensors_or_pair(x, y, what=what, error=CurvatureError)
 
 
 _FUNC_ADVICE = ("a loss used for curvature is differentiated with torch.func (grad/jvp/vmap): write it "

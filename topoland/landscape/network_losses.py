@@ -132,13 +132,8 @@ _BN_MODES = ("eval", "train", "recompute")
 
 
 def _pair(x, y, what: str) -> tuple[Tensor, Tensor]:
-    if y is None:
-        from topoland.splits import as_pair
-        return as_pair(x, "train", what=what)
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise PathError(f"{what}: x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); or "
-                        f"pass one data form (a DataSplits, an (x, y) pair, a Dataset) as x with y=None")
-    return x, y
+    from topoland.splits import tensors_or_pair
+    return tensors_or_pair(x, y, what=what, error=PathError)
 
 
 def _resolve(model: nn.Module, loss, x: Tensor, y: Tensor) -> tuple[str, Callable, Tensor]:

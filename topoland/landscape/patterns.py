@@ -214,12 +214,8 @@ class LossPatternFitter(BaseEstimator):
     def _data(self, model, x, y, what):
         """``(x, y, (loss name, fn))``: tensors (the train split of a data form when ``y`` is None),
         targets as the loss reads them, and the loss checked on the model's outputs for 2 samples."""
-        if y is None:
-            from topoland.splits import as_pair
-            x, y = as_pair(x, "train", what=what)
-        elif not isinstance(x, Tensor) or not isinstance(y, Tensor):
-            raise PatternError(f"{what}: x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); "
-                               f"or pass one data form (a DataSplits, an (x, y) pair, a Dataset) with y=None")
+        from topoland.splits import tensors_or_pair
+        x, y = tensors_or_pair(x, y, what=what, error=PatternError)
         name, fn = _loss(self.loss)
         y = prepare_target(name, y)
         if not isinstance(self.loss, tuple):

@@ -110,14 +110,8 @@ def _batches(n: int, batch_size: int):
 
 
 def _pair(x, y) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` from tensors, or from one data form when ``y`` is None."""
-    if y is None:
-        from topoland.splits import as_pair
-        return as_pair(x, "train", what="evaluate data")
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise ParamsError(f"x and y must be tensors (got {type(x).__name__}, {type(y).__name__}); or pass "
-                          f"one data form (a DataSplits, an (x, y) pair, a Dataset) as x with y=None")
-    return x, y
+    from topoland.splits import tensors_or_pair
+    return tensors_or_pair(x, y, what="evaluate data", error=ParamsError)
 
 
 def _check_data(x: Tensor, y: Tensor, batch_size: int, bn, bn_x):
