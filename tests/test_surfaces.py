@@ -85,7 +85,7 @@ def test_train_and_test_values_and_conv1d():
     xt, yt = _data(n=20, seed=1, shape=(1, 12))
     m = build_model("cnn", (1, 12), 3, channels=(3, 4), hidden=5)
     d = D.random_direction(m, 1)
-    srf = S.line(m, d, x, y, np.linspace(-1, 1, 5), x_test=xt, y_test=yt, device="cpu")
+    srf = S.line(m, d, x, y, alphas=np.linspace(-1, 1, 5), x_test=xt, y_test=yt, device="cpu")
     assert set(srf.values) == {"train_loss", "train_acc", "test_loss", "test_acc"}
     assert srf.meta["evaluator"] == "linear-first"
     ref = _loop_grid(m, d, {}, srf.xs, [0.0], xt, yt)

@@ -134,7 +134,7 @@ def test_regression_surfaces_agree_across_evaluators_and_by_hand(act):
     m = _mlp(out=1, act=act)
     d = D.random_direction(m, 2)
     alphas = np.linspace(-1, 1, 5)
-    lines = {ev: S.line(m, d, x, y, alphas, x_test=xt, y_test=yt, loss="mse", evaluator=ev, device="cpu")
+    lines = {ev: S.line(m, d, x, y, alphas=alphas, x_test=xt, y_test=yt, loss="mse", evaluator=ev, device="cpu")
              for ev in ("batched", "loop", "linear-first")}
     for ev, srf in lines.items():
         assert sorted(srf.values) == ["test_loss", "train_loss"], ev
@@ -205,15 +205,15 @@ def test_accuracy_on_float_targets_and_misshapen_metrics_are_refused():
     m = _mlp(out=1)
     d = D.random_direction(m, 0)
     with pytest.raises(SurfaceError, match=r"accuracy.*float32"):
-        S.line(m, d, x, y, [0.0], loss="mse", metrics=("loss", "accuracy"), device="cpu")
+        S.line(m, d, x, y, alphas=[0.0], loss="mse", metrics=("loss", "accuracy"), device="cpu")
     with pytest.raises(SurfaceError, match=r"float32"):
         S.random_plane(m, x, y, grid=2, loss="mse", metrics="error", device="cpu")
     with pytest.raises(SurfaceError, match=r"'bad'.*\(2,\).*\(\).*\(2, 1\)"):
-        S.line(m, d, x, y, [0.0], loss="mse", metrics={"bad": lambda o, t: (o - t).sum()}, device="cpu")
+        S.line(m, d, x, y, alphas=[0.0], loss="mse", metrics={"bad": lambda o, t: (o - t).sum()}, device="cpu")
     with pytest.raises(SurfaceError, match=r"\(2, 1\).*\(2,\)"):  # mse needs the output's shape
-        S.line(m, d, x, y[:, 0], [0.0], loss="mse", device="cpu")
+        S.line(m, d, x, y[:, 0], alphas=[0.0], loss="mse", device="cpu")
     with pytest.raises(SurfaceError, match="unknown loss"):
-        S.line(m, d, x, y, [0.0], loss="hinge", device="cpu")
+        S.line(m, d, x, y, alphas=[0.0], loss="hinge", device="cpu")
 
 
 def test_resuming_a_store_with_another_loss_is_refused(tmp_path):
@@ -221,10 +221,10 @@ def test_resuming_a_store_with_another_loss_is_refused(tmp_path):
     m = _mlp(out=1)
     d = D.random_direction(m, 0)
     h5 = tmp_path / "line.h5"
-    S.line(m, d, x, y, [0.0, 1.0], loss="mse", metrics="loss", store=h5, device="cpu")
+    S.line(m, d, x, y, alphas=[0.0, 1.0], loss="mse", metrics="loss", store=h5, device="cpu")
     with pytest.raises(GridStoreError, match="'mse', not 'l1'"):
-        S.line(m, d, x, y, [0.0, 1.0], loss="l1", metrics="loss", store=h5, device="cpu")
-    again = S.line(m, d, x, y, [0.0, 1.0], loss="mse", metrics="loss", store=h5, device="cpu")
+        S.line(m, d, x, y, alphas=[0.0, 1.0], loss="l1", metrics="loss", store=h5, device="cpu")
+    again = S.line(m, d, x, y, alphas=[0.0, 1.0], loss="mse", metrics="loss", store=h5, device="cpu")
     assert again.meta["resumed_points"] == 2 and again.meta["loss"] == "mse"
 
 

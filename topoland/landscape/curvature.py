@@ -87,7 +87,7 @@ def _points_loss_loop(s: _Setup, points: Tensor) -> Tensor:
     return out
 
 
-def loss_along_directions(model: nn.Module, x, y: Tensor | None, directions: Tensor, alphas, *,
+def loss_along_directions(model: nn.Module, x, y: Tensor | None = None, *, directions: Tensor, alphas,
                           loss="cross_entropy", batch_size: int = 512,
                           n_samples: int | None = DEFAULT_N_SAMPLES, seed: int = 0,
                           params: dict | None = None, buffers: dict | None = None,
@@ -146,8 +146,8 @@ def sharpness_profile(model: nn.Module, x, y: Tensor | None = None, *, loss="cro
     alphas = np.linspace(-radius, radius, n_alphas)
     kw = dict(loss=loss, batch_size=batch_size, n_samples=n_samples, seed=seed, params=params,
               buffers=buffers, chunk_size=chunk_size, device=device)
-    losses = loss_along_directions(model, x, y, d, alphas, **kw)
-    base = float(loss_along_directions(model, x, y, d[:1], [0.0], **kw)[0, 0])
+    losses = loss_along_directions(model, x, y, directions=d, alphas=alphas, **kw)
+    base = float(loss_along_directions(model, x, y, directions=d[:1], alphas=[0.0], **kw)[0, 0])
     return {"alphas": alphas, "losses": losses, "base_loss": base, "directions": d.detach().cpu(),
             "radius": float(radius), "sharpness": float(losses.max() - base)}
 

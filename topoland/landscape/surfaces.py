@@ -85,8 +85,8 @@ def _common_doc(fn):
 
 
 @_common_doc
-def line(model: nn.Module, direction: Mapping[str, Tensor], x, y: Tensor | None = None,
-         alphas=np.linspace(-1.0, 1.0, 41), *, x_test=None, y_test=None, loss="cross_entropy",
+def line(model: nn.Module, direction: Mapping[str, Tensor], x, y: Tensor | None = None, *,
+         alphas=np.linspace(-1.0, 1.0, 41), x_test=None, y_test=None, loss="cross_entropy",
          metrics=None, evaluator="auto", chunk_points=16, batch_size=2048,
          bn="eval", device="auto", store=None, on_chunk=None) -> Surface:
     """1-D surface ``theta* + alpha * d`` for alphas (n,); values (n,)."""
@@ -110,7 +110,7 @@ def random_lines(model: nn.Module, x, y: Tensor | None = None, *, n_directions: 
     out = []
     for i, s in enumerate(seeds):
         d = _dirs.random_direction(model, int(s), norm=norm, ignore=ignore)
-        srf = line(model, d, x, y, alphas, **kw)
+        srf = line(model, d, x, y, alphas=alphas, **kw)
         srf.meta.update(kind="random_line", seed=int(seed), direction_seed=int(s), index=i)
         out.append(srf)
     return out
