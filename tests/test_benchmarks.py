@@ -64,3 +64,9 @@ def test_bench_study_runs(tmp_path):
                             "--out", str(tmp_path / "study")], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_bench_curvature_runs():
+    out = _bench("bench_curvature.py", "--epochs", "0", "--probes", "4", "--probe-batch", "2",
+                 "--threads", "1", "--skip-baseline")
+    assert "top eigenvalue" in out and "4 probes" in out and "peak RSS" in out

@@ -1,7 +1,7 @@
 """Benchmark: Hessian curvature of the digits CNN against PyHessian, in one run.
 
     PYTHONPATH=. python experiments/benchmarks/bench_curvature.py [--probes 50] [--threads 2]
-        [--probe-batch 10] [--epochs 10] [--device cpu] [--skip-baseline]
+        [--probe-batch 1] [--epochs 10] [--device cpu] [--skip-baseline]
 
 Model: build_model("cnn", (1, 8, 8), 10) trained ``--epochs`` epochs on sklearn digits (SGD, the
 same seed every run); the Hessian is that of the mean cross-entropy over all 1,797 images, BN-free,
@@ -81,7 +81,7 @@ def _pyhessian(model, x, y, probes: int, device):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Hessian curvature of the digits CNN vs PyHessian")
     ap.add_argument("--probes", type=int, default=50)
-    ap.add_argument("--probe-batch", type=int, default=10)
+    ap.add_argument("--probe-batch", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
