@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT, cli
+from tests.helpers import ROOT, TINY_SAMPLE, TINY_TOPOLOGY, cli
 
 EXAMPLES = ROOT / "experiments" / "examples"
 
@@ -53,18 +53,7 @@ mae = "regression_mlp:mae"
 "train.weight_decay" = [0.0, 0.001]
 "train.batch_size" = [16, 32]
 
-[sample]
-directions = 2
-steps = [0.5, 1.0]
-epochs = 2
-lr = 0.01
-batch_size = 32
-
-[topology]
-k = 3
-knn = 3
-t = 5
-value = "val_mae"
+{sample}{topology}value = "val_mae"
 
 [surface]
 kind = "plane"
@@ -93,7 +82,8 @@ def _config(tmp_path: Path, *, stages=ALL, loss='"mse"', train_extra="", name="r
     p = tmp_path / name
     metrics_extra = train_extra[len("metrics:"):] if train_extra.startswith("metrics:") else ""
     train_extra = "" if metrics_extra else train_extra
-    p.write_text(TINY.format(stages=stages, loss=loss, train_extra=train_extra, metrics_extra=metrics_extra))
+    p.write_text(TINY.format(stages=stages, loss=loss, train_extra=train_extra, metrics_extra=metrics_extra,
+                             sample=TINY_SAMPLE, topology=TINY_TOPOLOGY))
     return p
 
 

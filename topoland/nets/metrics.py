@@ -26,7 +26,7 @@ from topoland.errors import ConfigError
 from topoland.nets.losses import is_classification, resolve_loss, tracks_accuracy
 
 __all__ = ["BUILTIN_METRICS", "resolve_metrics", "default_metrics", "per_sample", "metric_sums",
-           "has_accuracy", "loss_and_metrics", "prepare_target", "config_metrics_check", "load_metrics",
+           "loss_and_metrics", "prepare_target", "config_metrics_check", "load_metrics",
            "with_defaults"]
 
 #: names a user metric may not take: they are the recorded loss and accuracy columns
@@ -88,11 +88,6 @@ def resolve_metrics(metrics, *, loss_name: str = "cross_entropy", target: Tensor
     if not out:
         raise error("metrics is empty")
     return out
-
-
-def has_accuracy(ms) -> bool:
-    """Whether the resolved metrics ``ms`` record accuracy."""
-    return any(m == "accuracy" for _, m in ms)
 
 
 def _shape(t) -> str:
@@ -176,7 +171,10 @@ def load_metrics(spec: Mapping | None) -> dict[str, Callable]:
     return {str(k): load_factory(v, f"train.metrics.{k}") for k, v in (spec or {}).items()}
 
 
-def with_defaults(extra: Mapping | None, *, loss_name: str, target: Tensor | None) -> list:
-    """The default metrics of the loss (:func:`default_metrics`) followed by ``extra``'s
-    ``(name, callable)`` pairs: what a stage records when the user asked for more."""
-    return [*((m, m) for m in default_metrics(loss_name, target)), *dict(extra or {}).items()]
+def with_defaults(extra: Mapping | None, *, loss_name: str, target: Tensor | None,
+                  accuracy: str = "accuracy") -> list:
+    """The default metrics of the loss (:func:`default_metrics`, its accuracy recorded as
+    ``accuracy``: "accuracy" or "error") followed by ``extra``'s ``(name, callable)`` pairs: what a
+    stage records when the user asked for more."""
+    base = [accuracy if m == "accuracy" else m for m in default_metrics(loss_name, target)]
+    return [*((m, m) for m in base), *dict(extra or {}).items()]

@@ -73,14 +73,15 @@ class CellContext:
         from topoland.nets.metrics import load_metrics
         return load_metrics(self.config["train"].get("metrics"))
 
-    def stage_metrics(self, target) -> list | None:
-        """What a stage records: the loss's defaults and the user metrics (None: no user metric)."""
+    def stage_metrics(self, target, accuracy: str = "accuracy") -> list | None:
+        """What a stage records: the loss's defaults (accuracy as ``accuracy``: "accuracy" or
+        "error") and the user metrics; None (the stage's default) without user metrics."""
         from topoland.nets.losses import resolve_loss
         from topoland.nets.metrics import with_defaults
         extra = self.metrics
         if not extra:
             return None
-        return with_defaults(extra, loss_name=resolve_loss(self.loss)[0], target=target)
+        return with_defaults(extra, loss_name=resolve_loss(self.loss)[0], target=target, accuracy=accuracy)
 
     def options(self, stage: str) -> dict:
         """A stage's config section for this cell, with the invocation's overrides applied.

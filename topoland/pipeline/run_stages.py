@@ -28,7 +28,8 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, 
         # a retry (AutoNEB strategy) gets more images and steps
         res = connect_models(ca.model(), cb.model(), ca.data, **arguments(
             connect_models, opts, n_images=opts["n_images"] + 4 * attempt, steps=opts["steps"] * (1 + attempt),
-            seed=cfg["run"]["seed"] + attempt, device=ca.device, loss=ca.loss, metrics=_path_metrics(ca)))
+            seed=cfg["run"]["seed"] + attempt, device=ca.device, loss=ca.loss,
+            metrics=ca.stage_metrics(ca.data.y_train, accuracy="error")))
         with atomic_path(pdir) as tmp:
             tmp.mkdir()
             for name, prof in res["profiles"].items():
@@ -36,17 +37,6 @@ def _connect_pair(store: RunStore, cfg: dict, a: str, b: str, attempt: int = 0, 
             save_tensors(tmp / layout.IMAGES, {"images": res["images"]})
             (tmp / layout.BARRIERS).write_text(json.dumps(res["barriers"], indent=1))
     return layout.read_barriers(pdir)
-
-
-def _path_metrics(ctx: CellContext):
-    """The path profiles' columns: loss (and error for class labels) and the user metrics; None
-    (the default) without user metrics."""
-    from topoland.nets.losses import resolve_loss, tracks_accuracy
-    extra = ctx.metrics
-    if not extra:
-        return None
-    base = ["loss"] + (["error"] if tracks_accuracy(resolve_loss(ctx.loss)[0], ctx.data.y_train) else [])
-    return [*((m, m) for m in base), *extra.items()]
 
 
 def _pair_row(a, b, method, bars) -> dict:
