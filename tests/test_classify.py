@@ -258,3 +258,19 @@ def _holm_by_hand(p):
         running = max(running, (len(p) - rank) * p[i])
         out[i] = running
     return out
+
+
+def test_classifier_table_cells_equal_classify_whatever_the_workers():
+    # the table sends every cell's fits to the workers at once: each cell must still be exactly
+    # the classify call it stands for, with one worker or two
+    ft = _synthetic(n=30)
+    kw = dict(n_splits=3, n_repeats=1, classifiers=["lda", "gaussian_nb", "decision_tree"], seed=3)
+    one = classifier_table(ft, ["augment", "test_acc"], n_permutations=4, n_jobs=1, **kw)
+    two = classifier_table(ft, ["augment", "test_acc"], n_permutations=4, n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(one, two)
+    for _, row in one.iterrows():
+        cols = ft.groups[row["group"]] if row["group"] != "all" else [c for g in ft.groups.values() for c in g]
+        ref = classify(ft, row["target"], cols, n_permutations=4, **kw)
+        assert row["mean"] == ref.attrs["mean"] and row["p_value"] == ref.attrs["p_value"]
+        assert row["cv_se"] == ref.attrs["cv_se"]
+        assert [row[f"acc_{c}"] for c in kw["classifiers"]] == ref["accuracy"].tolist()

@@ -23,3 +23,15 @@ def test_worker_processes_match_inline_run(tmp_path):
         for name in a[cid]:
             assert torch.equal(a[cid][name], b[cid][name]), (cid, name)
     assert cli("verify", tmp_path / "b").returncode == 0
+
+
+def test_worker_processes_inherit_the_parents_warning_filters():
+    import multiprocessing as mp
+    import warnings
+
+    from topoland.pipeline.executors import _init_worker
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="a marker of this test")
+        with mp.get_context("spawn").Pool(1, _init_worker, (list(warnings.filters),)) as pool:
+            patterns = pool.apply(eval, ("[f[1].pattern for f in __import__('warnings').filters if f[1]]",))
+    assert "a marker of this test" in patterns

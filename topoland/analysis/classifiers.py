@@ -46,6 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import sklearn
 from joblib import Parallel, delayed
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.ensemble import (
@@ -250,10 +251,13 @@ def _cv_accuracy(X, y, names, n_splits, n_repeats, seed, impute) -> np.ndarray:
     cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
     folds = list(cv.split(X, y))
     acc = np.empty((len(names), len(folds)))
-    for j, (tr, te) in enumerate(folds):
-        for i, name in enumerate(names):
-            model = make_pipeline(name, seed, impute=impute).fit(X[tr], y[tr])
-            acc[i, j] = float(np.mean(model.predict(X[te]) == y[te]))
+    # the estimators' parameters are CLASSIFIERS' fixed ones: sklearn's check of them at every
+    # fit is a fifth of the time on the few rows a population of minima has
+    with sklearn.config_context(skip_parameter_validation=True):
+        for j, (tr, te) in enumerate(folds):
+            for i, name in enumerate(names):
+                model = make_pipeline(name, seed, impute=impute).fit(X[tr], y[tr])
+                acc[i, j] = float(np.mean(model.predict(X[te]) == y[te]))
     return acc
 
 
@@ -294,6 +298,71 @@ def classify(
         ``classes``, ``n_splits`` (as used), ``n_repeats``, ``target``, ``target_kind``,
         ``features``, ``notes``, ``assumptions``.
     """
+    plan = _plan(table, target, features, n_classes=n_classes, target_kind=target_kind, n_splits=n_splits,
+                 n_repeats=n_repeats, seed=seed, n_permutations=n_permutations, classifiers=classifiers,
+                 impute=impute)
+    accs = Parallel(n_jobs=n_jobs)(delayed(_cv_accuracy)(*args) for args in plan.tasks()) if n_permutations \
+        else [_cv_accuracy(*plan.tasks()[0])]
+    return plan.finish(accs)
+
+
+class _Plan:
+    """A prepared :func:`classify` call: the data, the folds' settings and the permuted targets.
+
+    ``tasks()`` lists the ``_cv_accuracy`` argument tuples (the observed target first, then one
+    per permutation); ``finish(accs)`` turns their results into classify's DataFrame. Splitting
+    the two lets :func:`classifier_table` send every cell's tasks to the workers at once.
+    """
+
+    def __init__(self, X, y, names, splits, n_repeats, seed, impute, perms, meta):
+        self.X, self.y, self.names, self.splits, self.n_repeats = X, y, names, splits, n_repeats
+        self.seed, self.impute, self.perms, self.meta = seed, impute, perms, meta
+
+    def tasks(self) -> list[tuple]:
+        return [(self.X, t, self.names, self.splits, self.n_repeats, self.seed, self.impute)
+                for t in [self.y, *self.perms]]
+
+    def finish(self, accs) -> pd.DataFrame:
+        acc, null_accs = accs[0], accs[1:]
+        names, m = self.names, self.meta
+        notes = list(m["notes"])
+        n, splits = len(self.y), self.splits
+        per_clf = acc.mean(axis=1)
+        mean = float(per_clf.mean())
+        se = float(per_clf.std(ddof=1) / np.sqrt(len(names))) if len(names) > 1 else 0.0
+        n_test = n / splits
+        test_fraction = n_test / (n - n_test)
+        cv_se = cv_standard_error(acc, test_fraction)
+        cv_se_mean = float(cv_standard_error(acc.mean(axis=0), test_fraction))
+        if len(names) == 1:
+            notes.append("one classifier: se across classifiers is 0 by definition")
+        n_permutations = len(self.perms)
+        null = [float(a.mean()) for a in null_accs]
+        p_value = float("nan")
+        if n_permutations > 0:
+            # accuracies are multiples of 1/(n * n_repeats * n_classifiers); 1e-12 absorbs summation order
+            p_value = (1 + int(np.sum(np.asarray(null) >= mean - 1e-12))) / (1 + n_permutations)
+        out = pd.DataFrame(
+            {"accuracy": per_clf, "accuracy_sd": acc.std(axis=1, ddof=1) if acc.shape[1] > 1 else 0.0,
+             "cv_se": cv_se, "n_folds": acc.shape[1]},
+            index=pd.Index(names, name="classifier"),
+        )
+        counts = np.bincount(self.y)
+        out.attrs.update(
+            target=m["target"], target_kind=m["kind"], features=m["cols"], mean=mean, se_across_classifiers=se,
+            cv_se=cv_se_mean, p_min=permutation_p_min(n_permutations) if n_permutations else float("nan"),
+            chance_majority=float(counts.max() / n), chance_uniform=1.0 / int((counts > 0).sum()),
+            p_value=p_value, n_permutations=int(n_permutations), null=null,
+            n_used=n, n_dropped=m["n_dropped"], n_classes=int((counts > 0).sum()), classes=m["classes"],
+            n_splits=splits, n_repeats=self.n_repeats, seed=self.seed, notes="; ".join(notes),
+            assumptions=ASSUMPTIONS,
+        )
+        return out
+
+
+def _plan(table, target, features, *, n_classes, target_kind, n_splits, n_repeats, seed, n_permutations,
+          classifiers, impute) -> _Plan:
+    """Check the arguments and the data of one :func:`classify` call; raise what it would raise."""
     names = list(classifiers) if classifiers is not None else list(CLASSIFIERS)
     unknown = [n for n in names if n not in CLASSIFIERS]
     if unknown or not names:
@@ -328,43 +397,10 @@ def classify(
             "more minima are needed"
         )
 
-    acc = _cv_accuracy(X, y, names, splits, n_repeats, seed, impute)
-    per_clf = acc.mean(axis=1)
-    mean = float(per_clf.mean())
-    se = float(per_clf.std(ddof=1) / np.sqrt(len(names))) if len(names) > 1 else 0.0
-    n_test = n / splits
-    test_fraction = n_test / (n - n_test)
-    cv_se = cv_standard_error(acc, test_fraction)
-    cv_se_mean = float(cv_standard_error(acc.mean(axis=0), test_fraction))
-    if len(names) == 1:
-        notes.append("one classifier: se across classifiers is 0 by definition")
-
-    null: list[float] = []
-    p_value = float("nan")
-    if n_permutations > 0:
-        rng = np.random.default_rng(seed)
-        perms = [rng.permutation(y) for _ in range(n_permutations)]  # drawn up front: n_jobs-independent
-        run = delayed(_cv_accuracy)
-        accs = Parallel(n_jobs=n_jobs)(run(X, yp, names, splits, n_repeats, seed, impute) for yp in perms)
-        null = [float(a.mean()) for a in accs]
-        # accuracies are multiples of 1/(n * n_repeats * n_classifiers); 1e-12 absorbs summation order
-        p_value = (1 + int(np.sum(np.asarray(null) >= mean - 1e-12))) / (1 + n_permutations)
-
-    out = pd.DataFrame(
-        {"accuracy": per_clf, "accuracy_sd": acc.std(axis=1, ddof=1) if acc.shape[1] > 1 else 0.0,
-         "cv_se": cv_se, "n_folds": acc.shape[1]},
-        index=pd.Index(names, name="classifier"),
-    )
-    out.attrs.update(
-        target=target, target_kind=kind, features=cols, mean=mean, se_across_classifiers=se,
-        cv_se=cv_se_mean, p_min=permutation_p_min(n_permutations) if n_permutations else float("nan"),
-        chance_majority=float(counts.max() / n), chance_uniform=1.0 / present,
-        p_value=p_value, n_permutations=int(n_permutations), null=null,
-        n_used=n, n_dropped=n_dropped, n_classes=present, classes=classes,
-        n_splits=splits, n_repeats=n_repeats, seed=seed, notes="; ".join(notes),
-        assumptions=ASSUMPTIONS,
-    )
-    return out
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(y) for _ in range(n_permutations)]  # drawn up front: n_jobs-independent
+    meta = dict(target=target, kind=kind, cols=cols, classes=classes, n_dropped=n_dropped, notes=notes)
+    return _Plan(X, y, names, splits, n_repeats, seed, impute, perms, meta)
 
 
 _SUMMARY = ("mean", "se_across_classifiers", "cv_se", "chance_majority", "chance_uniform", "p_value",
@@ -445,27 +481,36 @@ def classifier_table(
         n_permutations = permutations_for_family(len(groups) * len(targets))
     elif isinstance(n_permutations, bool) or not isinstance(n_permutations, int):
         raise AnalysisError(f"n_permutations must be an integer >= 0 or 'auto', got {n_permutations!r}")
-    rows = []
+    cells = []  # (row, plan or None): every cell is prepared first, then all fits run at once
     for g, cols in groups.items():
         for t in targets:
             row = {"group": g, "target": t}
             try:
-                res = classify(
-                    table, t, cols, n_classes=n_classes, target_kind=kinds.get(t, "auto"),
-                    n_splits=n_splits, n_repeats=n_repeats, seed=seed,
-                    n_permutations=n_permutations, classifiers=names, impute=impute, n_jobs=n_jobs,
-                )
+                plan = _plan(table, t, cols, n_classes=n_classes, target_kind=kinds.get(t, "auto"),
+                             n_splits=n_splits, n_repeats=n_repeats, seed=seed,
+                             n_permutations=n_permutations, classifiers=names, impute=impute)
             except NotEnoughSamplesError as e:
                 if on_error == "raise":
                     raise
                 row.update({k: np.nan for k in _SUMMARY}, notes=f"not computed: {e}",
                            target_kind=_target_kind(table, t, kinds.get(t, "auto")))
-                rows.append(row)
-                continue
+                plan = None
+            cells.append((row, plan))
+    # one task list over all cells balances the workers (one cell's 1 + n_permutations runs
+    # rarely divide evenly among them); each task's result does not depend on where it ran
+    tasks = [(i, args) for i, (_, plan) in enumerate(cells) if plan is not None for args in plan.tasks()]
+    results = Parallel(n_jobs=n_jobs)(delayed(_cv_accuracy)(*args) for _, args in tasks) if tasks else []
+    by_cell: dict[int, list] = {}
+    for (i, _), acc in zip(tasks, results):
+        by_cell.setdefault(i, []).append(acc)
+    rows = []
+    for i, (row, plan) in enumerate(cells):
+        if plan is not None:
+            res = plan.finish(by_cell[i])
             row.update({k: res.attrs[k] for k in _SUMMARY})
             row.update({f"acc_{c}": a for c, a in res["accuracy"].items()})
             row.update({f"cv_se_{c}": a for c, a in res["cv_se"].items()})
-            rows.append(row)
+        rows.append(row)
     out = pd.DataFrame(rows)
     out["p_adjusted"] = adjust_p(out["p_value"].to_numpy(dtype=float), p_adjust)
     out["p_adjust"] = p_adjust

@@ -70,6 +70,13 @@ def _execute_inline(store, todo, stages, progress, overrides, data_cache):
     return failures
 
 
+def _init_worker(filters):
+    # a spawned process starts with Python's default warning filters: give it the parent's, so
+    # that what the CLI silences (library chatter, PHATE's disconnected-graph warning) stays silent
+    import warnings
+    warnings.filters[:] = filters
+
+
 def _worker(args):
     run_dir, cid, stages, gpu, overrides = args
     if gpu is not None:  # set before this worker process first touches CUDA
@@ -79,13 +86,14 @@ def _worker(args):
 
 def _execute_processes(store, todo, stages, workers, progress, overrides):
     import multiprocessing as mp
+    import warnings
 
     import torch
     n_gpu = torch.cuda.device_count()
     jobs = [(str(store.path), cid, list(stages), (i % n_gpu) if n_gpu > 1 else None, overrides)
             for i, cid in enumerate(todo)]
     failures = []
-    with mp.get_context("spawn").Pool(workers) as pool, _bar(len(todo), progress, "cells") as bar:
+    with mp.get_context("spawn").Pool(workers, _init_worker, (list(warnings.filters),)) as pool, _bar(len(todo), progress, "cells") as bar:
         for f in pool.imap_unordered(_worker, jobs):
             failures += f
             bar.update(1)
