@@ -286,3 +286,30 @@ def test_augment_known_answers():
     assert torch.equal(augment_batch(v, "vector", _g(0)), v)
     with pytest.raises(ConfigError):
         augment_batch(v, "audio", _g(0))
+
+
+def test_mnist1d_cache_is_read_back_exactly_and_written_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOPOLAND_CACHE_DIR", str(tmp_path / "cache"))
+    D._mnist1d_arrays.cache_clear()
+    fresh = D._mnist1d_generate(3)
+    first = D._mnist1d_arrays(3)                       # generates and writes the cache
+    path = D._mnist1d_cache_path(3)
+    assert path.exists() and path.parent == tmp_path / "cache" / "mnist1d"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]      # no temporary left behind
+    D._mnist1d_arrays.cache_clear()
+    monkeypatch.setattr(D, "_mnist1d_generate", lambda seed: pytest.fail("the cache was not read"))
+    again = D._mnist1d_arrays(3)
+    for a, b, c in zip(fresh, first, again):
+        assert a.dtype == b.dtype == c.dtype and np.array_equal(a, b) and np.array_equal(a, c)
+    D._mnist1d_arrays.cache_clear()
+
+
+def test_mnist1d_unwritable_cache_warns_and_still_loads(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TOPOLAND_CACHE_DIR", str(blocker))
+    D._mnist1d_arrays.cache_clear()
+    with pytest.warns(RuntimeWarning, match="not cached"):
+        arrays = D._mnist1d_arrays(4)
+    assert arrays[0].shape == (4000, 40)
+    D._mnist1d_arrays.cache_clear()

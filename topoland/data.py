@@ -67,8 +67,17 @@ def _load_synthetic(seed: int, *, n_train: int = 256, n_test: int = 128, num_cla
     return x_tr, y_tr, x_te, y_te, kind, num_classes
 
 
-@functools.lru_cache(maxsize=4)
-def _mnist1d_arrays(seed: int):
+def cache_dir():
+    """Where generated datasets are kept between processes: ``$TOPOLAND_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/topoland``, else ``~/.cache/topoland``. Returns a :class:`pathlib.Path`."""
+    from pathlib import Path
+    if os.environ.get("TOPOLAND_CACHE_DIR"):
+        return Path(os.environ["TOPOLAND_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "topoland"
+
+
+def _mnist1d_generate(seed: int):
     import mnist1d.data
 
     # mnist1d seeds numpy's and Python's global RNGs; restore them so callers are unaffected.
@@ -82,6 +91,41 @@ def _mnist1d_arrays(seed: int):
         _pyrandom.setstate(py_state)
     return (np.asarray(ds["x"], np.float32), np.asarray(ds["y"], np.int64),
             np.asarray(ds["x_test"], np.float32), np.asarray(ds["y_test"], np.int64))
+
+
+def _mnist1d_cache_path(seed: int):
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    import mnist1d.data
+    args = {k: v for k, v in sorted(vars(mnist1d.data.get_dataset_args()).items()) if k != "seed"}
+    key = json.dumps([version("mnist1d"), args], sort_keys=True, default=str)
+    return cache_dir() / "mnist1d" / f"seed{int(seed)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+
+
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(seed: int):
+    # generating the set takes ~5 s; every process (worker, later run) reads the same npz instead,
+    # keyed by the package version and its generation arguments
+    path = _mnist1d_cache_path(seed)
+    if path.exists():
+        with np.load(path) as f:
+            return tuple(f[k] for k in _ARRAYS)
+    arrays = _mnist1d_generate(seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **dict(zip(_ARRAYS, arrays)))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+    except OSError as e:  # an unwritable cache costs time, not correctness: say so and go on
+        import warnings
+        warnings.warn(f"MNIST-1D not cached at {path} ({e}); it is generated again in every process "
+                      "(set TOPOLAND_CACHE_DIR to a writable folder)", RuntimeWarning, stacklevel=2)
+    return arrays
 
 
 def _load_mnist1d(seed: int):
